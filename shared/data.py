@@ -1,0 +1,483 @@
+"""CUB-200-2011 and Stanford Dogs on their official layouts: readers, the validation split,
+image loading, transforms and loaders.
+
+    python -m shared.data summary  --dataset bird --data-root data [--val-fraction 0.1] [--verify]
+    python -m shared.data download --dataset dog  --data-root data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import torch
+from PIL import Image, ImageFile, ImageOps
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+DATASETS = ("bird", "dog")
+FOLDERS = {"bird": "CUB_200_2011", "dog": "StanfordDogs"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_MODES = ("letterbox", "random-resized-crop", "center-crop")
+CUB_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt",
+             "images")
+DOGS_FILES = ("train_list.mat", "test_list.mat", "Images")
+
+# A truncated JPEG must fail loudly, naming the file, never load half grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class DataError(Exception):
+    """Bad dataset input. The message names the file or folder and what was expected."""
+
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the original image
+
+
+@dataclass(frozen=True)
+class Record:
+    key: str  # the image's path as the metadata lists it, relative to the image folder
+    path: Path
+    label: int  # 0..K-1
+    boxes: tuple[Box, ...] = ()
+
+
+@dataclass
+class DatasetIndex:
+    name: str  # "bird" or "dog"
+    folder: Path
+    classes: list[str]  # class names in label order
+    train: list[Record]
+    test: list[Record]
+
+
+# --------------------------------------------------------------------------------- readers
+
+
+def dataset_folder(name: str, data_root: str | os.PathLike) -> Path:
+    """`<data_root>/CUB_200_2011` or `<data_root>/StanfordDogs`; the folder itself also works."""
+    if name not in FOLDERS:
+        raise DataError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}")
+    root = Path(data_root)
+    folder = root / FOLDERS[name]
+    if not folder.is_dir() and root.name == FOLDERS[name]:
+        folder = root
+    expected = CUB_FILES if name == "bird" else DOGS_FILES
+    missing = [f for f in expected if not (folder / f).exists()]
+    if missing:
+        raise DataError(
+            f"{folder} is not a {FOLDERS[name]} folder in the official layout: missing "
+            f"{', '.join(missing)} (expected {', '.join(expected)}). Get it with: "
+            f"python -m shared.data download --dataset {name} --data-root {root}"
+        )
+    return folder
+
+
+def load_dataset(name: str, data_root: str | os.PathLike) -> DatasetIndex:
+    folder = dataset_folder(name, data_root)
+    return read_cub(folder) if name == "bird" else read_dogs(folder)
+
+
+def _read_table(path: Path, fields: str, types: tuple) -> dict:
+    """A metadata file of whitespace-separated rows, keyed by its first column (an id);
+    `fields` spells the expected line for error messages."""
+    table = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.strip().split(maxsplit=len(types) - 1)
+            try:
+                if len(parts) != len(types):
+                    raise ValueError
+                key, *values = (t(p) for t, p in zip(types, parts, strict=True))
+            except ValueError:
+                raise DataError(
+                    f"{path}, line {lineno}: expected '{fields}', got {line.rstrip()!r}"
+                ) from None
+            if key in table:
+                raise DataError(f"{path}, line {lineno}: id {key} is listed twice")
+            table[key] = values[0] if len(values) == 1 else tuple(values)
+    return table
+
+
+def _split_flag(value: str) -> int:
+    if value not in ("0", "1"):
+        raise ValueError(value)
+    return int(value)
+
+
+def read_cub(folder: Path) -> DatasetIndex:
+    """CUB-200-2011: labels follow `classes.txt` order, so class ids with gaps work;
+    `bounding_boxes.txt` is optional."""
+    folder = Path(folder)
+    files = {n: folder / n for n in CUB_FILES}
+    class_ids = _read_table(files["classes.txt"], "<class_id> <class_name>", (int, str))
+    label_of = {cid: i for i, cid in enumerate(class_ids)}
+    paths = _read_table(files["images.txt"], "<image_id> <path>", (int, str))
+    labels = _read_table(files["image_class_labels.txt"], "<image_id> <class_id>", (int, int))
+    is_train = _read_table(files["train_test_split.txt"],
+                           "<image_id> <is_training_image: 1 or 0>", (int, _split_flag))
+    boxes: dict[int, tuple] = {}
+    box_file = folder / "bounding_boxes.txt"
+    if box_file.exists():
+        for image_id, (x, y, w, h) in _read_table(
+                box_file, "<image_id> <x> <y> <width> <height>",
+                (int, float, float, float, float)).items():
+            if w <= 0 or h <= 0:
+                raise DataError(f"{box_file}: image {image_id} has a box of size {w}x{h}")
+            boxes[image_id] = ((x, y, x + w, y + h),)
+
+    train, test = [], []
+    for image_id, key in paths.items():
+        for table, file in ((labels, "image_class_labels.txt"),
+                            (is_train, "train_test_split.txt")):
+            if image_id not in table:
+                raise DataError(f"{files[file]}: no line for image {image_id} ({key})")
+        if labels[image_id] not in label_of:
+            raise DataError(f"{files['image_class_labels.txt']}: image {image_id} has class "
+                            f"{labels[image_id]}, which {files['classes.txt']} does not list")
+        record = Record(key, _existing(folder / "images" / key), label_of[labels[image_id]],
+                        boxes.get(image_id, ()))
+        (train if is_train[image_id] else test).append(record)
+    return DatasetIndex("bird", folder, list(class_ids.values()), train, test)
+
+
+def _mat_list(path: Path) -> list[tuple[str, str, int]]:
+    """(file, annotation, 1-based label) rows of an official `*_list.mat`."""
+    try:
+        mat = scipy.io.loadmat(path)
+    except Exception as e:  # scipy raises several types for a damaged file
+        raise DataError(f"{path}: cannot read the MATLAB list ({e})") from None
+    missing = [k for k in ("file_list", "annotation_list", "labels") if k not in mat]
+    if missing:
+        raise DataError(f"{path}: missing variable(s) {', '.join(missing)}; expected the cells "
+                        "file_list and annotation_list and the array labels")
+    files, annotations = (
+        [str(np.asarray(cell).ravel()[0]) for cell in mat[k].ravel()]
+        for k in ("file_list", "annotation_list"))
+    labels = [int(v) for v in np.asarray(mat["labels"]).ravel()]
+    if not len(files) == len(annotations) == len(labels):
+        raise DataError(f"{path}: file_list, annotation_list and labels differ in length "
+                        f"({len(files)}, {len(annotations)}, {len(labels)})")
+    return list(zip(files, annotations, labels, strict=True))
+
+
+def _voc_boxes(path: Path) -> tuple[Box, ...]:
+    """Every <object>'s box of a VOC-style XML annotation (some photos hold several dogs)."""
+    if not path.is_file():
+        raise DataError(f"{path}: annotation file is missing")
+    try:
+        objects = ET.parse(path).getroot().iter("object")
+        return tuple(
+            tuple(float(obj.find(f"bndbox/{tag}").text) for tag in ("xmin", "ymin", "xmax", "ymax"))
+            for obj in objects)
+    except (ET.ParseError, AttributeError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: not a VOC annotation with <object><bndbox> "
+                        f"xmin/ymin/xmax/ymax ({e})") from None
+
+
+def read_dogs(folder: Path) -> DatasetIndex:
+    """Stanford Dogs: labels follow the sorted breed folders; boxes from `Annotation/` when the
+    folder is there."""
+    folder = Path(folder)
+    splits = {s: _mat_list(folder / f"{s}_list.mat") for s in ("train", "test")}
+    breeds = sorted({file.split("/")[0] for rows in splits.values() for file, _, _ in rows})
+    label_of = {breed: i for i, breed in enumerate(breeds)}
+    mat_label_of: dict[str, int] = {}
+    annotations = folder / "Annotation"
+    records: dict[str, list[Record]] = {}
+    for split, rows in splits.items():
+        records[split] = []
+        for file, annotation, mat_label in rows:
+            breed = file.split("/")[0]
+            # The official 1-based labels follow the same breed order; a mismatch means the
+            # lists and the folders disagree, and we would train on wrong labels.
+            if mat_label_of.setdefault(breed, mat_label) != mat_label:
+                raise DataError(f"{folder / f'{split}_list.mat'}: {file} has label {mat_label}, "
+                                f"other images of {breed} have {mat_label_of[breed]}")
+            boxes = _voc_boxes(annotations / annotation) if annotations.is_dir() else ()
+            records[split].append(
+                Record(file, _existing(folder / "Images" / file), label_of[breed], boxes))
+    if len(set(mat_label_of.values())) != len(breeds):
+        raise DataError(f"{folder}: the .mat labels do not give each breed folder its own label")
+    return DatasetIndex("dog", folder, breeds, records["train"], records["test"])
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path}: listed image file is missing")
+    return path
+
+
+# ---------------------------------------------------------------------------------- splits
+
+
+def split_train_val(records: list[Record], val_fraction: float, seed: int = 0
+                    ) -> tuple[list[Record], list[Record]]:
+    """Seeded, stratified validation split carved from train (never from test). Each class
+    gives round(n * val_fraction) images, keeping at least one for training."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    by_class = defaultdict(list)
+    for i, record in enumerate(records):
+        by_class[record.label].append(i)
+    rng = np.random.default_rng(seed)
+    val = set()
+    for label in sorted(by_class):
+        members = by_class[label]
+        n_val = min(round(len(members) * val_fraction), len(members) - 1)
+        val.update(rng.permutation(members)[:n_val].tolist())
+    return ([r for i, r in enumerate(records) if i not in val],
+            [r for i, r in enumerate(records) if i in val])
+
+
+def limit_per_split(records: list[Record], limit: int | None, seed: int = 0) -> list[Record]:
+    """At most `limit` records, a seeded sample in the original order (for smoke runs)."""
+    if limit is None or limit >= len(records):
+        return records
+    keep = set(np.random.default_rng(seed).permutation(len(records))[:limit].tolist())
+    return [r for i, r in enumerate(records) if i in keep]
+
+
+# ---------------------------------------------------------------------------------- images
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode an image fully and return it as RGB, whatever its mode or its bytes' format
+    (grayscale, CMYK, palette, PNG behind a .jpg name). Errors name the file."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("P", "PA"):  # palette transparency must go through RGBA
+                image = image.convert("RGBA")
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file is missing") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot read the image ({e})") from None
+
+
+class Letterbox:
+    """Resize keeping the aspect ratio so the long side is `size`, then pad to a square
+    (the seed's transform)."""
+
+    def __init__(self, size: int, fill: tuple[int, int, int] = (0, 0, 0)):
+        self.size, self.fill = size, fill
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return ImageOps.pad(image, (self.size, self.size), Image.Resampling.BILINEAR, self.fill)
+
+    def __repr__(self) -> str:
+        return f"Letterbox(size={self.size})"
+
+
+def build_transform(train: bool, image_size: int, resize_mode: str = "letterbox", *,
+                    hflip: float = 0.5, grayscale: float = 0.1,
+                    crop_scale: tuple[float, float] = (0.25, 1.0), crop_ratio: float = 0.875,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Image -> normalised tensor. Training augments (the seed: random grayscale, flip,
+    letterbox); evaluation is deterministic: letterbox, or resize + center crop."""
+    from torchvision import transforms as T  # 3 s to import: not for the summary command
+
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+    center_crop = [T.Resize(round(image_size / crop_ratio)), T.CenterCrop(image_size)]
+    if resize_mode == "letterbox":
+        geometry = [Letterbox(image_size)]
+    elif train and resize_mode == "random-resized-crop":
+        geometry = [T.RandomResizedCrop(image_size, scale=crop_scale)]
+    else:
+        geometry = center_crop
+    augment = []
+    if train and grayscale > 0:
+        augment.append(T.RandomGrayscale(grayscale))
+    if train and hflip > 0:
+        augment.append(T.RandomHorizontalFlip(hflip))
+    return T.Compose([*geometry, *augment, T.ToTensor(), T.Normalize(mean, std)])
+
+
+class ImageDataset(Dataset):
+    """(image tensor, label) for a list of records. An index may come with a seed from
+    `AugmentSeedSampler`; the transform's randomness is then drawn from that seed alone."""
+
+    def __init__(self, records: list[Record], transform):
+        self.records, self.transform = records, transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        record = self.records[index]
+        image = load_rgb(record.path)
+        if seed is None:
+            return self.transform(image), record.label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), record.label
+
+
+# --------------------------------------------------------------------------------- loaders
+
+
+def dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class AugmentSeedSampler(Sampler):
+    """The training order: a DistributedSampler shard (the whole set in one process),
+    reshuffled by `set_epoch`. Each index comes paired with a seed made from (seed, epoch,
+    index), so the augmented images do not depend on the worker count, on persistent workers
+    or on a resume."""
+
+    def __init__(self, dataset: Dataset, seed: int, rank: int = 0, world_size: int = 1):
+        self.order = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
+                                        shuffle=True, seed=seed)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.order.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        for index in self.order:
+            yield index, hash((self.seed, self.epoch, index)) % 2**63
+
+
+class ShardSampler(Sampler):
+    """Evaluation order: rank r takes images r, r + W, ...; no padding, so across processes
+    every image is counted exactly once."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1):
+        self.indices = range(rank, size, world_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 0,
+                seed: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Training: shuffled, seeded augmentation, last partial batch dropped (batch norm).
+    Evaluation: in order, each image once across DDP processes. Call
+    `loader.sampler.set_epoch(epoch)` before each training epoch."""
+    rank, world = dist_rank_world()
+    sampler = (AugmentSeedSampler(dataset, seed, rank, world) if train
+               else ShardSampler(len(dataset), rank, world))
+    return DataLoader(
+        dataset, batch_size, sampler=sampler, num_workers=workers,
+        persistent_workers=workers > 0, pin_memory=pin_memory,
+        drop_last=train and len(sampler) >= batch_size,
+        # the loader's own generator: creating an iterator must not draw from the global RNG
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def default_workers() -> int:
+    return min(8, len(os.sched_getaffinity(0)))
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The data flags every task shares (one spelling everywhere)."""
+    parser.add_argument("--dataset", choices=DATASETS, default="bird",
+                        help="bird = CUB-200-2011, dog = Stanford Dogs")
+    parser.add_argument("--data-root", default="data",
+                        help="folder holding CUB_200_2011/ or StanfordDogs/")
+    parser.add_argument("--val-fraction", type=fraction, default=0.1,
+                        help="share of each class of train held out for model selection")
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--resize-mode", choices=RESIZE_MODES, default="letterbox",
+                        help="letterbox (keep aspect, pad; the seed's), random-resized-crop "
+                             "(train; resize + center crop at eval) or center-crop")
+    parser.add_argument("--hflip", type=fraction, default=0.5,
+                        help="probability of a horizontal flip in training")
+    parser.add_argument("--grayscale", type=fraction, default=0.1,
+                        help="probability of random grayscale in training")
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--limit", type=int, default=None,
+                        help="at most this many images per split (smoke runs)")
+    return parser
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
+    return value
+
+
+# ------------------------------------------------------------------------- command line
+
+
+def summary(name: str, data_root, val_fraction: float = 0.1, seed: int = 0,
+            verify: bool = False) -> dict:
+    index = load_dataset(name, data_root)
+    train, val = split_train_val(index.train, val_fraction, seed)
+    if verify:
+        records = index.train + index.test
+        pool = ThreadPoolExecutor(default_workers())  # PIL decodes without holding the GIL
+        try:
+            for _ in pool.map(lambda r: load_rgb(r.path).close(), records):
+                pass
+        finally:
+            pool.shutdown(cancel_futures=True)  # stop at the first unreadable image
+    return {
+        "dataset": name, "folder": str(index.folder), "classes": len(index.classes),
+        "train": len(train), "val": len(val), "test": len(index.test),
+        "boxes": sum(bool(r.boxes) for r in index.train + index.test),
+        "val_fraction": val_fraction, "verified": verify,
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m shared.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    cmd = commands.add_parser("summary", help="image counts of a dataset as one JSON object")
+    cmd.add_argument("--dataset", choices=DATASETS, required=True)
+    cmd.add_argument("--data-root", default="data")
+    cmd.add_argument("--val-fraction", type=fraction, default=0.1)
+    cmd.add_argument("--seed", type=int, default=0)
+    cmd.add_argument("--verify", action="store_true",
+                     help="open every image; fail on the first unreadable one")
+    cmd = commands.add_parser("download", help="fetch and extract the official archives")
+    cmd.add_argument("--dataset", choices=DATASETS, required=True)
+    cmd.add_argument("--data-root", default="data")
+    cmd.add_argument("--mirror", default=None,
+                     help="base URL serving the same archive files (checksums still apply)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "summary":
+            print(json.dumps(summary(args.dataset, args.data_root, args.val_fraction,
+                                     args.seed, args.verify)))
+        else:
+            from shared.download import download_dataset
+
+            folder = download_dataset(args.dataset, args.data_root, mirror=args.mirror)
+            print(json.dumps(summary(args.dataset, folder.parent, 0.0)))
+    except DataError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    # Run the importable module's main: shared.download raises *its* DataError class.
+    from shared.data import main as module_main
+
+    module_main()

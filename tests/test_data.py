@@ -1,0 +1,316 @@
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from conftest import run_cli
+from PIL import Image
+
+from shared.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataError,
+    ImageDataset,
+    ShardSampler,
+    build_transform,
+    load_dataset,
+    load_rgb,
+    make_loader,
+    split_train_val,
+)
+
+# ------------------------------------------------------------------------------ readers
+
+
+@pytest.mark.parametrize("name", ["bird", "dog"])
+def test_reader_returns_exactly_what_was_generated(sample, name):
+    root, written = sample
+    index = load_dataset(name, root)
+    expected = written[name]
+    assert index.classes == expected["classes"]
+    for split in ("train", "test"):
+        want = [(im["key"], im["label"], im["boxes"]) for im in expected["images"]
+                if im["train"] == (split == "train")]
+        got = [(r.key, r.label, [tuple(b) for b in r.boxes]) for r in getattr(index, split)]
+        assert got == want
+    assert all(r.path.is_file() for r in index.train + index.test)
+    assert {r.key for r in index.train}.isdisjoint(r.key for r in index.test)
+
+
+def test_dogs_keep_every_dog_of_a_photo(sample):
+    root, _ = sample
+    index = load_dataset("dog", root)
+    counts = {len(r.boxes) for r in index.train + index.test}
+    assert counts == {1, 2}
+
+
+def test_data_root_may_name_the_dataset_folder_itself(sample):
+    root, _ = sample
+    assert len(load_dataset("bird", root / "CUB_200_2011").train) == \
+        len(load_dataset("bird", root).train)
+
+
+def _copy(sample, tmp_path, name):
+    root, _ = sample
+    folder = {"bird": "CUB_200_2011", "dog": "StanfordDogs"}[name]
+    shutil.copytree(root / folder, tmp_path / folder)
+    return tmp_path / folder
+
+
+def test_cub_class_ids_with_gaps_map_through_classes_txt(sample, tmp_path):
+    folder = _copy(sample, tmp_path, "bird")
+    dropped = "2"  # remove class 2 everywhere, as in the real 100-species subset
+    ids = {line.split()[0] for line in (folder / "image_class_labels.txt").read_text().splitlines()
+           if line.split()[1] == dropped}
+    for file in ("images.txt", "image_class_labels.txt", "train_test_split.txt",
+                 "bounding_boxes.txt"):
+        lines = (folder / file).read_text().splitlines()
+        (folder / file).write_text("\n".join(x for x in lines if x.split()[0] not in ids) + "\n")
+    lines = (folder / "classes.txt").read_text().splitlines()
+    (folder / "classes.txt").write_text("\n".join(x for x in lines if x.split()[0] != dropped))
+
+    index = load_dataset("bird", tmp_path)
+    assert index.classes == ["001.Crimson_Spotted", "003.Golden_Spotted", "004.Jade_Spotted"]
+    for record in index.train + index.test:
+        assert index.classes[record.label] == record.key.split("/")[0]
+
+
+def test_cub_without_boxes_file_has_no_boxes(sample, tmp_path):
+    folder = _copy(sample, tmp_path, "bird")
+    (folder / "bounding_boxes.txt").unlink()
+    index = load_dataset("bird", tmp_path)
+    assert all(r.boxes == () for r in index.train + index.test)
+
+
+# ------------------------------------------------------------------------------ images
+
+
+def _saved(image: Image.Image, fmt: str, **kw) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kw)
+    return buffer.getvalue()
+
+
+def _palette_with_transparency() -> Image.Image:
+    image = Image.new("P", (6, 4))
+    image.putpalette([10, 20, 30] + [200, 100, 50] * 255)
+    image.info["transparency"] = 0
+    return image
+
+
+@pytest.mark.parametrize("image, fmt, expected_pixel", [
+    (Image.new("L", (6, 4), 77), "JPEG", (77, 77, 77)),
+    (Image.new("CMYK", (6, 4), (0, 0, 0, 0)), "JPEG", (255, 255, 255)),
+    (Image.new("RGB", (6, 4), (250, 10, 10)), "PNG", (250, 10, 10)),  # PNG bytes behind .jpg
+    (Image.new("RGBA", (6, 4), (1, 2, 3, 0)), "PNG", (1, 2, 3)),
+    (Image.new("LA", (6, 4), (90, 255)), "PNG", (90, 90, 90)),
+    (_palette_with_transparency(), "PNG", (10, 20, 30)),
+    (Image.new("1", (6, 4), 1), "PNG", (255, 255, 255)),
+], ids=["gray-jpeg", "cmyk-jpeg", "png-as-jpg", "rgba", "la", "palette", "bilevel"])
+def test_every_mode_loads_as_rgb(tmp_path, image, fmt, expected_pixel):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(_saved(image, fmt))
+    loaded = load_rgb(path)
+    assert loaded.mode == "RGB" and loaded.size == (6, 4)
+    assert np.abs(np.asarray(loaded)[1, 1].astype(int) - expected_pixel).max() <= 2
+
+
+def test_truncated_image_fails_naming_the_file(tmp_path):
+    path = tmp_path / "cut.jpg"
+    data = _saved(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.jpg"):
+        load_rgb(path)
+
+
+def test_missing_image_at_load_names_the_file(tmp_path):
+    with pytest.raises(DataError, match=r"gone\.jpg: image file is missing"):
+        load_rgb(tmp_path / "gone.jpg")
+
+
+# ------------------------------------------------------------------------------- split
+
+
+def test_validation_split_is_stratified_seeded_and_from_train_only(sample):
+    root, _ = sample
+    index = load_dataset("bird", root)
+    train, val = split_train_val(index.train, 0.4, seed=3)
+    per_class_train = np.bincount([r.label for r in index.train])
+    assert np.bincount([r.label for r in val]).tolist() == \
+        [round(n * 0.4) for n in per_class_train]
+    assert {r.key for r in train} | {r.key for r in val} == {r.key for r in index.train}
+    assert {r.key for r in train}.isdisjoint(r.key for r in val)
+    assert {r.key for r in val}.isdisjoint(r.key for r in index.test)
+    assert split_train_val(index.train, 0.4, seed=3) == (train, val)
+    assert split_train_val(index.train, 0.4, seed=4)[1] != val
+    assert split_train_val(index.train, 0.0) == (index.train, [])
+
+
+def test_validation_split_keeps_one_training_image_per_class(sample):
+    root, _ = sample
+    train, _ = split_train_val(load_dataset("dog", root).train, 0.99)
+    assert sorted({r.label for r in train}) == [0, 1, 2, 3]
+
+
+# -------------------------------------------------------------------------- transforms
+
+
+def test_eval_letterbox_is_deterministic_square_and_padded():
+    wide = Image.new("RGB", (80, 40), (255, 255, 255))
+    transform = build_transform(False, 32, "letterbox")
+    out = transform(wide)
+    assert out.shape == (3, 32, 32)
+    assert torch.equal(out, transform(wide))
+    pad = (torch.zeros(3) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    white = (torch.ones(3) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert torch.allclose(out[:, 0, 16], pad) and torch.allclose(out[:, 31, 16], pad)
+    assert torch.allclose(out[:, 16, 16], white, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["random-resized-crop", "center-crop"])
+def test_crop_modes_evaluate_with_a_center_crop(mode):
+    image = Image.effect_noise((60, 40), 60).convert("RGB")
+    out = build_transform(False, 32, mode)(image)
+    assert out.shape == (3, 32, 32)
+    assert torch.equal(out, build_transform(False, 32, mode)(image))
+
+
+def test_training_transform_augments():
+    image = Image.effect_noise((48, 48), 60).convert("RGB")
+    transform = build_transform(True, 32, "random-resized-crop", grayscale=0.5)
+    outs = {transform(image).sum().item() for _ in range(8)}
+    assert len(outs) > 1
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def _epoch_batches(dataset, workers, epoch):
+    loader = make_loader(dataset, 4, train=True, workers=workers, seed=7)
+    loader.sampler.set_epoch(epoch)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def test_training_batches_depend_on_seed_and_epoch_not_on_workers(sample):
+    root, _ = sample
+    index = load_dataset("bird", root)
+    dataset = ImageDataset(index.train, build_transform(True, 32, "random-resized-crop"))
+    first = _epoch_batches(dataset, 0, epoch=0)
+    assert len(first) == len(index.train) // 4  # the partial batch is dropped
+    for (xa, ya), (xb, yb) in zip(first, _epoch_batches(dataset, 2, epoch=0), strict=True):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    again = _epoch_batches(dataset, 0, epoch=1)
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
+
+
+def test_evaluation_shards_count_every_image_once():
+    seen = [i for rank in range(3) for i in ShardSampler(10, rank, 3)]
+    assert sorted(seen) == list(range(10))
+
+
+def test_eval_loader_keeps_order_and_partial_batch(sample):
+    root, _ = sample
+    index = load_dataset("dog", root)
+    loader = make_loader(ImageDataset(index.test, build_transform(False, 32)), 3, train=False)
+    labels = torch.cat([y for _, y in loader]).tolist()
+    assert labels == [r.label for r in index.test]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_wrong_root_names_the_folder_and_expected_files(tmp_path):
+    with pytest.raises(DataError) as error:
+        load_dataset("bird", tmp_path)
+    message = str(error.value)
+    assert str(tmp_path / "CUB_200_2011") in message
+    assert "images.txt" in message and "train_test_split.txt" in message
+    with pytest.raises(DataError, match="train_list.mat"):
+        load_dataset("dog", tmp_path)
+
+
+@pytest.mark.parametrize("file, line", [
+    ("images.txt", "7"),
+    ("train_test_split.txt", "3 2"),
+    ("image_class_labels.txt", "4 x"),
+    ("bounding_boxes.txt", "5 1.0 2.0 3.0"),
+])
+def test_malformed_metadata_line_names_file_and_line(sample, tmp_path, file, line):
+    folder = _copy(sample, tmp_path, "bird")
+    lines = (folder / file).read_text().splitlines()
+    lines[2] = line
+    (folder / file).write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"{file}, line 3: expected"):
+        load_dataset("bird", tmp_path)
+
+
+def test_label_of_unknown_class_is_an_error(sample, tmp_path):
+    folder = _copy(sample, tmp_path, "bird")
+    lines = (folder / "image_class_labels.txt").read_text().splitlines()
+    lines[0] = "1 99"
+    (folder / "image_class_labels.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="class 99"):
+        load_dataset("bird", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["bird", "dog"])
+def test_missing_listed_image_names_the_file(sample, tmp_path, name):
+    folder = _copy(sample, tmp_path, name)
+    victim = sorted(folder.rglob("*.jpg"))[5]
+    victim.unlink()
+    with pytest.raises(DataError, match=rf"{victim.name}: listed image file is missing"):
+        load_dataset(name, tmp_path)
+
+
+def test_missing_dog_annotation_names_the_file(sample, tmp_path):
+    folder = _copy(sample, tmp_path, "dog")
+    victim = sorted(p for p in (folder / "Annotation").rglob("*") if p.is_file())[0]
+    victim.unlink()
+    with pytest.raises(DataError, match=rf"{victim.name}: annotation file is missing"):
+        load_dataset("dog", tmp_path)
+
+
+def test_dog_labels_that_disagree_with_folders_are_an_error(sample, tmp_path):
+    folder = _copy(sample, tmp_path, "dog")
+    mat = scipy.io.loadmat(folder / "train_list.mat")
+    mat["labels"][0, 0] = 3  # an image of breed 1 labelled as breed 3
+    scipy.io.savemat(folder / "train_list.mat", {k: mat[k] for k in
+                                                 ("file_list", "annotation_list", "labels")})
+    with pytest.raises(DataError, match=r"train_list.mat: .* has label \d, other images of"):
+        load_dataset("dog", tmp_path)
+
+
+# -------------------------------------------------------------------------- command line
+
+
+def test_summary_command_prints_counts(sample):
+    root, written = sample
+    result = run_cli("-m", "shared.data", "summary", "--dataset", "dog", "--data-root",
+                     str(root), "--val-fraction", "0.2", "--verify")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    images = written["dog"]["images"]
+    assert summary["classes"] == 4
+    assert summary["train"] + summary["val"] == sum(im["train"] for im in images)
+    assert summary["val"] == 4  # round(5 * 0.2) of each of the 4 breeds
+    assert summary["test"] == sum(not im["train"] for im in images)
+    assert summary["boxes"] == len(images)
+
+
+def test_cli_errors_are_one_readable_line(sample, tmp_path):
+    folder = _copy(sample, tmp_path, "bird")
+    victim = sorted(folder.rglob("*.jpg"))[3]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated: only --verify decodes it
+    ok = run_cli("-m", "shared.data", "summary", "--dataset", "bird", "--data-root",
+                 str(tmp_path))
+    assert ok.returncode == 0, ok.stderr
+    for args, named in ((["--data-root", str(tmp_path), "--verify"], victim.name),
+                        (["--data-root", str(tmp_path / "nowhere")], "nowhere")):
+        result = run_cli("-m", "shared.data", "summary", "--dataset", "bird", *args)
+        assert result.returncode != 0
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert named in result.stderr
