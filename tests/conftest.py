@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ def sample(tmp_path_factory):
     return root, written
 
 
-def run_cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
-    """Run `python -m ...` from the repository root, the way a user does."""
+def run_cli(*args: str, cwd=REPO, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python ARGS` from the repository root, the way a user does."""
+    env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=600, env=env)

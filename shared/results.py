@@ -1,0 +1,122 @@
+"""Run records (`<out>/metrics.json`) and the Markdown tables built only from them.
+
+    python -m shared.results results/        # writes results/TABLES.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def environment(rt) -> dict:
+    device = (torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda"
+              else platform.processor() or platform.machine())
+    return {"torch": torch.__version__, "device": f"{rt.device.type}: {device}",
+            "world_size": rt.world_size, "threads": torch.get_num_threads(),
+            "amp": str(rt.amp_dtype).removeprefix("torch.") if rt.amp_dtype else "off",
+            "git": git_commit()}
+
+
+def make_record(task: str, variant: str, args, rt, data: dict, fit_result: dict,
+                **task_metrics) -> dict:
+    """The metrics.json of one run. Accuracies are fractions in [0, 1]."""
+    return {
+        "task": task, "variant": variant, "dataset": args.dataset, "model": args.model,
+        "weights": str(args.weights),
+        "metrics": {**fit_result["metrics"], **task_metrics},
+        "history": fit_result["history"],
+        "data": data,
+        "env": {**environment(rt), "channels_last": fit_result["channels_last"]},
+        "timing": fit_result["timing"],
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
+
+
+def write_json(record: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def load_records(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(root).rglob("metrics.json"))]
+
+
+# --------------------------------------------------------------------------------- tables
+
+DATASET_NAMES = {"bird": "CUB-200-2011", "dog": "Stanford Dogs"}
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+# Each study: title, task folder, and the columns (header, how to read it from a record).
+STUDIES = [
+    ("Table 1: training tricks and transfer learning (task 1-2)", "task1_2_finetune", [
+        ("Model", lambda r: r["model"]),
+        ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
+        ("Variant", lambda r: r["variant"]),
+        ("Recipe", lambda r: r["args"].get("recipe", "–")),
+        ("Weights", lambda r: r["weights"]),
+        ("Accuracy (test top-1, %)", lambda r: _pct(r["metrics"]["test_top1"])),
+        ("Top-5 (%)", lambda r: _pct(r["metrics"]["test_top5"])),
+        ("Best val top-1 (%)", lambda r: _pct(r["metrics"]["best_val_top1"])),
+        ("Best epoch", lambda r: f"{r['metrics']['best_epoch']}/{r['args']['epochs']}"),
+        ("Image size", lambda r: r["args"]["image_size"]),
+        ("Train / val / test", lambda r: f"{r['data']['train']} / {r['data']['val']} / "
+                                         f"{r['data']['test']}"),
+        ("Train time (min)", lambda r: f"{r['timing']['train_seconds'] / 60:.1f}"),
+        ("Device", lambda r: r["env"]["device"]),
+    ]),
+]
+
+
+def markdown_table(records: list[dict], columns) -> str:
+    lines = ["| " + " | ".join(header for header, _ in columns) + " |",
+             "|" + "---|" * len(columns)]
+    for record in records:
+        lines.append("| " + " | ".join(str(get(record)) for _, get in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_tables(root: Path) -> Path:
+    """`<root>/TABLES.md`: one table per study, rows sorted by dataset, model and variant."""
+    records = load_records(root)
+    parts = [f"# Results\n\nBuilt from the `metrics.json` files under `{root}` by "
+             "`python -m shared.results`. Test accuracy is measured once, with the "
+             "best-on-validation weights and deterministic transforms."]
+    for title, task, columns in STUDIES:
+        rows = sorted((r for r in records if r["task"] == task),
+                      key=lambda r: (r["dataset"], r["model"], r["variant"]))
+        parts.append(f"## {title}\n\n" + (markdown_table(rows, columns) if rows
+                                          else "No runs yet."))
+    path = Path(root) / "TABLES.md"
+    path.write_text("\n\n".join(parts) + "\n")
+    return path
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m shared.results", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", type=Path, nargs="?", default=Path("results"))
+    print(write_tables(parser.parse_args(argv).root))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""The training engine through task 1-2's script: CPU, generated data, small images."""
+
+import importlib.util
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import REPO, run_cli
+
+from shared import data, engine, models
+from shared.engine import TrainingError
+
+spec = importlib.util.spec_from_file_location("finetune", REPO / "task1_2_finetune" / "train.py")
+finetune = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(finetune)
+
+
+def small_args(root, out, *extra):
+    return finetune.parse_args([
+        "--dataset", "bird", "--data-root", str(root), "--out", str(out), "--model", "resnet18",
+        "--weights", "none", "--image-size", "32", "--batch-size", "8", "--epochs", "2",
+        "--val-fraction", "0.25", "--workers", "0", "--device", "cpu", *extra])
+
+
+def test_one_epoch_lowers_the_training_loss(tmp_path):
+    from shared.sample_data import write_sample_data
+
+    write_sample_data(tmp_path / "data", classes=4, per_class=24, size=48, seed=1)
+    args = small_args(tmp_path / "data", tmp_path / "run", "--model", "vit_tiny", "--epochs", "1",
+                      "--optimizer", "adamw", "--lr", "0.002", "--scheduler", "constant",
+                      "--val-fraction", "0", "--hflip", "0", "--grayscale", "0")
+    rt = engine.init_runtime(args)
+    index, train, val, test = data.prepare_splits(args)
+    model, model_spec = models.build_model("vit_tiny", 4, "none", 32)
+    loaders = data.make_loaders(args, train, val, test, model_spec.mean, model_spec.std)
+    fixed = data.make_loader(loaders.train.dataset, 8, train=False)  # no augmentation
+    before = engine.evaluate(model, fixed, rt, False)["loss"]
+    engine.fit(model, model_spec, loaders, args, rt)
+    after = engine.evaluate(model, fixed, rt, False)["loss"]
+    assert after < before - 0.02
+
+
+def test_metrics_json_tensorboard_and_table(sample, tmp_path):
+    root, written = sample
+    out = tmp_path / "results" / "task1_2_finetune" / "bird" / "baseline"
+    result = run_cli("task1_2_finetune/train.py", "--dataset", "bird", "--data-root", str(root),
+                     "--variant", "baseline", "--model", "resnet18", "--image-size", "32",
+                     "--batch-size", "8", "--epochs", "2", "--val-fraction", "0.25",
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["task"] == "task1_2_finetune" and record["variant"] == "baseline"
+    assert record["dataset"] == "bird" and record["model"] == "resnet18"
+    assert record["weights"] == "none"
+    metrics = record["metrics"]
+    for key in ("test_top1", "test_top5", "best_val_top1"):
+        assert 0 <= metrics[key] <= 1
+    assert metrics["test_top5"] >= metrics["test_top1"]
+    assert metrics["best_epoch"] in (1, 2)
+    assert [h["epoch"] for h in record["history"]] == [1, 2]
+    assert set(record["history"][0]) == {"epoch", "train_loss", "train_top1", "val_top1", "lr"}
+    assert max(h["val_top1"] for h in record["history"]) == metrics["best_val_top1"]
+    images = written["bird"]["images"]
+    n_train = sum(im["train"] for im in images)
+    assert record["data"] == {"classes": 4, "train": n_train - 4, "val": 4,
+                              "test": len(images) - n_train,
+                              "test_evaluated": len(images) - n_train}
+    assert set(record["env"]) >= {"torch", "device", "world_size", "git"}
+    assert record["env"]["world_size"] == 1
+    assert set(record["timing"]) == {"train_seconds", "train_images_per_s", "peak_mem_mb"}
+    assert record["args"]["epochs"] == 2
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    assert {"train/loss", "train/top1", "val/top1", "lr"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+
+    tables = run_cli("-m", "shared.results", str(tmp_path / "results"))
+    assert tables.returncode == 0, tables.stderr
+    table = (tmp_path / "results" / "TABLES.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| resnet18"))
+    assert "CUB-200-2011" in row and "baseline" in row
+    assert f"{100 * metrics['test_top1']:.2f}" in row
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(sample, tmp_path, monkeypatch):
+    root, _ = sample
+    # lite0 has dropout (the RNG state must resume too); cosine + warmup schedule; RRC.
+    # The kill falls between the head-only epoch and fine-tuning.
+    extra = ["--model", "tf_efficientnet_lite0", "--scheduler", "cosine", "--warmup-epochs",
+             "0.5", "--label-smoothing", "0.1", "--resize-mode", "random-resized-crop",
+             "--optimizer", "adamw", "--lr", "0.001", "--head-only-epochs", "1"]
+    finetune.main(small_args(root, tmp_path / "whole", *extra))
+
+    real_save = engine.save_atomic
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        if path.name == "last.pt":
+            raise Killed  # killed right after epoch 1 was checkpointed
+
+    monkeypatch.setattr(engine, "save_atomic", save_then_die)
+    with pytest.raises(Killed):
+        finetune.main(small_args(root, tmp_path / "cut", *extra))
+    monkeypatch.setattr(engine, "save_atomic", real_save)
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    finetune.main(small_args(root, tmp_path / "cut", *extra, "--resume"))
+
+    whole, cut = (json.loads((tmp_path / n / "metrics.json").read_text())
+                  for n in ("whole", "cut"))
+    assert cut["history"] == whole["history"]
+    assert cut["metrics"] == whole["metrics"]
+    a, b = (engine.load_checkpoint(tmp_path / n / "last.pt")["model"] for n in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_folder_is_not_overwritten_without_resume(sample, tmp_path):
+    root, _ = sample
+    finetune.main(small_args(root, tmp_path / "run", "--epochs", "1"))
+    with pytest.raises(TrainingError, match="already holds a run"):
+        finetune.main(small_args(root, tmp_path / "run", "--epochs", "1"))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(sample, tmp_path,
+                                                                  monkeypatch):
+    root, _ = sample
+    real_build = models.build_model
+    calls = {"train": 0}
+
+    def build_with_a_fault(*args, **kwargs):
+        model, model_spec = real_build(*args, **kwargs)
+
+        def poison(module, inputs, output):
+            if module.training:
+                calls["train"] += 1
+                if calls["train"] == 3:  # epoch 2 (2 steps an epoch), step 1
+                    return output * float("nan")
+            return output
+
+        model.register_forward_hook(poison)
+        return model, model_spec
+
+    monkeypatch.setattr(models, "build_model", build_with_a_fault)
+    with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at epoch 2, step 1"):
+        finetune.main(small_args(root, tmp_path / "run", "--epochs", "3"))
+    last = engine.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["state"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_frozen_stages_and_their_batch_norm_do_not_change(sample, tmp_path):
+    root, _ = sample
+    args = small_args(root, tmp_path / "run", "--freeze-stages", "2", "--epochs", "1")
+    rt = engine.init_runtime(args)
+    index, train, val, test = data.prepare_splits(args)
+    model, model_spec = models.build_model("resnet18", 4, "none")
+    frozen = models.freeze_stages(model, model_spec, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    engine.fit(model, model_spec, data.make_loaders(args, train, val, test), args, rt, frozen)
+    after = model.state_dict()
+    for key in before:
+        changed = not torch.equal(before[key], after[key])
+        if key.startswith(("conv1.", "bn1.", "layer1.")):
+            assert not changed, key
+        elif key.startswith("layer2.") and "running_mean" in key:
+            assert changed, key
+
+
+def test_head_only_epochs_train_the_head_alone(sample, tmp_path):
+    root, _ = sample
+    args = small_args(root, tmp_path / "run", "--head-only-epochs", "1", "--epochs", "1")
+    rt = engine.init_runtime(args)
+    index, train, val, test = data.prepare_splits(args)
+    model, model_spec = models.build_model("resnet18", 4, "none")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    engine.fit(model, model_spec, data.make_loaders(args, train, val, test), args, rt)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"fc.weight", "fc.bias"}  # batch norm statistics included
+
+
+def test_two_process_gloo_run_counts_every_test_image_once(sample, tmp_path):
+    root, _ = sample
+    out = tmp_path / "ddp"
+    result = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                     "task1_2_finetune/train.py", "--dataset", "dog", "--data-root", str(root),
+                     "--model", "resnet18", "--weights", "none", "--image-size", "32",
+                     "--batch-size", "8", "--epochs", "1", "--val-fraction", "0.25",
+                     "--limit", "19", "--workers", "0", "--device", "cpu", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["env"]["world_size"] == 2
+    assert record["data"]["test"] == 19  # odd: a padding sampler would count 20
+    assert record["data"]["test_evaluated"] == 19
+
+
+def test_learning_rate_schedules():
+    args = SimpleNamespace(warmup_epochs=1.0, scheduler="cosine", epochs=3, step_size=1,
+                           gamma=0.1)
+    factors = [engine.lr_factor(s, args, 10) for s in range(30)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0)
+    assert factors[20] == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 20)))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    args.scheduler, args.warmup_epochs = "step", 0
+    assert [engine.lr_factor(s, args, 10) for s in (0, 9, 10, 25)] == \
+        pytest.approx([1, 1, 0.1, 0.01])
