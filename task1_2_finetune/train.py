@@ -25,7 +25,7 @@ RECIPES = {
     "strong": {
         "image_size": 448, "resize_mode": "random-resized-crop", "crop_scale": 0.5,
         "crop_ratio": 1.0, "grayscale": 0.0, "epochs": 30, "batch_size": 32,
-        "optimizer": "adamw", "lr": 1e-4, "head_lr_mult": 30.0, "weight_decay": 0.05,
+        "optimizer": "adamw", "lr": 2e-4, "head_lr_mult": 15.0, "weight_decay": 0.05,
         "scheduler": "cosine", "warmup_epochs": 1.0, "label_smoothing": 0.1,
         "head_only_epochs": 2, "freeze_stages": -3, "freeze_bn": True,
     },
