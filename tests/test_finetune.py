@@ -157,35 +157,33 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(sample, tmp_pa
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_frozen_stages_and_their_batch_norm_do_not_change(sample, tmp_path):
-    root, _ = sample
-    args = small_args(root, tmp_path / "run", "--freeze-stages", "2", "--epochs", "1")
+def _changed_by_one_epoch(root, tmp_path, *flags) -> set[str]:
+    """Train resnet18 one epoch with `flags`; the state-dict keys whose values changed."""
+    args = small_args(root, tmp_path / "run", "--epochs", "1", *flags)
     rt = engine.init_runtime(args)
     index, train, val, test = data.prepare_splits(args)
     model, model_spec = models.build_model("resnet18", 4, "none")
-    frozen = models.freeze_stages(model, model_spec, 2)
+    frozen = models.freeze_stages(model, model_spec, args.freeze_stages)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     engine.fit(model, model_spec, data.make_loaders(args, train, val, test), args, rt, frozen)
-    after = model.state_dict()
-    for key in before:
-        changed = not torch.equal(before[key], after[key])
-        if key.startswith(("conv1.", "bn1.", "layer1.")):
-            assert not changed, key
-        elif key.startswith("layer2.") and "running_mean" in key:
-            assert changed, key
+    return {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+
+
+def test_frozen_stages_and_their_batch_norm_do_not_change(sample, tmp_path):
+    changed = _changed_by_one_epoch(sample[0], tmp_path, "--freeze-stages", "2")
+    assert not {k for k in changed if k.startswith(("conv1.", "bn1.", "layer1."))}
+    assert {"layer2.0.conv1.weight", "layer2.0.bn1.running_mean"} <= changed
 
 
 def test_head_only_epochs_train_the_head_alone(sample, tmp_path):
-    root, _ = sample
-    args = small_args(root, tmp_path / "run", "--head-only-epochs", "1", "--epochs", "1")
-    rt = engine.init_runtime(args)
-    index, train, val, test = data.prepare_splits(args)
-    model, model_spec = models.build_model("resnet18", 4, "none")
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    engine.fit(model, model_spec, data.make_loaders(args, train, val, test), args, rt)
-    after = model.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    changed = _changed_by_one_epoch(sample[0], tmp_path, "--head-only-epochs", "1")
     assert changed == {"fc.weight", "fc.bias"}  # batch norm statistics included
+
+
+def test_frozen_batch_norm_keeps_its_statistics_but_learns_its_affine(sample, tmp_path):
+    changed = _changed_by_one_epoch(sample[0], tmp_path, "--freeze-bn")
+    assert not {k for k in changed if "running_" in k or "num_batches" in k}
+    assert {"bn1.weight", "layer4.1.bn2.bias", "conv1.weight"} <= changed
 
 
 def test_two_process_gloo_run_counts_every_test_image_once(sample, tmp_path):
