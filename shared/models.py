@@ -87,7 +87,12 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet",
         if not path.is_file():
             raise WeightsError(f"--weights {weights}: no such file (expected 'imagenet', 'none' "
                                "or the path of a weights file)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # not a torch file, or one that needs unsafe unpickling
+            raise WeightsError(f"--weights {path}: cannot load a state dict ({e})") from None
+        if not isinstance(state, dict):
+            raise WeightsError(f"--weights {path}: expected a state dict, got {type(state)}")
         load_weights(model, spec, state.get("model", state), str(path))
     return model, spec
 

@@ -23,9 +23,20 @@ def git_commit() -> str | None:
         return None
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(rt) -> dict:
     device = (torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda"
-              else platform.processor() or platform.machine())
+              else cpu_name())
     return {"torch": torch.__version__, "device": f"{rt.device.type}: {device}",
             "world_size": rt.world_size, "threads": torch.get_num_threads(),
             "amp": str(rt.amp_dtype).removeprefix("torch.") if rt.amp_dtype else "off",

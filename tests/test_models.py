@@ -95,6 +95,9 @@ def test_weights_that_do_not_fit_are_an_error(tmp_path):
     torch.save(other.state_dict(), tmp_path / "vit.pth")
     with pytest.raises(WeightsError, match="vit.pth does not fit resnet18"):
         build_model("resnet18", 5, weights=str(tmp_path / "vit.pth"))
+    (tmp_path / "notes.txt").write_text("not weights")
+    with pytest.raises(WeightsError, match="notes.txt: cannot load a state dict"):
+        build_model("resnet18", 5, weights=str(tmp_path / "notes.txt"))
     with pytest.raises(WeightsError, match="no such file"):
         build_model("resnet18", 5, weights=str(tmp_path / "missing.pth"))
 
