@@ -8,7 +8,7 @@ from pathlib import Path
 
 from shared.data import DataError, add_data_args
 from shared.engine import TrainingError
-from shared.models import MODELS, WeightsError
+from shared.models import MODELS, UsageError, WeightsError
 
 
 def common_parser() -> argparse.ArgumentParser:
@@ -72,7 +72,7 @@ def run(main, args) -> None:
     """Run a task's main; a known failure ends with one readable line and a non-zero exit."""
     try:
         main(args)
-    except (DataError, WeightsError, TrainingError) as e:
+    except (DataError, WeightsError, TrainingError, UsageError) as e:
         # An error raised in a DataLoader worker arrives with the worker's traceback in its
         # message; its last line is the original message.
         message = str(e).strip().splitlines()[-1]

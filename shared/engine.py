@@ -361,6 +361,7 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
                                       record[key], epoch + 1)
             writer.flush()
             val = "" if record["val_top1"] is None else f" val_top1 {record['val_top1']:.4f}"
+            print(f"{' ' * 70}\r" if sys.stdout.isatty() else "", end="")  # clear progress
             print(f"epoch {epoch + 1}/{args.epochs} train_loss {record['train_loss']:.4f} "
                   f"train_top1 {record['train_top1']:.4f}{val}", flush=True)
 

@@ -36,6 +36,10 @@ class WeightsError(Exception):
     """Weights that cannot be found or do not fit; the message says which file and where."""
 
 
+class UsageError(ValueError):
+    """A flag value that does not fit the model; the message names the flag."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -187,7 +191,7 @@ def freeze_stages(model: nn.Module, spec: ModelSpec, count: int) -> list[str]:
     frozen module names, whose batch norm the engine keeps in eval mode."""
     n = len(spec.stages)
     if not -n <= count <= n:
-        raise ValueError(f"--freeze-stages must be in -{n}..{n} for {spec.name} ({n} stages)")
+        raise UsageError(f"--freeze-stages must be in -{n}..{n} for {spec.name} ({n} stages)")
     prefixes = tuple(p for stage in spec.stages[:count] for p in stage)
     if not prefixes:
         return []

@@ -186,6 +186,15 @@ def test_frozen_batch_norm_keeps_its_statistics_but_learns_its_affine(sample, tm
     assert {"bn1.weight", "layer4.1.bn2.bias", "conv1.weight"} <= changed
 
 
+def test_a_bad_flag_value_is_one_readable_line(sample, tmp_path):
+    root, _ = sample
+    result = run_cli("task1_2_finetune/train.py", "--dataset", "bird", "--data-root", str(root),
+                     "--model", "resnet18", "--weights", "none", "--freeze-stages", "9",
+                     "--out", str(tmp_path / "run"))
+    assert result.returncode != 0
+    assert result.stderr == "error: --freeze-stages must be in -5..5 for resnet18 (5 stages)\n"
+
+
 def test_two_process_gloo_run_counts_every_test_image_once(sample, tmp_path):
     root, _ = sample
     out = tmp_path / "ddp"
