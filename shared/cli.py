@@ -29,6 +29,8 @@ def common_parser() -> argparse.ArgumentParser:
     group.add_argument("--lr", type=float, default=0.01)
     group.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    group.add_argument("--nesterov", action="store_true",
+                       help="Nesterov momentum (the seed used plain momentum)")
     group.add_argument("--weight-decay", type=float, default=0.0)
     group.add_argument("--scheduler", choices=("step", "cosine", "constant"), default="step")
     group.add_argument("--step-size", type=int, default=7, help="StepLR: epochs per decay")

@@ -116,7 +116,7 @@ def param_groups(model: nn.Module, spec: ModelSpec, lr: float, head_lr_mult: flo
 def make_optimizer(groups: list[dict], args, device: torch.device) -> torch.optim.Optimizer:
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum,
-                               nesterov=args.momentum > 0)
+                               nesterov=args.nesterov)
     fused = device.type == "cuda"  # one kernel for the whole update
     return torch.optim.AdamW(groups, lr=args.lr, fused=fused)
 
