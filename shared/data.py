@@ -49,6 +49,7 @@ class Record:
     path: Path
     label: int  # 0..K-1
     boxes: tuple[Box, ...] = ()
+    crop: Box | None = None  # when set, the loader sees only this region (task 3)
 
 
 @dataclass
@@ -307,7 +308,8 @@ def build_transform(train: bool, image_size: int, resize_mode: str = "letterbox"
 
 
 class ImageDataset(Dataset):
-    """(image tensor, label) for a list of records. An index may come with a seed from
+    """(image tensor, label) for a list of records, cropped to `record.crop` where set
+    (clipped to the image). An index may come with a seed from
     `AugmentSeedSampler`; the transform's randomness is then drawn from that seed alone."""
 
     def __init__(self, records: list[Record], transform):
@@ -320,6 +322,10 @@ class ImageDataset(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, None)
         record = self.records[index]
         image = load_rgb(record.path)
+        if record.crop is not None:
+            x0, y0, x1, y1 = record.crop
+            image = image.crop((max(x0, 0), max(y0, 0), min(x1, image.width),
+                                min(y1, image.height)))
         if seed is None:
             return self.transform(image), record.label
         with torch.random.fork_rng(devices=[]):

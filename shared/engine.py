@@ -3,6 +3,8 @@ optimizers and schedules, checkpoints with exact resume, TensorBoard, evaluation
 
     rt = init_runtime(args)
     result = fit(model, spec, loaders, args, rt)   # trains, then tests the best-on-val weights
+
+or, for a task whose novelty is in its data, all of it at once (`train_classifier`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from shared.data import Loaders
+from shared import models, results
+from shared.data import Loaders, Record, make_loaders
 from shared.models import ModelSpec
 
 BATCH_NORM = nn.modules.batchnorm._BatchNorm
@@ -164,7 +167,7 @@ def evaluate(model: nn.Module, loader: DataLoader, rt: Runtime, channels_last: b
             logits = model(images)
         correct = _correct(logits.float(), labels, k=5)
         loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-        sums += torch.stack([correct[0], correct[1], loss, torch.tensor(len(labels))]
+        sums += torch.stack([correct[0], correct[1], loss, labels.new_tensor(len(labels))]
                             ).to(sums)
     if rt.world_size > 1:
         dist.all_reduce(sums)
@@ -379,6 +382,28 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
                    "peak_mem_mb": peak_memory_mb(rt.device)},
         "channels_last": channels_last,
     }
+
+
+def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[str],
+                     train: list[Record], val: list[Record], test: list[Record],
+                     counts: dict | None = None, **task_metrics) -> dict:
+    """The common flags' classifier trained on these splits by `fit`; the main process writes
+    `<out>/metrics.json` (with `counts` and `task_metrics` added) and prints the test score."""
+    model, spec = models.build_model(args.model, len(classes), args.weights, args.image_size)
+    frozen = models.freeze_stages(model, spec, args.freeze_stages)
+    loaders = make_loaders(args, train, val, test, spec.mean, spec.std,
+                           cuda=rt.device.type == "cuda")
+    result = fit(model, spec, loaders, args, rt, frozen,
+                 meta={"classes": classes, "image_size": args.image_size,
+                       "mean": spec.mean, "std": spec.std})
+    if rt.main:
+        data = {"classes": len(classes), "train": len(train), "val": len(val),
+                "test": len(test), "test_evaluated": result["test_count"], **(counts or {})}
+        record = results.make_record(task, variant, args, rt, data, result, **task_metrics)
+        results.write_json(record, Path(args.out) / "metrics.json")
+        print(f"test_top1 {result['metrics']['test_top1']:.4f} "
+              f"test_top5 {result['metrics']['test_top5']:.4f} -> {args.out}/metrics.json")
+    return result
 
 
 def peak_memory_mb(device: torch.device) -> float:

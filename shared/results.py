@@ -77,22 +77,85 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
-# Each study: title, task folder, and the columns (header, how to read it from a record).
+def _detector_pct(r):
+    return (_pct(r["metrics"].get("detector_corloc"))
+            if r["args"].get("test_boxes") == "pred" and r["args"].get("crop") != "none"
+            else "–")
+
+
+def _split_counts(r):
+    return f"{r['data']['train']} / {r['data']['val']} / {r['data']['test']}"
+
+
+ACCURACY = [
+    ("Accuracy (test top-1, %)", lambda r: _pct(r["metrics"]["test_top1"])),
+    ("Top-5 (%)", lambda r: _pct(r["metrics"]["test_top5"])),
+    ("Best val top-1 (%)", lambda r: _pct(r["metrics"]["best_val_top1"])),
+    ("Best epoch", lambda r: f"{r['metrics']['best_epoch']}/{r['args']['epochs']}"),
+]
+CROPS = {"none": 0, "box": 1, "square": 2}
+
+
+def _is_crop_row(r) -> bool:
+    """Table 2: the crop runs, and task 1-2's pretrained seed-recipe run as the baseline."""
+    if r["task"] == "task1_2_finetune":
+        return r["variant"] == "pretrained" and r["args"].get("recipe", "seed") == "seed"
+    return r["task"] == "task3_crop" and r["variant"] != "detector"
+
+
+def _crop_order(r):
+    return (r["dataset"], r["task"] == "task3_crop", CROPS[r["args"].get("crop", "none")],
+            r["args"].get("test_boxes") == "gt", r["variant"])
+
+
+# Each study: title, which records are its rows, their order, and the columns (header, how
+# to read it from a record).
 STUDIES = [
-    ("Table 1: training tricks and transfer learning (task 1-2)", "task1_2_finetune", [
+    ("Table 1: training tricks and transfer learning (task 1-2)",
+     lambda r: r["task"] == "task1_2_finetune",
+     lambda r: (r["dataset"], r["model"], r["variant"]), [
         ("Model", lambda r: r["model"]),
         ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
         ("Variant", lambda r: r["variant"]),
         ("Recipe", lambda r: r["args"].get("recipe", "–")),
         ("Weights", lambda r: r["weights"]),
-        ("Accuracy (test top-1, %)", lambda r: _pct(r["metrics"]["test_top1"])),
-        ("Top-5 (%)", lambda r: _pct(r["metrics"]["test_top5"])),
-        ("Best val top-1 (%)", lambda r: _pct(r["metrics"]["best_val_top1"])),
-        ("Best epoch", lambda r: f"{r['metrics']['best_epoch']}/{r['args']['epochs']}"),
+        *ACCURACY,
         ("Image size", lambda r: r["args"]["image_size"]),
-        ("Train / val / test", lambda r: f"{r['data']['train']} / {r['data']['val']} / "
-                                         f"{r['data']['test']}"),
+        ("Train / val / test", _split_counts),
         ("Train time (min)", lambda r: f"{r['timing']['train_seconds'] / 60:.1f}"),
+        ("Device", lambda r: r["env"]["device"]),
+    ]),
+    ("Table 2: classify the detector's crop (task 3); task 1-2's pretrained run is the "
+     "no-crop row", _is_crop_row, _crop_order, [
+        ("Model", lambda r: r["model"]),
+        ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
+        ("Crop", lambda r: r["args"].get("crop", "none (task 1-2)")),
+        ("Train boxes", lambda r: r["args"].get("train_boxes", "–")
+            if r["args"].get("crop", "none") != "none" else "–"),
+        ("Test boxes", lambda r: {"gt": "gt (oracle)", "pred": "detector"}.get(
+            r["args"].get("test_boxes")) if r["args"].get("crop", "none") != "none" else "–"),
+        *ACCURACY,
+        ("Detector CorLoc (%)", _detector_pct),
+        ("Whole-image test images", lambda r: r["data"].get("whole_image_fallback",
+                                                            {}).get("test", "–")),
+        ("Train / val / test", _split_counts),
+        ("Device", lambda r: r["env"]["device"]),
+    ]),
+    ("Table 2b: the detector (task 3): top box against the true boxes of the test split",
+     lambda r: r["task"] == "task3_crop" and r["variant"] == "detector",
+     lambda r: r["dataset"], [
+        ("Detector", lambda r: r["model"]),
+        ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
+        ("Weights", lambda r: r["weights"]),
+        ("CorLoc (IoU >= 0.5, %)", lambda r: _pct(r["metrics"]["detector_corloc"])),
+        ("Mean IoU", lambda r: f"{r['metrics']['detector_miou']:.3f}"
+            if r["metrics"]["detector_miou"] is not None else "–"),
+        ("No detection", lambda r: r["metrics"]["no_detection"]),
+        ("Epochs", lambda r: r["args"]["epochs"]),
+        ("Input", lambda r: "x".join(map(str, r["args"]["image_scale"]))),
+        ("Train images", lambda r: r["data"]["train"]),
+        ("Train time (min)", lambda r: f"{r['timing']['train_seconds'] / 60:.1f}"),
+        ("Predict (ms/image)", lambda r: f"{1000 * r['timing']['predict_seconds_per_image']:.0f}"),
         ("Device", lambda r: r["env"]["device"]),
     ]),
 ]
@@ -112,9 +175,8 @@ def write_tables(root: Path) -> Path:
     parts = [f"# Results\n\nBuilt from the `metrics.json` files under `{root}` by "
              "`python -m shared.results`. Test accuracy is measured once, with the "
              "best-on-validation weights and deterministic transforms."]
-    for title, task, columns in STUDIES:
-        rows = sorted((r for r in records if r["task"] == task),
-                      key=lambda r: (r["dataset"], r["model"], r["variant"]))
+    for title, select, order, columns in STUDIES:
+        rows = sorted(filter(select, records), key=order)
         parts.append(f"## {title}\n\n" + (markdown_table(rows, columns) if rows
                                           else "No runs yet."))
     path = Path(root) / "TABLES.md"

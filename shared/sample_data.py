@@ -26,6 +26,7 @@ MARK_COLOURS = {"Crimson": (200, 30, 40), "Azure": (40, 110, 230), "Golden": (24
 PATTERNS = ("Spotted", "Barred", "Striped", "Ringed")
 EYE_COLOURS = ((20, 20, 20), (230, 120, 0), (0, 200, 220))
 DOG_WNID = 2085620  # the first real breed id (n02085620-Chihuahua); ours count up from it
+OBJECT_SCALE = (0.3, 0.5)  # the body's width as a share of the photo's
 
 
 def class_names(n: int) -> list[str]:
@@ -53,9 +54,11 @@ def _background(rng: np.random.Generator, width: int, height: int) -> Image.Imag
 
 
 def _draw_animal(draw: ImageDraw.ImageDraw, rng: np.random.Generator, label: int,
-                 width: int, height: int) -> tuple[float, float, float, float]:
-    """Body, head and the class's marking at a random place; returns the box (x, y, w, h)."""
-    body_w = rng.uniform(0.3, 0.5) * width
+                 width: int, height: int, scale: tuple[float, float] = OBJECT_SCALE
+                 ) -> tuple[float, float, float, float]:
+    """Body, head and the class's marking at a random place; returns the box (x, y, w, h).
+    The body's width is a `scale` share (drawn uniformly from the range) of the photo's."""
+    body_w = rng.uniform(*scale) * width
     body_h = body_w * rng.uniform(0.55, 0.8)
     head_r = body_h * 0.35
     box_w, box_h = body_w + head_r, body_h + head_r / 2  # the head juts out at one end
@@ -93,12 +96,13 @@ def _draw_animal(draw: ImageDraw.ImageDraw, rng: np.random.Generator, label: int
     return x0, y0, box_w, box_h
 
 
-def _photo(rng: np.random.Generator, label: int, size: int, animals: int = 1
+def _photo(rng: np.random.Generator, label: int, size: int, animals: int = 1,
+           scale: tuple[float, float] = OBJECT_SCALE
            ) -> tuple[Image.Image, list[tuple[float, float, float, float]]]:
     width, height = [(size, size * 3 // 4), (size * 3 // 4, size), (size, size)][rng.integers(3)]
     image = _background(rng, width, height)
     draw = ImageDraw.Draw(image)
-    boxes = [_draw_animal(draw, rng, label, width, height) for _ in range(animals)]
+    boxes = [_draw_animal(draw, rng, label, width, height, scale) for _ in range(animals)]
     if rng.random() < 0.1:
         image = image.convert("L")  # real sets hold a few grayscale photos
     return image, boxes
@@ -111,7 +115,8 @@ def _train_mask(rng: np.random.Generator, n: int) -> np.ndarray:
     return mask
 
 
-def write_cub(out: Path, classes: int, per_class: int, size: int, seed: int) -> dict:
+def write_cub(out: Path, classes: int, per_class: int, size: int, seed: int,
+              scale: tuple[float, float] = OBJECT_SCALE) -> dict:
     """CUB_200_2011/: images/<NNN.Name>/<file>.jpg and the five metadata files."""
     rng = np.random.default_rng([seed, 0])
     folder = Path(out) / "CUB_200_2011"
@@ -124,7 +129,7 @@ def write_cub(out: Path, classes: int, per_class: int, size: int, seed: int) -> 
         (folder / "images" / class_dir).mkdir(parents=True, exist_ok=True)
         for k, is_train in enumerate(_train_mask(rng, per_class)):
             image_id += 1
-            image, (box,) = _photo(rng, label, size)
+            image, (box,) = _photo(rng, label, size, 1, scale)
             key = f"{class_dir}/{class_dir[4:]}_{k + 1:04d}_{image_id}.jpg"
             image.save(folder / "images" / key, quality=90)
             lines["images"].append(f"{image_id} {key}")
@@ -174,7 +179,8 @@ def _cells(strings: list[str]) -> np.ndarray:
     return cells
 
 
-def write_dogs(out: Path, classes: int, per_class: int, size: int, seed: int) -> dict:
+def write_dogs(out: Path, classes: int, per_class: int, size: int, seed: int,
+               scale: tuple[float, float] = OBJECT_SCALE) -> dict:
     """StanfordDogs/: Images/<wnid-Breed>/<wnid_N>.jpg, Annotation/<wnid-Breed>/<wnid_N> (XML),
     train_list.mat, test_list.mat, file_list.mat."""
     rng = np.random.default_rng([seed, 1])
@@ -188,7 +194,7 @@ def write_dogs(out: Path, classes: int, per_class: int, size: int, seed: int) ->
             (folder / sub / breed_dir).mkdir(parents=True, exist_ok=True)
         for k, is_train in enumerate(_train_mask(rng, per_class)):
             animals = 2 if rng.random() < 0.2 else 1  # some photos hold several dogs
-            image, boxes = _photo(rng, label, size, animals)
+            image, boxes = _photo(rng, label, size, animals, scale)
             stem = f"{wnid}_{1000 + k}"
             image.save(folder / "Images" / breed_dir / f"{stem}.jpg", quality=90)
             # VOC boxes are whole pixels: xmin, ymin, xmax, ymax
@@ -213,12 +219,15 @@ def write_dogs(out: Path, classes: int, per_class: int, size: int, seed: int) ->
 
 
 def write_sample_data(out, classes: int = 6, per_class: int = 12, size: int = 96,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, object_scale: tuple[float, float] = OBJECT_SCALE) -> dict:
     """Both datasets under `out`; returns what was written, per dataset, for checks."""
     if classes < 1 or per_class < 2 or size < 32:
         raise ValueError("need classes >= 1, per_class >= 2 and size >= 32")
-    return {"bird": write_cub(Path(out), classes, per_class, size, seed),
-            "dog": write_dogs(Path(out), classes, per_class, size, seed)}
+    low, high = object_scale
+    if not 0.05 <= low <= high <= 0.6:
+        raise ValueError(f"object scale {low} {high}: need 0.05 <= low <= high <= 0.6")
+    return {"bird": write_cub(Path(out), classes, per_class, size, seed, object_scale),
+            "dog": write_dogs(Path(out), classes, per_class, size, seed, object_scale)}
 
 
 def main(argv=None) -> None:
@@ -229,9 +238,14 @@ def main(argv=None) -> None:
     parser.add_argument("--per-class", type=int, default=12, help="images per class")
     parser.add_argument("--size", type=int, default=96, help="long side of each photo")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--object-scale", type=float, nargs=2, default=OBJECT_SCALE,
+                        metavar=("LOW", "HIGH"),
+                        help="the animal's body width as a share of the photo's, drawn "
+                             "uniformly from [LOW, HIGH] (small objects: 0.1 0.15)")
     args = parser.parse_args(argv)
     try:
-        written = write_sample_data(args.out, args.classes, args.per_class, args.size, args.seed)
+        written = write_sample_data(args.out, args.classes, args.per_class, args.size, args.seed,
+                                    tuple(args.object_scale))
     except ValueError as e:
         parser.error(str(e))
     for name, info in written.items():

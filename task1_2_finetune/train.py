@@ -17,19 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
 
-from shared import cli, data, engine, models, results  # noqa: E402
+from shared import cli, data, engine  # noqa: E402
 
 TASK = "task1_2_finetune"
-RECIPES = {
-    "seed": {},  # the common flags' defaults are the seed's settings
-    "strong": {
-        "image_size": 448, "resize_mode": "random-resized-crop", "crop_scale": 0.5,
-        "crop_ratio": 1.0, "grayscale": 0.0, "epochs": 30, "batch_size": 32,
-        "optimizer": "adamw", "lr": 2e-4, "head_lr_mult": 15.0, "weight_decay": 0.05,
-        "scheduler": "cosine", "warmup_epochs": 1.0, "label_smoothing": 0.1,
-        "head_only_epochs": 2, "freeze_stages": -3, "freeze_bn": True,
-    },
-}
+
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,8 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--variant", choices=("baseline", "pretrained"), default="pretrained",
                         help="baseline: random initialisation (--weights none); pretrained: "
                              "--weights (ImageNet by default)")
-    parser.add_argument("--recipe", choices=tuple(RECIPES), default="seed")
-    args = cli.parse_with_recipes(parser, RECIPES, argv)
+    args = cli.parse_with_recipes(parser, argv)
     if args.variant == "baseline":
         args.weights = "none"
     args.out = args.out or Path("results", TASK, args.dataset, args.variant)
@@ -49,21 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     rt = engine.init_runtime(args)
     index, train, val, test = data.prepare_splits(args)
-    model, spec = models.build_model(args.model, len(index.classes), args.weights,
-                                     args.image_size)
-    frozen = models.freeze_stages(model, spec, args.freeze_stages)
-    loaders = data.make_loaders(args, train, val, test, spec.mean, spec.std,
-                                cuda=rt.device.type == "cuda")
-    result = engine.fit(model, spec, loaders, args, rt, frozen,
-                        meta={"classes": index.classes, "image_size": args.image_size,
-                              "mean": spec.mean, "std": spec.std})
-    if rt.main:
-        counts = {"classes": len(index.classes), "train": len(train), "val": len(val),
-                  "test": len(test), "test_evaluated": result["test_count"]}
-        record = results.make_record(TASK, args.variant, args, rt, counts, result)
-        results.write_json(record, Path(args.out) / "metrics.json")
-        print(f"test_top1 {result['metrics']['test_top1']:.4f} "
-              f"test_top5 {result['metrics']['test_top5']:.4f} -> {args.out}/metrics.json")
+    engine.train_classifier(TASK, args.variant, args, rt, index.classes, train, val, test)
     engine.shutdown(rt)
 
 

@@ -54,7 +54,7 @@ def test_failed_download_names_the_file(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     with pytest.raises(WeightsError, match=r"put resnet18-f37072fd\.pth .*download failed"):
         build_model("resnet18", 10, weights="imagenet")
 

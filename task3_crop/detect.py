@@ -1,0 +1,316 @@
+"""Task 3, step 1: a one-class "object" detector (MMDetection Faster R-CNN) trained on the true
+boxes of the train split, then one predicted box for every image of every split.
+
+    python task3_crop/detect.py --dataset bird                      # the seed's detector
+    python task3_crop/detect.py --dataset dog --detector small      # CPU-sized
+    python task3_crop/detect.py --dataset bird --detector-weights faster_rcnn_coco.pth
+
+`--detector seed` is the seed's `faster-rcnn_r101_fpn_2x_coco` (ImageNet ResNet-101 backbone,
+1333x800 input); `--detector small` is a ResNet-18 FPN with 64 channels at --image-scale 224,
+for CPU runs and the demo. Only the train split (without the validation images carved from
+it, as in train.py) trains the detector; the boxes of CUB `bounding_boxes.txt` and every dog
+of each Stanford Dogs XML become a COCO json. `--detector-weights` starts from a full MMDetection
+checkpoint (COCO-trained ones already find birds and dogs; their 80-class head is replaced).
+
+Writes to --out (default results/task3_crop/<dataset>/detector): boxes.json (the top box per
+image, or null), metrics.json (CorLoc and mean IoU on val and test, timing), detector.pth (the
+trained weights, for --detector-weights) and mmdet/ (checkpoints, logs, TensorBoard).
+--resume continues an interrupted training from its last epoch.
+"""
+
+import argparse
+import json
+import pickle
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from shared import cli, data, models, results  # noqa: E402
+from shared.data import DataError  # noqa: E402
+from task3_crop import boxes as boxes_io  # noqa: E402
+from task3_crop import mmcv_ext  # noqa: E402, F401  (registers mmcv._ext before mmdet loads)
+
+TASK = "task3_crop"
+SEED_CONFIG = "faster_rcnn/faster-rcnn_r101_fpn_2x_coco.py"
+DETECTORS = {  # defaults per detector; flags override
+    "seed": {"depth": 101, "channels": None, "image_scale": (1333, 800), "epochs": 24,
+             "batch_size": 8, "lr": 0.01},
+    "small": {"depth": 18, "channels": 64, "image_scale": (224, 224), "epochs": 12,
+              "batch_size": 8, "lr": 0.02},
+}
+SCORE_THRESHOLD = 0.05  # mmdet's default; below it an image has no detection
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    data.add_data_args(parser)
+    parser.add_argument("--detector", choices=tuple(DETECTORS), default="seed")
+    parser.add_argument("--backbone-weights", choices=("imagenet", "none"), default="imagenet",
+                        help="ImageNet torchvision ResNet weights for the backbone, or none")
+    parser.add_argument("--detector-weights", type=Path,
+                        help="start from this MMDetection checkpoint instead")
+    parser.add_argument("--image-scale", type=int, nargs=2, metavar=("LONG", "SHORT"),
+                        help="resize to fit LONG x SHORT, keeping the aspect ratio")
+    parser.add_argument("--epochs", type=int, help="0: only predict (needs --detector-weights "
+                                                   "of a one-class detector)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float, help="SGD learning rate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the training in <out>/mmdet from its last checkpoint")
+    args = parser.parse_args(argv)
+    for key, value in DETECTORS[args.detector].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.epochs == 0 and args.detector_weights is None:
+        parser.error("--epochs 0 predicts with --detector-weights, which is missing")
+    args.out = args.out or Path("results", TASK, args.dataset, "detector")
+    return args
+
+
+def coco_json(records: list[data.Record], path: Path) -> None:
+    """The train boxes in the COCO format mmdet's CocoDataset reads; one class, "object"."""
+    images, annotations = [], []
+    for image_id, r in enumerate(records, 1):
+        if not r.boxes:
+            raise DataError(f"{r.path} has no true box: training the detector needs the "
+                            "dataset's boxes (CUB bounding_boxes.txt, Stanford Dogs Annotation/)")
+        with Image.open(r.path) as image:
+            width, height = image.size
+        images.append({"id": image_id, "file_name": r.key, "width": width, "height": height})
+        for x0, y0, x1, y1 in r.boxes:
+            x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                                "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "object"}]}))
+
+
+def backbone_checkpoint(depth: int) -> str:
+    """The torchvision ResNet file that mmdet's `torchvision://resnetN` means, from the torch
+    hub cache or downloaded; offline, the error names the file and where it goes."""
+    from mmengine.runner.checkpoint import get_torchvision_models
+    url = get_torchvision_models()[f"resnet{depth}"]
+    return str(models.cached_weights(url, f"ImageNet weights for the ResNet-{depth} backbone",
+                                     "--backbone-weights none, or place it by hand;"))
+
+
+def detector_config(args, images: Path, ann_file: Path, train_images: int):
+    """The seed's mmdet config, made one-class and pointed at our data and run folder."""
+    import mmdet
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(Path(mmdet.__file__).parent / ".mim" / "configs" / SEED_CONFIG)
+    model = cfg.model
+    model.roi_head.bbox_head.num_classes = 1
+    model.backbone.depth = args.depth
+    if args.channels:  # a narrow FPN and heads for CPU
+        c = args.channels
+        model.neck.in_channels = [64, 128, 256, 512] if args.depth < 50 else \
+            [256, 512, 1024, 2048]
+        model.neck.out_channels = model.rpn_head.in_channels = model.rpn_head.feat_channels = c
+        model.roi_head.bbox_roi_extractor.out_channels = model.roi_head.bbox_head.in_channels = c
+        model.roi_head.bbox_head.fc_out_channels = 4 * c
+        # RoIAlign on CPU is costly: at sampling ratio 0 (adaptive) its backward took most of
+        # an iteration; torchvision's own Faster R-CNN samples 2x2 points per bin.
+        model.roi_head.bbox_roi_extractor.roi_layer.sampling_ratio = 2
+        model.train_cfg.rcnn.sampler.num = 256
+    model.test_cfg.rcnn.score_thr = SCORE_THRESHOLD
+    if args.detector_weights or args.backbone_weights == "none":
+        model.backbone.init_cfg = None
+        if not args.detector_weights:  # random weights: train every stage and its statistics
+            model.backbone.frozen_stages, model.backbone.norm_eval = -1, False
+    else:
+        model.backbone.init_cfg.checkpoint = backbone_checkpoint(args.depth)
+
+    scale = tuple(args.image_scale)
+    train_pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True),
+                      dict(type="Resize", scale=scale, keep_ratio=True),
+                      dict(type="RandomFlip", prob=0.5), dict(type="PackDetInputs")]
+    cfg.test_pipeline = [dict(type="LoadImageFromFile"),
+                         dict(type="Resize", scale=scale, keep_ratio=True),
+                         dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape",
+                                                               "img_shape", "scale_factor"))]
+    workers = args.workers if args.workers is not None else \
+        data.default_workers() if torch.cuda.is_available() else 0
+    cfg.train_dataloader = dict(
+        batch_size=args.batch_size, num_workers=workers, persistent_workers=workers > 0,
+        sampler=dict(type="DefaultSampler", shuffle=True),
+        batch_sampler=dict(type="AspectRatioBatchSampler"),
+        dataset=dict(type="CocoDataset", data_root=str(images), ann_file=str(ann_file),
+                     data_prefix=dict(img=""), metainfo=dict(classes=("object",)),
+                     filter_cfg=dict(filter_empty_gt=False, min_size=0),
+                     pipeline=train_pipeline))
+    for split in ("val", "test"):  # our own CorLoc replaces mmdet's COCO evaluation
+        cfg[f"{split}_dataloader"] = cfg[f"{split}_cfg"] = cfg[f"{split}_evaluator"] = None
+    cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=args.epochs, val_interval=1)
+    cfg.optim_wrapper.optimizer.lr = args.lr
+    iterations = args.epochs * -(-train_images // args.batch_size)
+    warmup = min(500, max(1, iterations // 4))
+    cfg.param_scheduler = [
+        dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=warmup),
+        dict(type="MultiStepLR", begin=0, end=args.epochs, by_epoch=True, gamma=0.1,
+             milestones=[round(args.epochs * 2 / 3), round(args.epochs * 11 / 12)])]
+    cfg.default_hooks.logger.interval = 20
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, max_keep_ckpts=1)
+    cfg.visualizer.vis_backends = [dict(type="LocalVisBackend"),
+                                   dict(type="TensorboardVisBackend")]
+    cfg.work_dir = str(args.out / "mmdet")
+    cfg.load_from = str(args.detector_weights) if args.detector_weights else None
+    cfg.resume = args.resume
+    cfg.randomness = dict(seed=args.seed)
+    cfg.auto_scale_lr = None
+    return cfg
+
+
+def load_checkpoints_safely(own_dir: Path) -> None:
+    """mmengine 0.10.7 loads checkpoints with torch.load's default, which is weights_only=True
+    since torch 2.6, and its training checkpoints hold more than tensors. Files in this run's
+    own folder (`own_dir`, for --resume) may hold its training state: numpy arrays and
+    HistoryBuffers whose bound methods pickle through getattr. Any other file (--detector-weights)
+    may hold tensors and plain numpy only."""
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    multiarray = getattr(np, "_core", None) or np.core
+    plain = [np.ndarray, np.dtype, multiarray.multiarray._reconstruct,
+             multiarray.multiarray.scalar, *{type(np.dtype(c)) for c in np.typecodes["All"]}]
+    own_dir = own_dir.resolve()
+
+    def load_local(filename, map_location):
+        path = Path(filename).expanduser().resolve()
+        if not path.is_file():
+            raise DataError(f"checkpoint {filename} not found")
+        own = path.is_relative_to(own_dir)
+        with torch.serialization.safe_globals(plain + ([HistoryBuffer, getattr] if own else [])):
+            try:
+                return torch.load(path, map_location=map_location, weights_only=True)
+            except pickle.UnpicklingError as e:
+                why = [line for line in str(e).splitlines() if "global" in line or "got" in line]
+                raise DataError(f"{path} holds more than weights ({' '.join(why[-1:])}); "
+                                "pass a published checkpoint (state_dict and meta), e.g. the "
+                                "detector.pth that detect.py writes") from None
+
+    CheckpointLoader.register_scheme(prefixes="", loader=load_local, force=True)
+
+
+class PipelineDataset(torch.utils.data.Dataset):
+    def __init__(self, records, pipeline):
+        self.records, self.pipeline = records, pipeline
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return self.pipeline(dict(img_path=str(self.records[i].path), img_id=i))
+
+
+@torch.no_grad()
+def predict(model, cfg, records: list[data.Record], batch_size: int, workers: int
+            ) -> dict[str, boxes_io.Detection]:
+    """The top-scoring box per image, in the original image's pixels (None: nothing scored
+    above the threshold)."""
+    from mmengine.dataset import Compose, pseudo_collate
+    model.eval()
+    loader = torch.utils.data.DataLoader(PipelineDataset(records, Compose(cfg.test_pipeline)),
+                                         batch_size, num_workers=workers,
+                                         collate_fn=pseudo_collate)
+    found, done = {}, 0
+    for batch in loader:
+        for sample in model.test_step(batch):
+            instances = sample.pred_instances
+            record = records[sample.img_id]
+            if len(instances.scores):
+                top = int(instances.scores.argmax())
+                found[record.key] = (tuple(instances.bboxes[top].tolist()),
+                                     float(instances.scores[top]))
+            else:
+                found[record.key] = None
+        done += len(batch["inputs"])
+        print(f"\rpredict {done}/{len(records)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return found
+
+
+def main(args: argparse.Namespace) -> None:
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.runner import Runner, load_checkpoint
+
+    register_all_modules()
+    load_checkpoints_safely(args.out / "mmdet")
+    index, train, val, test = data.prepare_splits(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ann_file = args.out / "coco_train.json"
+    coco_json(train, ann_file)
+    cfg = detector_config(args, index.folder / ("images" if args.dataset == "bird" else "Images"),
+                          ann_file, len(train))
+
+    start = time.perf_counter()
+    if args.epochs > 0:
+        runner = Runner.from_cfg(cfg)
+        model = runner.train()
+    else:
+        model = MODELS.build(cfg.model)
+        try:  # predicting with these weights alone: every tensor must fit
+            load_checkpoint(model, str(args.detector_weights), map_location="cpu", strict=True)
+        except RuntimeError as e:
+            raise DataError(f"{args.detector_weights} does not fit the one-class "
+                            f"--detector {args.detector}: {str(e).strip().splitlines()[0]}"
+                            ) from None
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
+    train_seconds = time.perf_counter() - start
+    # The trained weights alone, as MMDetection publishes checkpoints: --detector-weights
+    torch.save({"state_dict": model.state_dict(),
+                "meta": {"dataset_meta": {"classes": ("object",)}}}, args.out / "detector.pth")
+
+    every = train + val + test
+    start = time.perf_counter()
+    detections = predict(model, cfg, every, args.batch_size, cfg.train_dataloader.num_workers)
+    predict_seconds = time.perf_counter() - start
+
+    detector = {"detector": args.detector, "config": SEED_CONFIG, "depth": args.depth,
+                "image_scale": list(args.image_scale), "epochs": args.epochs,
+                "backbone_weights": args.backbone_weights,
+                "detector_weights": str(args.detector_weights or ""),
+                "score_threshold": SCORE_THRESHOLD}
+    boxes_io.write_boxes(args.out / "boxes.json", args.dataset, index.folder, detector,
+                         [r.key for r in train], detections)
+    # scored as train.py will read them back (coordinates rounded to 0.01 px)
+    detections, _ = boxes_io.read_boxes(args.out / "boxes.json", args.dataset, every)
+    quality = {split: boxes_io.localisation(records, detections)
+               for split, records in (("val", val), ("test", test))}
+    device = next(model.parameters()).device
+    record = {
+        "task": TASK, "variant": "detector", "dataset": args.dataset,
+        "model": f"faster-rcnn r{args.depth} fpn ({args.detector})",
+        "weights": str(args.detector_weights or args.backbone_weights),
+        "metrics": {**quality["test"], **{f"val_{k}": v for k, v in quality["val"].items()}},
+        "data": {"train": len(train), "val": len(val), "test": len(test),
+                 "predicted": len(every)},
+        "env": {"torch": torch.__version__, "git": results.git_commit(),
+                "device": f"{device.type}: " + (torch.cuda.get_device_name(device)
+                                                if device.type == "cuda" else results.cpu_name()),
+                "threads": torch.get_num_threads()},
+        "timing": {"train_seconds": train_seconds,
+                   "train_seconds_per_image": train_seconds / max(1, len(train) * args.epochs),
+                   "predict_seconds_per_image": predict_seconds / len(every)},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
+    results.write_json(record, args.out / "metrics.json")
+    q = quality["test"]
+    print(f"test CorLoc {q['detector_corloc']:.4f} mIoU {q['detector_miou']:.4f} "
+          f"no detection {q['no_detection']} -> {args.out}/boxes.json")
+
+
+if __name__ == "__main__":
+    cli.run(main, parse_args())

@@ -1,0 +1,96 @@
+"""Task 3, step 2: classify the animal's crop (Table 2).
+
+    python task3_crop/detect.py --dataset bird                  # first: boxes.json
+    python task3_crop/train.py --dataset bird --crop box        # crops: true boxes for train,
+                                                                #   predicted boxes for val/test
+    python task3_crop/train.py --dataset bird --crop square
+    python task3_crop/train.py --dataset bird --crop box --test-boxes gt   # oracle upper bound
+
+The classifier and its training are task 1-2's (same flags, same `--recipe`); only the images
+change: each is cropped on the fly to a box (`--crop box`, grown by `--margin` of its size on
+every side) or to the square of the box's longer side centred on it (`--crop square`), clipped
+to the image. Training crops use `--train-boxes` (the true boxes by default, as the seed did);
+validation and test crops use `--test-boxes`: `pred`, the detector's top box, is the honest
+setting, `gt` the oracle. An image the detector found nothing in is kept whole and counted.
+Where a photo holds several true boxes, the largest is the subject.
+
+metrics.json adds the detector's quality on test (`detector_corloc`, `detector_miou`,
+`no_detection`) and how many images per split fell back to the whole image.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
+
+from shared import cli, data, engine  # noqa: E402
+from shared.data import DataError  # noqa: E402
+from task3_crop import boxes as boxes_io  # noqa: E402
+
+TASK = "task3_crop"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_argument_group("crop")
+    group.add_argument("--crop", choices=boxes_io.CROPS, default="box")
+    group.add_argument("--margin", type=float, default=0.0,
+                       help="grow the box by this share of its width and height on every side")
+    group.add_argument("--train-boxes", choices=("gt", "pred"), default="gt",
+                       help="boxes that crop the training images")
+    group.add_argument("--test-boxes", choices=("pred", "gt"), default="pred",
+                       help="boxes that crop the validation and test images (gt: oracle)")
+    group.add_argument("--boxes", type=Path,
+                       help="the detector's boxes file (default "
+                            "results/task3_crop/<dataset>/detector/boxes.json)")
+    args = cli.parse_with_recipes(parser, argv)
+    if args.margin < 0:
+        parser.error(f"--margin {args.margin}: expected a share >= 0")
+    args.boxes = args.boxes or Path("results", TASK, args.dataset, "detector", "boxes.json")
+    args.out = args.out or Path("results", TASK, args.dataset, variant(args))
+    return args
+
+
+def variant(args) -> str:
+    if args.crop == "none":
+        return "none"
+    return (args.crop + ("-train-pred" if args.train_boxes == "pred" else "")
+            + ("-oracle" if args.test_boxes == "gt" else ""))
+
+
+def main(args: argparse.Namespace) -> None:
+    rt = engine.init_runtime(args)
+    index, train, val, test = data.prepare_splits(args)
+
+    uses_predictions = args.crop != "none" and "pred" in (args.train_boxes, args.test_boxes)
+    detections, quality = None, {}
+    if uses_predictions:
+        detections, detector_train = boxes_io.read_boxes(args.boxes, args.dataset,
+                                                         train + val + test)
+        seen = detector_train & {r.key for r in val + test}
+        if seen:
+            raise DataError(f"{args.boxes}: the detector trained on {len(seen)} validation or "
+                            "test images; rerun detect.py with this run's --seed, "
+                            "--val-fraction and --limit")
+        if args.test_boxes == "pred":
+            quality = boxes_io.localisation(test, detections)
+    fallback = {}
+    train, fallback["train"] = boxes_io.with_crops(train, args.train_boxes, detections,
+                                                   args.crop, args.margin)
+    val, fallback["val"] = boxes_io.with_crops(val, args.test_boxes, detections, args.crop,
+                                               args.margin)
+    test, fallback["test"] = boxes_io.with_crops(test, args.test_boxes, detections, args.crop,
+                                                 args.margin)
+
+    engine.train_classifier(TASK, variant(args), args, rt, index.classes, train, val, test,
+                            {"whole_image_fallback": fallback}, **quality)
+    if rt.main:
+        print(f"crop {args.crop}, train boxes {args.train_boxes}, test boxes "
+              f"{args.test_boxes}; whole image for {fallback['test']} test images")
+    engine.shutdown(rt)
+
+
+if __name__ == "__main__":
+    cli.run(main, parse_args())

@@ -1,0 +1,273 @@
+"""Task 3: crop regions, the boxes file, localisation quality, a real mmdet Faster R-CNN
+trained and run on CPU through detect.py, and crop classification through train.py."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from PIL import Image
+
+from shared import data
+from shared.data import DataError, Record
+from shared.results import write_tables
+from task3_crop import boxes as boxes_io
+
+
+def record(key="a.jpg", boxes=((10.0, 20.0, 50.0, 40.0),), path="a.jpg", label=0):
+    return Record(key, path, label, tuple(boxes))
+
+
+def test_crop_regions():
+    box = (10.0, 20.0, 50.0, 40.0)  # 40 wide, 20 high, centre (30, 30)
+    assert boxes_io.crop_region(box, "box", 0.0) == box
+    assert boxes_io.crop_region(box, "box", 0.25) == (0.0, 15.0, 60.0, 45.0)
+    assert boxes_io.crop_region(box, "square", 0.0) == (10.0, 10.0, 50.0, 50.0)
+    assert boxes_io.crop_region(box, "square", 0.25) == (0.0, 0.0, 60.0, 60.0)
+
+
+def test_iou_and_localisation_quality():
+    assert boxes_io.iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert boxes_io.iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    records = [record("a", [(0, 0, 10, 10)]), record("b", [(0, 0, 10, 10), (20, 0, 30, 10)]),
+               record("c", [(0, 0, 10, 10)]), record("d", [(0, 0, 10, 10)])]
+    detections = {"a": ((0, 0, 10, 10), 0.9),        # IoU 1
+                  "b": ((20, 0, 30, 5), 0.8),         # best match: the second dog, IoU 0.5
+                  "c": ((5, 0, 15, 10), 0.7),         # IoU 1/3: a miss
+                  "d": None}                          # nothing found: a miss, IoU 0
+    quality = boxes_io.localisation(records, detections)
+    assert quality["detector_corloc"] == 0.5
+    assert quality["detector_miou"] == pytest.approx((1 + 0.5 + 1 / 3 + 0) / 4)
+    assert quality["no_detection"] == 1
+
+
+def test_with_crops_uses_the_largest_true_box_and_counts_fallbacks():
+    records = [record("a", [(0, 0, 10, 10), (0, 0, 30, 30)]), record("b")]
+    cropped, whole = boxes_io.with_crops(records, "gt", None, "box", 0.0)
+    assert cropped[0].crop == (0, 0, 30, 30) and whole == 0
+    detections = {"a": ((1.0, 2.0, 3.0, 4.0), 0.9), "b": None}
+    cropped, whole = boxes_io.with_crops(records, "pred", detections, "square", 0.0)
+    assert cropped[0].crop == (1.0, 2.0, 3.0, 4.0) and cropped[1].crop is None and whole == 1
+    assert boxes_io.with_crops(records, "pred", detections, "none", 0.0) == (records, 0)
+    with pytest.raises(DataError, match="no true box"):
+        boxes_io.with_crops([record("c", [])], "gt", None, "box", 0.0)
+
+
+def test_the_loader_sees_only_the_crop_clipped_to_the_image(tmp_path):
+    pixels = np.zeros((40, 60, 3), dtype=np.uint8)
+    pixels[10:40, 20:60] = 255  # a white object on black, touching the bottom-right border
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    to_tensor = data.build_transform(False, 8, "center-crop", mean=(0, 0, 0), std=(1, 1, 1))
+    path = tmp_path / "a.png"
+    whole, _ = data.ImageDataset([Record("a", path, 0)], to_tensor)[0]
+    crop, _ = data.ImageDataset([Record("a", path, 0, crop=(20, 10, 60, 40))], to_tensor)[0]
+    # a region past the border is clipped to the image (no black padding)
+    clipped, _ = data.ImageDataset([Record("a", path, 0, crop=(20, 10, 90, 70))], to_tensor)[0]
+    assert whole.min() == 0.0 and crop.min() == 1.0 and clipped.min() == 1.0
+
+
+def write_boxes_file(path, dataset, records, train_keys=(), drop=0):
+    detections = {r.key: (r.boxes[0], 0.9) for r in records[drop:]}
+    boxes_io.write_boxes(path, dataset, path.parent, {}, list(train_keys), detections)
+
+
+def test_boxes_file_must_match_the_dataset(sample, tmp_path):
+    root, _ = sample
+    index = data.load_dataset("bird", root)
+    records = index.train + index.test
+    write_boxes_file(tmp_path / "boxes.json", "bird", records)
+    detections, _ = boxes_io.read_boxes(tmp_path / "boxes.json", "bird", records)
+    assert detections[records[0].key] == (records[0].boxes[0], 0.9)
+    with pytest.raises(DataError, match=r"boxes\.json holds boxes for --dataset bird, not dog"):
+        boxes_io.read_boxes(tmp_path / "boxes.json", "dog", records)
+    write_boxes_file(tmp_path / "partial.json", "bird", records, drop=3)
+    with pytest.raises(DataError, match=rf"partial\.json has no box for 3 of {len(records)} "
+                                        rf"images of bird, e\.g\. {records[0].key}"):
+        boxes_io.read_boxes(tmp_path / "partial.json", "bird", records)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match=r"bad\.json is not a boxes file"):
+        boxes_io.read_boxes(tmp_path / "bad.json", "bird", records)
+    with pytest.raises(DataError, match=r"missing\.json not found: .*detect\.py --dataset bird"):
+        boxes_io.read_boxes(tmp_path / "missing.json", "bird", records)
+
+
+# ----------------------------------------------------------------- detect.py and train.py
+
+DETECTOR_ARGS = ("--detector", "small", "--backbone-weights", "none", "--image-scale", "64", "64",
+                 "--batch-size", "4", "--val-fraction", "0.25", "--seed", "0")
+
+
+@pytest.fixture(scope="module")
+def detector_run(sample, tmp_path_factory):
+    """A real Faster R-CNN (mmdet's bundled config, narrowed) trained for two iterations on
+    8 generated photos, then run on every image of every split."""
+    root, _ = sample
+    out = tmp_path_factory.mktemp("detector")
+    for epochs, resume in (("1", ()), ("2", ("--resume",))):  # killed after epoch 1, resumed
+        result = run_cli("task3_crop/detect.py", "--dataset", "dog", "--data-root", str(root),
+                         *DETECTOR_ARGS, "--epochs", epochs, "--limit", "8", "--out", str(out),
+                         *resume)
+        assert result.returncode == 0, result.stderr[-3000:]
+    return root, out
+
+
+def test_detector_trains_and_predicts_a_box_for_every_image(detector_run):
+    root, out = detector_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "task3_crop" and metrics["variant"] == "detector"
+    assert metrics["data"]["train"] == 8
+    index = data.load_dataset("dog", root)
+    train, val = data.split_train_val(index.train, 0.25, 0)
+    splits = [data.limit_per_split(s, 8, 0) for s in (train, val, index.test)]
+    boxes = json.loads((out / "boxes.json").read_text())
+    assert boxes["dataset"] == "dog"
+    assert set(boxes["boxes"]) == {r.key for s in splits for r in s}
+    assert boxes["detector_train_keys"] == sorted(r.key for r in splits[0])
+    for entry in boxes["boxes"].values():
+        if entry is not None:
+            x0, y0, x1, y1 = entry["box"]
+            assert x0 <= x1 and y0 <= y1 and 0 <= entry["score"] <= 1
+    # the COCO json holds every dog of every training photo, clipped to the image
+    coco = json.loads((out / "coco_train.json").read_text())
+    assert len(coco["images"]) == 8
+    assert len(coco["annotations"]) == sum(len(r.boxes) for r in splits[0])
+    assert {a["category_id"] for a in coco["annotations"]} == {1}
+    # two iterations an epoch (8 photos, batch 4); the second run resumed after epoch 1
+    first, second = (p.read_text() for p in sorted((out / "mmdet").rglob("*.log")))
+    assert "Epoch(train) [1][2/2]" in first and "Epoch(train) [2]" not in first
+    assert "resumed epoch: 1" in second.lower() and "Epoch(train) [2][2/2]" in second
+    assert "Epoch(train) [1]" not in second
+    assert (out / "mmdet" / "epoch_2.pth").is_file()
+    assert list((out / "mmdet").rglob("events.out.tfevents.*"))
+    for key in ("detector_corloc", "detector_miou", "val_detector_corloc"):
+        assert 0 <= metrics["metrics"][key] <= 1
+
+
+def test_detector_predicts_with_given_weights(detector_run, tmp_path):
+    root, out = detector_run
+    # --epochs 0 --detector-weights: predict only, with the trained one-class checkpoint
+    result = run_cli("task3_crop/detect.py", "--dataset", "dog", "--data-root", str(root),
+                     *DETECTOR_ARGS, "--epochs", "0", "--limit", "8",
+                     "--detector-weights", str(out / "detector.pth"),
+                     "--out", str(tmp_path / "again"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = json.loads((out / "boxes.json").read_text())["boxes"]
+    again = json.loads((tmp_path / "again" / "boxes.json").read_text())["boxes"]
+    assert again.keys() == first.keys()
+    same = [k for k in first if first[k] and again[k]
+            and np.allclose(first[k]["box"], again[k]["box"], atol=0.05)]
+    assert len(same) == sum(1 for k in first if first[k])
+
+
+def test_crop_classifier_records_detector_quality(detector_run, tmp_path):
+    root, det = detector_run
+    out = tmp_path / "results" / "task3_crop" / "dog" / "box"
+    common = ("--dataset", "dog", "--data-root", str(root), "--model", "resnet18",
+              "--weights", "none", "--image-size", "32", "--batch-size", "4", "--epochs", "1",
+              "--val-fraction", "0.25", "--limit", "8", "--boxes", str(det / "boxes.json"))
+    result = run_cli("task3_crop/train.py", *common, "--crop", "box", "--margin", "0.1",
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "metrics.json").read_text())
+    detector = json.loads((det / "metrics.json").read_text())["metrics"]
+    assert record["task"] == "task3_crop" and record["variant"] == "box"
+    for key in ("detector_corloc", "detector_miou", "no_detection"):
+        assert record["metrics"][key] == detector[key]
+    fallback = record["data"]["whole_image_fallback"]
+    assert fallback["train"] == 0  # training crops come from the true boxes
+    boxes = json.loads((det / "boxes.json").read_text())["boxes"]
+    index = data.load_dataset("dog", root)
+    test = data.limit_per_split(index.test, 8, 0)
+    assert fallback["test"] == sum(boxes[r.key] is None for r in test)
+
+    oracle = tmp_path / "results" / "task3_crop" / "dog" / "square-oracle"
+    result = run_cli("task3_crop/train.py", *common[:-2], "--crop", "square",
+                     "--test-boxes", "gt", "--boxes", str(tmp_path / "none.json"),
+                     "--out", str(oracle))  # true boxes everywhere: no boxes file needed
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "detector_corloc" not in json.loads((oracle / "metrics.json").read_text())["metrics"]
+    tables = write_tables(tmp_path / "results").read_text()
+    table2 = tables.split("## Table 2:")[1].split("## Table 2b")[0]
+    assert "| square | gt | gt (oracle) |" in table2 and "| box | gt | detector |" in table2
+
+
+def test_crop_classifier_refuses_boxes_that_do_not_fit(detector_run, tmp_path):
+    root, det = detector_run
+    common = ("task3_crop/train.py", "--data-root", str(root), "--model", "resnet18",
+              "--weights", "none", "--image-size", "32", "--epochs", "1",
+              "--val-fraction", "0.25", "--out", str(tmp_path / "run"))
+    boxes = ("--boxes", str(det / "boxes.json"))
+    result = run_cli(*common, "--dataset", "bird", "--limit", "8", *boxes)
+    assert result.returncode != 0 and "holds boxes for --dataset dog, not bird" in result.stderr
+    result = run_cli(*common, "--dataset", "dog", *boxes)  # more images than were predicted
+    assert result.returncode != 0 and "has no box for" in result.stderr
+    # a detector that saw a test photo must not crop the test split
+    index = data.load_dataset("dog", root)
+    leaky = tmp_path / "leaky.json"
+    write_boxes_file(leaky, "dog", index.train + index.test, train_keys=[index.test[0].key])
+    result = run_cli(*common, "--dataset", "dog", "--boxes", str(leaky))
+    assert result.returncode != 0 and "the detector trained on 1 validation or test" in \
+        result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_detector_needs_true_boxes(sample, tmp_path):
+    root, _ = sample
+    shutil.copytree(root / "CUB_200_2011", tmp_path / "CUB_200_2011")
+    (tmp_path / "CUB_200_2011" / "bounding_boxes.txt").unlink()
+    result = run_cli("task3_crop/detect.py", "--dataset", "bird", "--data-root", str(tmp_path),
+                     *DETECTOR_ARGS, "--epochs", "1", "--out", str(tmp_path / "det"))
+    assert result.returncode != 0
+    assert "has no true box" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_mmdet_faster_rcnn_from_the_bundled_config_trains_on_cpu(sample, tmp_path):
+    """Two iterations through mmdet's own loss and optimiser on the seed's config (made
+    one-class and narrow), then inference: the loss falls on a repeated batch."""
+    from task3_crop import detect
+
+    root, _ = sample
+    args = detect.parse_args(["--dataset", "bird", "--data-root", str(root), *DETECTOR_ARGS,
+                              "--limit", "4", "--out", str(tmp_path)])
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.dataset import Compose, pseudo_collate
+
+    register_all_modules()
+    index, train, _, _ = data.prepare_splits(args)
+    ann = tmp_path / "coco.json"
+    detect.coco_json(train, ann)
+    cfg = detect.detector_config(args, index.folder / "images", ann, len(train))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    pipeline = Compose(cfg.train_dataloader.dataset.pipeline[:3] + [dict(type="PackDetInputs")])
+    coco = json.loads(ann.read_text())
+    samples = [pipeline(dict(img_path=str(index.folder / "images" / image["file_name"]),
+                             img_id=image["id"], instances=[
+                                 dict(bbox=[a["bbox"][0], a["bbox"][1],
+                                            a["bbox"][0] + a["bbox"][2],
+                                            a["bbox"][1] + a["bbox"][3]],
+                                      bbox_label=0, ignore_flag=0)
+                                 for a in coco["annotations"] if a["image_id"] == image["id"]]))
+               for image in coco["images"]]
+    batch = model.data_preprocessor(pseudo_collate(samples), training=True)
+    model.train()
+    losses = []
+    for _ in range(2):
+        loss, _ = model.parse_losses(model(**batch, mode="loss"))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and losses[1] < losses[0]
+    model.eval()
+    test = Compose(cfg.test_pipeline)
+    with torch.no_grad():
+        out = model.test_step(pseudo_collate([test(dict(img_path=str(train[0].path),
+                                                        img_id=0))]))
+    assert out[0].pred_instances.bboxes.shape[1] == 4
+    assert out[0].ori_shape == Image.open(train[0].path).size[::-1]
