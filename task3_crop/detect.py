@@ -145,7 +145,8 @@ def detector_config(args, images: Path, ann_file: Path, train_images: int):
         batch_size=args.batch_size, num_workers=workers, persistent_workers=workers > 0,
         sampler=dict(type="DefaultSampler", shuffle=True),
         batch_sampler=dict(type="AspectRatioBatchSampler"),
-        dataset=dict(type="CocoDataset", data_root=str(images), ann_file=str(ann_file),
+        dataset=dict(type="CocoDataset", data_root=str(images.resolve()),
+                     ann_file=str(ann_file.resolve()),  # a relative one joins data_root
                      data_prefix=dict(img=""), metainfo=dict(classes=("object",)),
                      filter_cfg=dict(filter_empty_gt=False, min_size=0),
                      pipeline=train_pipeline))

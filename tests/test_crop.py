@@ -2,12 +2,13 @@
 trained and run on CPU through detect.py, and crop classification through train.py."""
 
 import json
+import os
 import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import REPO, run_cli
 from PIL import Image
 
 from shared import data
@@ -106,9 +107,11 @@ def detector_run(sample, tmp_path_factory):
     root, _ = sample
     out = tmp_path_factory.mktemp("detector")
     for epochs, resume in (("1", ()), ("2", ("--resume",))):  # killed after epoch 1, resumed
-        result = run_cli("task3_crop/detect.py", "--dataset", "dog", "--data-root", str(root),
-                         *DETECTOR_ARGS, "--epochs", epochs, "--limit", "8", "--out", str(out),
-                         *resume)
+        # relative paths, from another folder, as a user may give them
+        result = run_cli(str(REPO / "task3_crop" / "detect.py"), "--dataset", "dog",
+                         "--data-root", os.path.relpath(root, out.parent), *DETECTOR_ARGS,
+                         "--epochs", epochs, "--limit", "8", "--out", out.name, *resume,
+                         cwd=out.parent)
         assert result.returncode == 0, result.stderr[-3000:]
     return root, out
 
