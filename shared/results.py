@@ -103,6 +103,13 @@ def _is_crop_row(r) -> bool:
     return r["task"] == "task3_crop" and r["variant"] != "detector"
 
 
+def _is_gan_row(r) -> bool:
+    """Table 3: the DCGAN runs, and task 1-2's pretrained seed-recipe run without them."""
+    if r["task"] == "task1_2_finetune":
+        return r["variant"] == "pretrained" and r["args"].get("recipe", "seed") == "seed"
+    return r["task"] == "task4_dcgan"
+
+
 def _crop_order(r):
     return (r["dataset"], r["task"] == "task3_crop", CROPS[r["args"].get("crop", "none")],
             r["args"].get("test_boxes") == "gt", r["variant"])
@@ -156,6 +163,20 @@ STUDIES = [
         ("Train images", lambda r: r["data"]["train"]),
         ("Train time (min)", lambda r: f"{r['timing']['train_seconds'] / 60:.1f}"),
         ("Predict (ms/image)", lambda r: f"{1000 * r['timing']['predict_seconds_per_image']:.0f}"),
+        ("Device", lambda r: r["env"]["device"]),
+    ]),
+    ("Table 3: DCGAN images added to the training set (task 4); task 1-2's pretrained run "
+     "is the row without them", _is_gan_row, lambda r: (r["dataset"], r["task"]), [
+        ("Model", lambda r: r["model"]),
+        ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
+        ("Training images", lambda r: f"{r['data']['real_train']} real + "
+                                      f"{r['data']['synthetic']} DCGAN"
+            if r["task"] == "task4_dcgan" else f"{r['data']['train']} real"),
+        *ACCURACY,
+        ("GAN size", lambda r: r["args"].get("gan_size", "–")),
+        ("FID (lite0)", lambda r: f"{r['metrics']['fid']:.1f}" if "fid" in r["metrics"]
+            else "–"),
+        ("Generated class acc. (%)", lambda r: _pct(r["metrics"].get("gen_class_acc"))),
         ("Device", lambda r: r["env"]["device"]),
     ]),
 ]

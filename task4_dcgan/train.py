@@ -1,0 +1,306 @@
+"""Task 4: a class-conditional DCGAN whose samples augment the classifier's training set
+(Table 3).
+
+    python task4_dcgan/train.py --dataset dog                 # GAN, samples, classifier
+    python task4_dcgan/train.py --dataset bird --gan-size 64 --synthetic-per-class 20
+
+1. The GAN (dcgan.py) trains on the train split only (never on validation or test images),
+   at --gan-size pixels (each photo resized on its short side and centre-cropped), with the
+   seed's settings: BCE, Adam lr 2e-4 beta1 0.5, batch 100, 100 epochs. Per epoch:
+   `<out>/gan/samples/epoch_NNN.png` (a fixed-noise grid, one row per class), TensorBoard
+   losses, D(x), D(G(z)) and the grid; `<out>/gan/last.pt` for --resume. The last epoch's
+   generator is used (the seed kept the one with the lowest G loss, which says little about
+   image quality in a GAN).
+2. K = --synthetic-per-class images per class, resized to the classifier's --image-size, go
+   to `<out>/synthetic/` with a list file `synthetic.txt` (`<file> <label>` per line).
+3. GAN quality, in metrics.json: `fid`, the Frechet distance between the train photos and the
+   generated images (both at --gan-size, then 224 px) in the pooled 1280-d features of the
+   ImageNet EfficientNet-Lite0 (its weights install offline); `gen_class_acc`, the accuracy of
+   task 1-2's classifier (--judge, its best.pt) on the generated images against the class
+   each was generated for.
+4. The classifier (task 1-2's, same flags and --recipe) trains on the real train images plus
+   the synthetic ones; validation and test stay real.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from shared import cli, data, engine, models  # noqa: E402
+from shared.data import DataError, Record  # noqa: E402
+from task4_dcgan.dcgan import SIZES, Discriminator, Generator  # noqa: E402
+
+TASK = "task4_dcgan"
+FID_SIZE = 224
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_argument_group("GAN")
+    group.add_argument("--gan-size", type=int, choices=SIZES, default=32,
+                       help="the generated images' side in pixels")
+    group.add_argument("--gan-epochs", type=int, default=100)
+    group.add_argument("--gan-batch-size", type=int, default=100)
+    group.add_argument("--gan-lr", type=float, default=2e-4)
+    group.add_argument("--z-dim", type=int, default=100)
+    group.add_argument("--gan-width", type=int, default=64,
+                       help="channels of G's last and D's first layer")
+    group.add_argument("--synthetic-per-class", type=int, default=10, metavar="K")
+    group.add_argument("--judge", type=Path,
+                       help="task 1-2's best.pt, for gen_class_acc (default "
+                            "results/task1_2_finetune/<dataset>/pretrained/best.pt)")
+    args = cli.parse_with_recipes(parser, argv)
+    if args.synthetic_per_class < 0:
+        parser.error("--synthetic-per-class must be >= 0")
+    args.judge = args.judge or Path("results", "task1_2_finetune", args.dataset, "pretrained",
+                                    "best.pt")
+    args.out = args.out or Path("results", TASK, args.dataset, "dcgan")
+    return args
+
+
+# ------------------------------------------------------------------------------------- GAN
+
+
+def load_images(records: list[Record], size: int, workers: int) -> torch.Tensor:
+    """The photos as uint8 (N, 3, size, size): short side resized, centre-cropped. Kept in
+    memory, so 100 epochs decode each JPEG once."""
+    import torchvision.transforms.v2 as T
+
+    transform = T.Compose([T.Resize(size), T.CenterCrop(size), T.PILToTensor()])
+    dataset = data.ImageDataset(records, transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, num_workers=workers)
+    return torch.cat([images for images, _ in loader])
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:  # uint8 -> [-1, 1]
+    return images.float() / 127.5 - 1
+
+
+def d_step(D: Discriminator, opt_d, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor):
+    """One discriminator update, BCE with real photos -> 1, generated -> 0 (G untouched).
+    Returns the loss, mean D(x) and mean D(G(z))."""
+    d_real, d_fake = D(real, y), D(fake.detach(), y)
+    loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+            + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+    opt_d.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_d.step()
+    return (loss.detach(), torch.sigmoid(d_real).mean().detach(),
+            torch.sigmoid(d_fake).mean().detach())
+
+
+def g_step(D: Discriminator, opt_g, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One generator update: make D call the generated images real (the non-saturating
+    loss). Only G's optimiser steps."""
+    d_gen = D(fake, y)
+    loss = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_g.step()
+    return loss.detach()
+
+
+def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, args,
+              rt: engine.Runtime, out: Path) -> Generator:
+    """The seed's recipe: BCE on D's logits (real 1, generated 0), G trained to make D say 1;
+    Adam lr 2e-4, betas (0.5, 0.999). Resumes from `out/last.pt`."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torchvision.utils import save_image
+
+    device = rt.device
+    G = Generator(num_classes, args.gan_size, args.z_dim, args.gan_width).to(device)
+    D = Discriminator(num_classes, args.gan_size, args.gan_width).to(device)
+    opt_g = torch.optim.Adam(G.parameters(), args.gan_lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), args.gan_lr, betas=(0.5, 0.999))
+    seed = torch.Generator().manual_seed(args.seed)
+    fixed_z = torch.randn(num_classes * 8, args.z_dim, generator=seed).to(device)
+    fixed_y = torch.arange(num_classes).repeat_interleave(8).to(device)  # a row per class
+    start_epoch, history = 0, []
+    last = out / "last.pt"
+    if args.resume and last.exists():
+        state = engine.load_checkpoint(last)
+        for module, key in ((G, "G"), (D, "D"), (opt_g, "opt_g"), (opt_d, "opt_d")):
+            module.load_state_dict(state[key])
+        start_epoch, history = state["epoch"], state["history"]
+        torch.set_rng_state(state["rng_cpu"])
+        print(f"GAN resumed from {last} at epoch {start_epoch}", flush=True)
+    elif last.exists():
+        raise engine.TrainingError(f"{out} already holds a GAN run (last.pt): pass --resume "
+                                   "to continue it, or choose another --out")
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(out / "tb")
+    n, batch = len(images), min(args.gan_batch_size, len(images))
+    for epoch in range(start_epoch, args.gan_epochs):
+        G.train()
+        D.train()
+        order = torch.randperm(n)
+        sums = torch.zeros(4)
+        begin = time.perf_counter()
+        for step in range(n // batch):  # the last partial batch is dropped (batch norm)
+            index = order[step * batch:(step + 1) * batch]
+            real = to_unit(images[index]).to(device)
+            flip = torch.rand(len(index)) < 0.5
+            real[flip] = real[flip].flip(-1)
+            y = labels[index].to(device)
+            fake = G(torch.randn(len(index), args.z_dim, device=device), y)
+            loss_d, d_real, d_fake = d_step(D, opt_d, real, fake, y)
+            loss_g = g_step(D, opt_g, fake, y)
+            if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
+                raise engine.TrainingError(f"non-finite GAN loss at epoch {epoch + 1}, step "
+                                           f"{step + 1}; the last good checkpoint is {last}")
+            sums += torch.stack([loss_d, loss_g, d_real, d_fake]).cpu()
+        record = dict(zip(("loss_d", "loss_g", "d_real", "d_fake"),
+                          (sums / max(1, n // batch)).tolist(), strict=True))
+        record["epoch"], record["seconds"] = epoch + 1, time.perf_counter() - begin
+        history.append(record)
+        G.eval()
+        with torch.no_grad():
+            grid = (G(fixed_z, fixed_y) + 1) / 2
+        save_image(grid, out / "samples" / f"epoch_{epoch + 1:03d}.png", nrow=8)
+        for key, tag in (("loss_d", "gan/loss_D"), ("loss_g", "gan/loss_G"),
+                         ("d_real", "gan/D(x)"), ("d_fake", "gan/D(G(z))")):
+            writer.add_scalar(tag, record[key], epoch + 1)
+        writer.add_images("gan/samples", grid, epoch + 1)
+        writer.flush()
+        engine.save_atomic({"G": G.state_dict(), "D": D.state_dict(),
+                            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                            "epoch": epoch + 1, "history": history,
+                            "rng_cpu": torch.get_rng_state()}, last)
+        print(f"GAN epoch {epoch + 1}/{args.gan_epochs} loss_D {record['loss_d']:.3f} "
+              f"loss_G {record['loss_g']:.3f} D(x) {record['d_real']:.3f} "
+              f"D(G(z)) {record['d_fake']:.3f}", flush=True)
+    writer.close()
+    G.eval()
+    return G
+
+
+@torch.no_grad()
+def generate(G: Generator, per_class: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_class` images of every class, uint8 (N, 3, S, S), and their labels."""
+    z = torch.randn(G.num_classes * per_class, G.z_dim,
+                    generator=torch.Generator().manual_seed(seed + 1))
+    labels = torch.arange(G.num_classes).repeat_interleave(per_class)
+    images = torch.cat([G(zb.to(device), yb.to(device)).cpu()
+                        for zb, yb in zip(z.split(256), labels.split(256), strict=True)])
+    return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), labels
+
+
+def write_synthetic(images: torch.Tensor, labels: torch.Tensor, size: int, folder: Path
+                    ) -> list[Record]:
+    """PNGs resized (bicubic) to the classifier's input, and `synthetic.txt` listing them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    records, lines = [], []
+    counts = {}
+    for image, label in zip(images, labels.tolist(), strict=True):
+        counts[label] = counts.get(label, 0) + 1
+        name = f"class{label:03d}_{counts[label]:04d}.png"
+        Image.fromarray(image.permute(1, 2, 0).numpy()).resize(
+            (size, size), Image.Resampling.BICUBIC).save(folder / name)
+        records.append(Record(f"synthetic/{name}", folder / name, label))
+        lines.append(f"{name} {label}")
+    (folder / "synthetic.txt").write_text("\n".join(lines) + "\n")
+    return records
+
+
+# ---------------------------------------------------------------------------- GAN quality
+
+
+@torch.no_grad()
+def lite0_features(images: torch.Tensor, device, batch: int = 64) -> np.ndarray:
+    """Pooled 1280-d features of the ImageNet EfficientNet-Lite0 at 224 px (uint8 input)."""
+    net, spec = models.build_model("tf_efficientnet_lite0", 1000, "imagenet")
+    net.eval().to(device)
+    mean = torch.tensor(spec.mean, device=device)[:, None, None]
+    std = torch.tensor(spec.std, device=device)[:, None, None]
+    out = []
+    for chunk in images.split(batch):
+        x = F.interpolate(chunk.to(device).float() / 255, size=FID_SIZE, mode="bilinear",
+                          antialias=True, align_corners=False)
+        out.append(net.forward_head(net.forward_features((x - mean) / std), pre_logits=True)
+                   .double().cpu())
+    return torch.cat(out).numpy()
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a) + Tr(S_b) - 2 Tr((S_a S_b)^1/2) between two feature sets.
+    Tr((S_a S_b)^1/2) is the sum of the square roots of the eigenvalues of the symmetric
+    S_a^1/2 S_b S_a^1/2, which stays exact when the covariances are singular (fewer images
+    than feature dimensions), where a general matrix square root does not."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(cov_a)
+    root_a = (v * np.sqrt(w.clip(0))) @ v.T
+    trace_root = np.sqrt(np.linalg.eigvalsh(root_a @ cov_b @ root_a).clip(0)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b)
+                 - 2 * trace_root)
+
+
+@torch.no_grad()
+def class_accuracy(judge_path: Path, classes: list[str], images: torch.Tensor,
+                   labels: torch.Tensor, device) -> float | None:
+    """Accuracy of a trained classifier (best.pt) on generated images; None, said aloud, when
+    there is none."""
+    if not judge_path.is_file():
+        print(f"gen_class_acc not measured: no task 1-2 classifier at {judge_path} (train one "
+              "with task1_2_finetune/train.py, or pass --judge PATH)", flush=True)
+        return None
+    meta = engine.load_checkpoint(judge_path)
+    if meta.get("classes") != classes:
+        raise DataError(f"--judge {judge_path} was trained on other classes than this dataset")
+    net, _ = models.build_model(meta["model_name"], len(classes), str(judge_path),
+                                meta["image_size"])
+    net.eval().to(device)
+    mean = torch.tensor(meta["mean"], device=device)[:, None, None]
+    std = torch.tensor(meta["std"], device=device)[:, None, None]
+    correct = 0
+    for chunk, y in zip(images.split(64), labels.split(64), strict=True):
+        x = F.interpolate(chunk.to(device).float() / 255, size=meta["image_size"],
+                          mode="bicubic", align_corners=False).clamp(0, 1)
+        correct += int((net((x - mean) / std).argmax(1).cpu() == y).sum())
+    return correct / len(labels)
+
+
+def main(args: argparse.Namespace) -> None:
+    rt = engine.init_runtime(args)
+    if rt.world_size > 1:
+        raise engine.TrainingError("task4_dcgan runs in one process (the GAN is small); "
+                                   "start it without torchrun")
+    index, train, val, test = data.prepare_splits(args)
+    out = Path(args.out)
+    workers = args.workers if args.workers is not None else \
+        data.default_workers() if rt.device.type == "cuda" else 0
+    real = load_images(train, args.gan_size, workers)  # the train split alone
+    real_labels = torch.tensor([r.label for r in train])
+    G = train_gan(real, real_labels, len(index.classes), args, rt, out / "gan")
+
+    # FID compares as many generated images as there are real ones (at least K per class);
+    # the first K of each class augment the classifier.
+    k = args.synthetic_per_class
+    per_class = max(k, -(-len(train) // len(index.classes)))
+    fake, fake_labels = generate(G, per_class, args.seed, rt.device)
+    keep = torch.arange(len(fake)) % per_class < k
+    synthetic = write_synthetic(fake[keep], fake_labels[keep], args.image_size,
+                                out / "synthetic")
+    quality = {"fid": frechet_distance(lite0_features(real, rt.device),
+                                       lite0_features(fake, rt.device)),
+               "gen_class_acc": class_accuracy(args.judge, index.classes, fake, fake_labels,
+                                               rt.device)}
+    print(f"FID {quality['fid']:.2f} (lite0 features, {len(real)} real, {len(fake)} "
+          f"generated); gen_class_acc {quality['gen_class_acc']}", flush=True)
+    engine.train_classifier(TASK, "dcgan", args, rt, index.classes, train + synthetic, val,
+                            test, {"real_train": len(train), "synthetic": len(synthetic)},
+                            **quality)
+    engine.shutdown(rt)
+
+
+if __name__ == "__main__":
+    cli.run(main, parse_args())

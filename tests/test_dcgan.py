@@ -1,0 +1,179 @@
+"""Task 4: the hand-written conditional DCGAN, its training steps, resume, the synthetic
+images (training split only) and the GAN quality measures."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, run_cli
+
+from shared import data, engine, models
+from task4_dcgan.dcgan import Discriminator, Generator
+
+spec = importlib.util.spec_from_file_location("dcgan_train", REPO / "task4_dcgan" / "train.py")
+dcgan_train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(dcgan_train)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_shapes_and_range_at_every_size(size):
+    torch.manual_seed(0)
+    G, D = Generator(5, size, z_dim=16, width=8), Discriminator(5, size, width=8)
+    y = torch.tensor([0, 1, 2, 4])
+    images = G(torch.randn(4, 16) * 3, y)
+    assert images.shape == (4, 3, size, size)
+    assert images.min() >= -1 and images.max() <= 1 and images.std() > 0
+    assert D(images, y).shape == (4,)
+    with pytest.raises(ValueError, match="image size 48"):
+        Generator(5, 48)
+
+
+def test_generator_uses_its_label():
+    torch.manual_seed(0)
+    G = Generator(3, 32, z_dim=16, width=8).eval()
+    z = torch.randn(1, 16).repeat(3, 1)
+    images = G(z, torch.tensor([0, 1, 2]))
+    scale = images.abs().mean()  # small at initialisation; differences are relative to it
+    assert (images[0] - images[1]).abs().mean() > 0.02 * scale
+    assert (images[1] - images[2]).abs().mean() > 0.02 * scale
+    torch.testing.assert_close(G(z[:1], torch.tensor([1])), images[1:2])  # same input, same image
+
+
+def test_discriminator_uses_the_label():
+    torch.manual_seed(0)
+    D = Discriminator(3, 32, width=8).eval()
+    x = torch.randn(1, 3, 32, 32).repeat(2, 1, 1, 1)
+    logits = D(x, torch.tensor([0, 2]))
+    assert logits[0] != logits[1]
+
+
+def test_one_d_step_and_one_g_step_change_the_right_parameters():
+    torch.manual_seed(0)
+    G, D = Generator(4, 32, z_dim=16, width=8), Discriminator(4, 32, width=8)
+    opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999))
+    real, y = torch.rand(8, 3, 32, 32) * 2 - 1, torch.randint(0, 4, (8,))
+
+    def params(model):
+        return [p.detach().clone() for p in model.parameters()]
+
+    def changed(before, model):
+        return [not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)]
+
+    g0, d0 = params(G), params(D)
+    fake = G(torch.randn(8, 16), y)
+    loss_d, d_real, d_fake = dcgan_train.d_step(D, opt_d, real, fake, y)
+    assert torch.isfinite(loss_d) and 0 < d_real < 1 and 0 < d_fake < 1
+    assert all(changed(d0, D)) and not any(changed(g0, G))
+    # in the d step, G received no gradient at all
+    assert all(p.grad is None for p in G.parameters())
+
+    d1 = params(D)
+    loss_g = dcgan_train.g_step(D, opt_g, fake, y)
+    assert torch.isfinite(loss_g)
+    assert all(changed(g0, G)) and not any(changed(d1, D))
+
+
+def test_frechet_distance():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 4))
+    assert dcgan_train.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    shift = np.array([1.0, 2.0, 0.0, -1.0])
+    # same covariance, means apart by `shift`: the distance is |shift|^2 = 6
+    assert dcgan_train.frechet_distance(a, a + shift) == pytest.approx(6.0, abs=1e-6)
+    # twice the spread: trace(S + 4S - 2 * 2S) = trace(S), plus the means' |m - 2m|^2
+    expected = np.trace(np.cov(a.T)) + (a.mean(0) ** 2).sum()
+    assert dcgan_train.frechet_distance(a, 2 * a) == pytest.approx(expected)
+
+
+def gan_args(root, out, *extra):
+    return dcgan_train.parse_args([
+        "--dataset", "bird", "--data-root", str(root), "--out", str(out), "--gan-size", "32",
+        "--gan-epochs", "2", "--gan-batch-size", "8", "--z-dim", "16", "--gan-width", "8",
+        "--synthetic-per-class", "3", "--model", "resnet18", "--weights", "none",
+        "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--val-fraction", "0.25",
+        "--device", "cpu", *extra])
+
+
+def test_gan_training_resumes_to_the_same_generator(sample, tmp_path):
+    root, _ = sample
+    args = gan_args(root, tmp_path / "whole")
+    rt = engine.init_runtime(args)
+    _, train, _, _ = data.prepare_splits(args)
+    images = dcgan_train.load_images(train, 32, 0)
+    labels = torch.tensor([r.label for r in train])
+    assert images.dtype == torch.uint8 and images.shape == (len(train), 3, 32, 32)
+    torch.manual_seed(0)
+    whole = dcgan_train.train_gan(images, labels, 4, args, rt, tmp_path / "whole")
+
+    torch.manual_seed(0)
+    first = gan_args(root, tmp_path / "split", "--gan-epochs", "1")
+    dcgan_train.train_gan(images, labels, 4, first, rt, tmp_path / "split")
+    torch.manual_seed(123)  # the resumed run restores the RNG from the checkpoint
+    resumed = dcgan_train.train_gan(images, labels, 4, gan_args(root, tmp_path / "split",
+                                                                "--resume"),
+                                    rt, tmp_path / "split")
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    history = engine.load_checkpoint(tmp_path / "split" / "last.pt")["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert (tmp_path / "split" / "samples" / "epoch_002.png").is_file()
+    assert list((tmp_path / "split" / "tb").glob("events.out.tfevents.*"))
+    with pytest.raises(engine.TrainingError, match="already holds a GAN run"):
+        dcgan_train.train_gan(images, labels, 4, first, rt, tmp_path / "split")
+
+
+def test_synthetic_images_reach_only_the_training_split(sample, tmp_path, monkeypatch):
+    root, _ = sample
+    seen = {}
+
+    def capture(task, variant, args, rt, classes, train, val, test, counts, **metrics):
+        seen.update(train=train, val=val, test=test, counts=counts, metrics=metrics)
+
+    monkeypatch.setattr(engine, "train_classifier", capture)
+    dcgan_train.main(gan_args(root, tmp_path / "run", "--judge", str(tmp_path / "none.pt")))
+    synthetic = [r for r in seen["train"] if r.key.startswith("synthetic/")]
+    assert len(synthetic) == 4 * 3 and seen["counts"]["synthetic"] == 12
+    assert sorted(r.label for r in synthetic) == sorted(list(range(4)) * 3)
+    index = data.load_dataset("bird", root)
+    real = {r.key for r in index.train + index.test}
+    for split in ("val", "test"):
+        assert seen[split] and all(r.key in real for r in seen[split])
+    listed = (tmp_path / "run" / "synthetic" / "synthetic.txt").read_text().split("\n")
+    assert len([line for line in listed if line]) == 12
+    for r in synthetic:
+        assert r.path.is_file()
+        assert data.load_rgb(r.path).size == (32, 32)  # the classifier's --image-size
+    assert seen["metrics"]["gen_class_acc"] is None  # no judge: not measured, and said so
+    assert seen["metrics"]["fid"] > 0
+
+
+def test_whole_pipeline_from_the_command_line(sample, tmp_path):
+    root, written = sample
+    classes = written["bird"]["classes"]
+    judge, _ = models.build_model("resnet18", 4, "none")
+    torch.save({"model": judge.state_dict(), "model_name": "resnet18", "classes": classes,
+                "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}, tmp_path / "judge.pt")
+    out = tmp_path / "results" / "task4_dcgan" / "bird" / "dcgan"
+    args = ["task4_dcgan/train.py", "--dataset", "bird", "--data-root", str(root),
+            "--gan-epochs", "1", "--gan-batch-size", "8", "--z-dim", "16", "--gan-width", "8",
+            "--synthetic-per-class", "2", "--model", "resnet18", "--weights", "none",
+            "--image-size", "32", "--batch-size", "8", "--epochs", "1",
+            "--judge", str(tmp_path / "judge.pt"), "--out", str(out)]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["task"] == "task4_dcgan" and record["variant"] == "dcgan"
+    assert record["data"]["synthetic"] == 8 and record["data"]["train"] == \
+        record["data"]["real_train"] + 8
+    assert record["metrics"]["fid"] > 0 and 0 <= record["metrics"]["gen_class_acc"] <= 1
+    assert (out / "gan" / "samples" / "epoch_001.png").is_file()
+    # a judge trained on other classes is refused, by name
+    torch.save({"model": judge.state_dict(), "model_name": "resnet18", "classes": ["a"] * 4,
+                "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}, tmp_path / "other.pt")
+    args[args.index(str(tmp_path / "judge.pt"))] = str(tmp_path / "other.pt")
+    args[-1] = str(tmp_path / "other-run")
+    result = run_cli(*args)
+    assert result.returncode != 0 and "other.pt was trained on other classes" in result.stderr
