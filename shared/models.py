@@ -130,19 +130,21 @@ def imagenet_state(name: str) -> dict:
     if name not in TORCHVISION_WEIGHTS:
         raise WeightsError(f"{name} has no ImageNet weights; use --weights none")
     weights = torchvision.models.get_model_weights(name)[TORCHVISION_WEIGHTS[name]]
-    path = cached_weights(weights.url, f"ImageNet weights for {name}", "--weights")
+    path = cached_weights(weights.url, f"ImageNet weights for {name}",
+                          f"or pass --weights /path/to/{Path(weights.url).name}")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def cached_weights(url: str, what: str, flag: str) -> Path:
+def cached_weights(url: str, what: str, alternative: str) -> Path:
     """torch hub's cached copy of `url` (`$TORCH_HOME/hub/checkpoints/<file>`), downloaded
-    and hash-checked when missing. Offline, the error names the file, the folder and `flag`."""
+    and hash-checked when missing. Offline, the error names the file, the folder and the
+    `alternative` (e.g. "or pass --weights PATH")."""
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     path = folder / Path(url).name
     if path.is_file():
         return path
     offline = (f"{what} are not available: put {path.name} (from {url}) in {folder}/, "
-               f"or pass {flag} /path/to/{path.name}")
+               f"{alternative}")
     if os.environ.get("FGVC_OFFLINE") == "1":
         raise WeightsError(offline + " (FGVC_OFFLINE=1 forbids downloading)")
     folder.mkdir(parents=True, exist_ok=True)

@@ -143,8 +143,8 @@ STUDIES = [
             r["args"].get("test_boxes")) if r["args"].get("crop", "none") != "none" else "–"),
         *ACCURACY,
         ("Detector CorLoc (%)", _detector_pct),
-        ("Whole-image test images", lambda r: r["data"].get("whole_image_fallback",
-                                                            {}).get("test", "–")),
+        ("Whole-image test images", lambda r: r["data"]["whole_image_fallback"]["test"]
+            if r["args"].get("crop", "none") != "none" else "–"),
         ("Train / val / test", _split_counts),
         ("Device", lambda r: r["env"]["device"]),
     ]),

@@ -100,7 +100,7 @@ def backbone_checkpoint(depth: int) -> str:
     from mmengine.runner.checkpoint import get_torchvision_models
     url = get_torchvision_models()[f"resnet{depth}"]
     return str(models.cached_weights(url, f"ImageNet weights for the ResNet-{depth} backbone",
-                                     "--backbone-weights none, or place it by hand;"))
+                                     "or train it from scratch with --backbone-weights none"))
 
 
 def detector_config(args, images: Path, ann_file: Path, train_images: int):

@@ -226,6 +226,17 @@ def test_detector_needs_true_boxes(sample, tmp_path):
     assert "has no true box" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_offline_backbone_weights_name_the_file(sample, tmp_path):
+    root, _ = sample
+    result = run_cli("task3_crop/detect.py", "--dataset", "bird", "--data-root", str(root),
+                     "--limit", "4", "--out", str(tmp_path / "det"),
+                     env_extra={"TORCH_HOME": str(tmp_path), "FGVC_OFFLINE": "1"})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"put resnet101-63fe2227.pth (from https://download.pytorch.org/models/" \
+           f"resnet101-63fe2227.pth) in {tmp_path}/hub/checkpoints/" in result.stderr
+    assert "--backbone-weights none" in result.stderr
+
+
 def test_mmdet_faster_rcnn_from_the_bundled_config_trains_on_cpu(sample, tmp_path):
     """Two iterations through mmdet's own loss and optimiser on the seed's config (made
     one-class and narrow), then inference: the loss falls on a repeated batch."""

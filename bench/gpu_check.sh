@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Task 3 on a CUDA machine: the mmcv._ext shim's CUDA kernels against torchvision's, then the
-# seed's detector (Faster R-CNN R-101 FPN at 1333x800, backbone from random weights since
-# nothing downloads there) and a crop classifier on generated data, with their timings.
-#   bash bench/gpu_task3.sh OUT_DIR
+# The CUDA paths on a GPU machine, on generated data, with their timings:
+# task 3: the mmcv._ext shim's CUDA kernels against torchvision's, the seed's detector
+#   (Faster R-CNN R-101 FPN at 1333x800, backbone from random weights since nothing
+#   downloads there) and a crop classifier;
+# task 4: the DCGAN pipeline (GAN, samples, lite0 FID, judged class accuracy, classifier).
+#   bash bench/gpu_check.sh OUT_DIR
 set -euo pipefail
-out=${1:?usage: bash bench/gpu_task3.sh OUT_DIR}
+out=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -30,3 +32,11 @@ print("detector", d["env"]["device"], {k: round(v, 4) for k, v in d["timing"].it
 b = json.load(open("/tmp/fgvc-gpu/box/metrics.json"))
 print("classifier", b["env"]["device"], b["timing"], b["metrics"]["test_top1"])
 EOF
+
+# task 4: a short GAN on CUDA; the judge is the crop classifier above (same classes)
+python task4_dcgan/train.py --dataset bird --data-root "$data" --gan-size 64 --gan-epochs 20 \
+  --synthetic-per-class 10 --model resnet18 --weights none --image-size 224 --epochs 2 \
+  --batch-size 32 --judge /tmp/fgvc-gpu/box/best.pt --out /tmp/fgvc-gpu/dcgan 2>&1 \
+  | grep -v "^GAN epoch [0-9]/\|^GAN epoch 1[0-9]/"
+cp /tmp/fgvc-gpu/dcgan/metrics.json "$out/dcgan_metrics.json"
+cp /tmp/fgvc-gpu/dcgan/gan/samples/epoch_020.png "$out/dcgan_epoch_020.png"
