@@ -103,17 +103,27 @@ def shutdown(rt: Runtime) -> None:
 
 
 def param_groups(model: nn.Module, spec: ModelSpec, lr: float, head_lr_mult: float,
-                 weight_decay: float) -> list[dict]:
+                 weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
     """The new head may learn faster (`head_lr_mult`); biases and norm weights get no weight
-    decay. Frozen parameters are left out."""
-    groups: dict[tuple[bool, bool], list] = {}
+    decay; with `layer_decay` < 1 each stage below the head learns `layer_decay` times slower
+    than the one above it (layer-wise decay, as in BEiT/MAE fine-tuning: the early layers
+    change least). Frozen parameters are left out."""
+    depth = len(spec.stages)  # the head is stage `depth`; stage 0 the stem
+
+    def stage(name: str) -> int:
+        if name.startswith(spec.head):
+            return depth
+        return next((i for i, prefixes in enumerate(spec.stages)
+                     if name.startswith(prefixes)), 0)
+
+    groups: dict[tuple[int, bool], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            key = (name.startswith(spec.head), param.ndim <= 1)
-            groups.setdefault(key, []).append(param)
-    return [{"params": params, "lr": lr * (head_lr_mult if is_head else 1.0),
+            groups.setdefault((stage(name), param.ndim <= 1), []).append(param)
+    return [{"params": params,
+             "lr": lr * (head_lr_mult if level == depth else layer_decay ** (depth - level)),
              "weight_decay": 0.0 if no_decay else weight_decay}
-            for (is_head, no_decay), params in sorted(groups.items())]
+            for (level, no_decay), params in sorted(groups.items())]
 
 
 def make_optimizer(groups: list[dict], args, device: torch.device) -> torch.optim.Optimizer:
@@ -270,7 +280,8 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
     model.to(rt.device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    groups = param_groups(model, spec, args.lr, args.head_lr_mult, args.weight_decay)
+    groups = param_groups(model, spec, args.lr, args.head_lr_mult, args.weight_decay,
+                          args.layer_decay)
     optimizer = make_optimizer(groups, args, rt.device)
     steps_per_epoch = len(loaders.train)
     if steps_per_epoch == 0:
@@ -384,18 +395,74 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
     }
 
 
+def count_gflops(model: nn.Module, image_size: int, device: torch.device) -> float:
+    """Forward cost of one image in G multiply-adds, the unit of torchvision's model tables
+    (resnet50 at 224: 4.09), counted by torch's FlopCounterMode, which counts 2 per
+    multiply-add."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_attention(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)  # the counter knows only the CUDA kernels
+
+    training = model.training
+    model.eval()
+    # Autograd stays on: under no_grad nn.MultiheadAttention takes a fused fast path whose
+    # projections the counter does not see (ViT-B/16 would count 11.3 G instead of 17.6 G).
+    with FlopCounterMode(display=False, custom_mapping={
+            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention},
+            ) as counter:
+        model(torch.zeros(1, 3, image_size, image_size, device=device))
+    model.train(training)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+@torch.no_grad()
+def inference_speed(model: nn.Module, image_size: int, batch: int, rt: Runtime,
+                    channels_last: bool) -> float:
+    """Images per second of the model's forward pass alone (no data loading), at the run's
+    batch size, precision and memory format, after a warm-up batch."""
+    model.eval()
+    x = torch.randn(batch, 3, image_size, image_size, device=rt.device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    steps = 10 if rt.device.type == "cuda" else 2
+    with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
+        model(x)
+        if rt.device.type == "cuda":
+            torch.cuda.synchronize(rt.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            model(x)
+        if rt.device.type == "cuda":
+            torch.cuda.synchronize(rt.device)
+    return batch * steps / (time.perf_counter() - start)
+
+
 def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[str],
                      train: list[Record], val: list[Record], test: list[Record],
-                     counts: dict | None = None, **task_metrics) -> dict:
+                     counts: dict | None = None, measure_cost: bool = False,
+                     **task_metrics) -> dict:
     """The common flags' classifier trained on these splits by `fit`; the main process writes
-    `<out>/metrics.json` (with `counts` and `task_metrics` added) and prints the test score."""
-    model, spec = models.build_model(args.model, len(classes), args.weights, args.image_size)
+    `<out>/metrics.json` (with `counts` and `task_metrics` added) and prints the test score.
+    `measure_cost` adds params_m, gflops, infer_images_per_s and the training cost
+    (train_images_per_s, peak_mem_mb, train_seconds) to the metrics."""
+    model, spec = models.build_model(args.model, len(classes), args.weights, args.image_size,
+                                     args.drop_path)
     frozen = models.freeze_stages(model, spec, args.freeze_stages)
     loaders = make_loaders(args, train, val, test, spec.mean, spec.std,
                            cuda=rt.device.type == "cuda")
     result = fit(model, spec, loaders, args, rt, frozen,
                  meta={"classes": classes, "image_size": args.image_size,
                        "mean": spec.mean, "std": spec.std})
+    if measure_cost:
+        timing = result["timing"]
+        task_metrics |= {
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "gflops": count_gflops(model, args.image_size, rt.device),
+            "train_images_per_s": timing["train_images_per_s"],
+            "infer_images_per_s": inference_speed(model, args.image_size, args.batch_size,
+                                                  rt, result["channels_last"]),
+            "peak_mem_mb": timing["peak_mem_mb"], "train_seconds": timing["train_seconds"]}
     if rt.main:
         data = {"classes": len(classes), "train": len(train), "val": len(val),
                 "test": len(test), "test_evaluated": result["test_count"], **(counts or {})}

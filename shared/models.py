@@ -28,7 +28,9 @@ TORCHVISION_WEIGHTS = {
     "resnext101_32x8d": "IMAGENET1K_V2",
     "vit_b_16": "IMAGENET1K_V1",
     "vit_b_32": "IMAGENET1K_V1",
+    "vit_b_16_swag": "IMAGENET1K_SWAG_E2E_V1",  # SWAG end-to-end, trained at 384 px
 }
+ARCHITECTURE = {"vit_b_16_swag": "vit_b_16"}  # model names that are not torchvision's
 MODELS = (*TORCHVISION_WEIGHTS, "tf_efficientnet_lite0", "vit_tiny")
 
 
@@ -67,17 +69,22 @@ def _spec(name: str, model: nn.Module) -> ModelSpec:
 
 
 def build_model(name: str, num_classes: int, weights: str = "imagenet",
-                image_size: int = 224) -> tuple[nn.Module, ModelSpec]:
+                image_size: int = 224, drop_path: float = 0.0) -> tuple[nn.Module, ModelSpec]:
     """A classifier with a `num_classes` head. `weights`: "imagenet", "none" or a file (an
-    ImageNet state dict, or a checkpoint of ours holding {"model": state dict})."""
+    ImageNet state dict, or a checkpoint of ours holding {"model": state dict}). `drop_path`:
+    the stochastic-depth rate, for the models that have it (timm's)."""
+    if drop_path and name != "tf_efficientnet_lite0":
+        raise UsageError(f"--drop-path: {name} has no stochastic depth (tf_efficientnet_lite0 "
+                         "has)")
     if name in TORCHVISION_WEIGHTS:
         kwargs = {"image_size": image_size} if name.startswith("vit") else {}
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes,
-                                             **kwargs)
+        model = torchvision.models.get_model(ARCHITECTURE.get(name, name), weights=None,
+                                             num_classes=num_classes, **kwargs)
     elif name == "tf_efficientnet_lite0":
         import timm
 
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes,
+                                  drop_path_rate=drop_path)
     elif name == "vit_tiny":  # for tests and CPU demos; no pre-trained weights exist
         model = VisionTransformer(image_size=image_size, patch_size=8, num_layers=2, num_heads=2,
                                   hidden_dim=64, mlp_dim=128, num_classes=num_classes)
@@ -129,7 +136,8 @@ def imagenet_state(name: str) -> dict:
         return _lite0_state()
     if name not in TORCHVISION_WEIGHTS:
         raise WeightsError(f"{name} has no ImageNet weights; use --weights none")
-    weights = torchvision.models.get_model_weights(name)[TORCHVISION_WEIGHTS[name]]
+    weights = torchvision.models.get_model_weights(ARCHITECTURE.get(name, name))[
+        TORCHVISION_WEIGHTS[name]]
     path = cached_weights(weights.url, f"ImageNet weights for {name}",
                           f"or pass --weights /path/to/{Path(weights.url).name}")
     return torch.load(path, map_location="cpu", weights_only=True)

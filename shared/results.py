@@ -179,6 +179,22 @@ STUDIES = [
         ("Generated class acc. (%)", lambda r: _pct(r["metrics"].get("gen_class_acc"))),
         ("Device", lambda r: r["env"]["device"]),
     ]),
+    ("Table 4: ViT against CNN, accuracy and cost (task 5)",
+     lambda r: r["task"] == "task5_vit", lambda r: (r["dataset"], -r["metrics"]["gflops"]), [
+        ("Model", lambda r: r["model"]),
+        ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
+        ("Weights", lambda r: r["weights"]),
+        ("Recipe", lambda r: r["args"]["recipe"]),
+        ("Image size", lambda r: r["args"]["image_size"]),
+        *ACCURACY,
+        ("Params (M)", lambda r: f"{r['metrics']['params_m']:.2f}"),
+        ("GFLOPs (multiply-adds)", lambda r: f"{r['metrics']['gflops']:.2f}"),
+        ("Train img/s", lambda r: f"{r['metrics']['train_images_per_s']:.1f}"),
+        ("Inference img/s", lambda r: f"{r['metrics']['infer_images_per_s']:.1f}"),
+        ("Peak memory (MB)", lambda r: f"{r['metrics']['peak_mem_mb']:.0f}"),
+        ("Train time (min)", lambda r: f"{r['metrics']['train_seconds'] / 60:.1f}"),
+        ("Device", lambda r: r["env"]["device"]),
+    ]),
 ]
 
 
