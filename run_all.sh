@@ -26,6 +26,7 @@ if [[ "${1:-}" == "--demo" ]]; then
   # recipe's lr and layer decay are for fine-tuning, so the tiny ViT gets 1e-3 and none
   VIT_RUNS=("resnet18 seed" "vit_tiny vit --lr 1e-3 --layer-decay 1.0")
   VIT=(--weights none --image-size 96 --epochs 10 --batch-size 16)
+  HEATMAP_VIT=vit_tiny
 else
   RESULTS=results
   DATA=${DATA:-data}
@@ -35,6 +36,7 @@ else
   GAN=()
   VIT_RUNS=("resnext101_32x8d strong" "vit_b_32 vit" "vit_b_16 vit" "vit_b_16_swag vit")
   VIT=()
+  HEATMAP_VIT=vit_b_16
 fi
 EXTRA=("$@")
 
@@ -92,6 +94,16 @@ for dataset in bird dog; do
     # shellcheck disable=SC2086  # $extra holds flags
     run "$RESULTS/task5_vit/$dataset/$model" task5_vit/train.py --dataset "$dataset" \
       --model "$model" --recipe "$recipe" "${VIT[@]}" $extra
+  done
+done
+
+# Table 5 and a figure per dataset: heatmaps of task 1-2's pretrained CNN and of task 5's ViT.
+for dataset in bird dog; do
+  for source in "task1_2_finetune/$dataset/pretrained" "task5_vit/$dataset/$HEATMAP_VIT"; do
+    model=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['model'])" \
+      "$RESULTS/$source/metrics.json")
+    run "$RESULTS/task6_heatmap/$dataset/$model" task6_heatmap/train.py --dataset "$dataset" \
+      --checkpoint "$RESULTS/$source/best.pt"
   done
 done
 

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import platform
+import posixpath
 import subprocess
 from pathlib import Path
 
@@ -65,7 +66,9 @@ def write_json(record: dict, path: Path) -> None:
 
 
 def load_records(root: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(Path(root).rglob("metrics.json"))]
+    """Every metrics.json under `root`, each with `_dir`, its folder relative to `root`."""
+    return [{**json.loads(p.read_text()), "_dir": p.parent.relative_to(root).as_posix()}
+            for p in sorted(Path(root).rglob("metrics.json"))]
 
 
 # --------------------------------------------------------------------------------- tables
@@ -194,6 +197,23 @@ STUDIES = [
         ("Peak memory (MB)", lambda r: f"{r['metrics']['peak_mem_mb']:.0f}"),
         ("Train time (min)", lambda r: f"{r['metrics']['train_seconds'] / 60:.1f}"),
         ("Device", lambda r: r["env"]["device"]),
+    ]),
+    ("Table 5: are the heatmaps right? (task 6) Pointing game and energy in the true boxes "
+     "(higher is better); rank correlation with a randomly initialised network's maps (near 1: "
+     "the method ignores the model)",
+     lambda r: r["task"] == "task6_heatmap" and r["variant"] not in ("classifier", "summary"),
+     lambda r: (r["dataset"], r["model"], r["variant"]), [
+        ("Model", lambda r: r["model"]),
+        ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
+        ("Method", lambda r: r["variant"]),
+        ("Layer", lambda r: r["layer"] or "all blocks"),
+        ("Pointing game (%)", lambda r: _pct(r["metrics"]["pointing_game"])),
+        ("Energy in box (%)", lambda r: _pct(r["metrics"]["energy_in_box"])),
+        ("Randomisation rank corr.", lambda r: f"{r['metrics']['randomization_rank_corr']:.3f}"),
+        ("Boxes' share of the frame (chance, %)", lambda r: _pct(r["metrics"]["box_area_share"])),
+        ("Test images", lambda r: r["data"]["test_scored"]),
+        ("Figure", lambda r: "[figure.png]({})".format(
+            posixpath.normpath(posixpath.join(r["_dir"], r["figure"])))),
     ]),
 ]
 

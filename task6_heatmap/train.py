@@ -1,0 +1,239 @@
+"""Task 6: where the network looks (heatmaps), and numbers that say whether the maps are right.
+
+    python task6_heatmap/train.py --dataset bird \
+        --checkpoint results/task1_2_finetune/bird/pretrained/best.pt
+    python task6_heatmap/train.py --dataset bird \
+        --checkpoint results/task5_vit/bird/vit_b_16/best.pt
+    python task6_heatmap/train.py --dataset dog           # no checkpoint: trains one first
+
+Methods (heatmaps.py, all hook-based): Grad-CAM and Grad-CAM++ on any named layer of a CNN
+(`--layer`, default its last stage), attention rollout and Grad-CAM on the token grid of a
+ViT (default layer: the input norm of its last block), and the seed's per-channel
+feature-map grids of every stage. The target class is the predicted one, or `--target K`
+for all images. Images are letterboxed to the checkpoint's input size, as the seed
+evaluated.
+
+Writes to --out (default results/task6_heatmap/<dataset>/<model>): `<method>/metrics.json`
+(and all methods in `metrics.json`) over the test split (`pointing_game`: the map's maximum
+falls inside a true box; `energy_in_box`: the map's share inside the boxes;
+`randomization_rank_corr`: Spearman correlation of the maps with those of the same network
+with random weights, after Adebayo et al. 2018: a method that ignores the model scores ~1),
+`figure.png` (photos x methods, a perceptual colormap over the photo), `overlays/`,
+`features/<layer>.png` (channel grids of the first image) and TensorBoard images.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
+
+import numpy as np  # noqa: E402
+import scipy.stats  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from shared import cli, data, engine, models, results  # noqa: E402
+from shared.data import DataError  # noqa: E402
+from task6_heatmap import heatmaps  # noqa: E402
+
+TASK = "task6_heatmap"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_argument_group("heatmaps")
+    group.add_argument("--checkpoint", type=Path,
+                       help="a best.pt of task 1-2 or 5; without one, a classifier is trained "
+                            "first with the common flags (into <out>/classifier)")
+    group.add_argument("--methods", nargs="+",
+                       choices=("gradcam", "gradcam++", "rollout"),
+                       help="default: gradcam and gradcam++ for a CNN, rollout and gradcam "
+                            "for a ViT")
+    group.add_argument("--layer", help="the layer Grad-CAM reads (default: the last stage)")
+    group.add_argument("--target", type=int, help="class index for every image (default: "
+                                                  "the predicted class)")
+    group.add_argument("--images", type=Path, nargs="+", help="photos for the figure "
+                                                              "(default: the first test images)")
+    group.add_argument("--figure-images", type=int, default=6)
+    args = cli.parse_with_recipes(parser, argv)
+    args.out = args.out or Path("results", TASK, args.dataset, args.model)
+    return args
+
+
+def load_classifier(path: Path, classes: list[str], device) -> tuple:
+    meta = engine.load_checkpoint(path)
+    if meta.get("classes") != classes:
+        raise DataError(f"--checkpoint {path} was trained on other classes than this dataset")
+    model, spec = models.build_model(meta["model_name"], len(classes), str(path),
+                                     meta["image_size"])
+    return model.to(device).eval(), spec, meta
+
+
+def letterbox_boxes(record: data.Record, size: int) -> list[tuple[float, ...]]:
+    """The record's true boxes in the letterboxed `size` x `size` frame (ImageOps.pad)."""
+    with Image.open(record.path) as image:
+        w, h = image.size
+    scale = size / max(w, h)
+    pad_x, pad_y = round((size - round(w * scale)) / 2), round((size - round(h * scale)) / 2)
+    return [(x0 * scale + pad_x, y0 * scale + pad_y, x1 * scale + pad_x, y1 * scale + pad_y)
+            for x0, y0, x1, y1 in record.boxes]
+
+
+def box_scores(maps: torch.Tensor, boxes: list[list[tuple]], size: int
+               ) -> tuple[list, list, list]:
+    """Pointing game hits and energy-in-box shares of maps upsampled to the input frame, and
+    the boxes' share of the frame (what a uniform or random map scores on both)."""
+    full = F.interpolate(maps[:, None], size=(size, size), mode="bilinear",
+                         align_corners=False)[:, 0]
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    hits, energy, area = [], [], []
+    for m, image_boxes in zip(full, boxes, strict=True):
+        inside = torch.zeros(size, size, dtype=torch.bool)
+        for x0, y0, x1, y1 in image_boxes:
+            inside |= (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+        hits.append(bool(inside.flatten()[m.argmax()]))
+        energy.append(float(m[inside].sum() / m.sum().clamp_min(1e-12)))
+        area.append(float(inside.float().mean()))
+    return hits, energy, area
+
+
+def method_maps(method: str, model, images, layer, target):
+    if method == "rollout":
+        return heatmaps.attention_rollout(model, images)
+    return heatmaps.grad_cam(model, images, layer, target, plus=method == "gradcam++")[0]
+
+
+def default_layer(spec: models.ModelSpec, model) -> str:
+    if not spec.is_cnn:  # the last block's input norm: past the last block only the class
+        # token reaches the head, so the patch tokens there get no gradient
+        return f"encoder.layers.{list(dict(model.encoder.layers.named_children()))[-1]}.ln_1"
+    last = [p for p in spec.stages[-1] if not p.endswith("bn2.")]  # lite0: conv_head
+    return last[0].rstrip(".")
+
+
+def colour(image: np.ndarray, heat: np.ndarray) -> Image.Image:
+    """The map in matplotlib's perceptually uniform 'inferno' over the photo."""
+    from matplotlib import colormaps
+
+    overlay = colormaps["inferno"](heat)[..., :3] * 255
+    return Image.fromarray((0.5 * image + 0.5 * overlay).astype(np.uint8))
+
+
+def main(args: argparse.Namespace) -> None:
+    rt = engine.init_runtime(args)
+    index, train, val, test = data.prepare_splits(args)
+    out = Path(args.out)
+    if args.checkpoint is None:  # no classifier given: train one with the common flags
+        args_classifier = argparse.Namespace(**{**vars(args), "out": out / "classifier"})
+        engine.train_classifier(TASK, "classifier", args_classifier, rt, index.classes,
+                                train, val, test)
+        args.checkpoint = out / "classifier" / "best.pt"
+    model, spec, meta = load_classifier(args.checkpoint, index.classes, rt.device)
+    size = meta["image_size"]
+    random_model, _ = models.build_model(meta["model_name"], len(index.classes), "none", size)
+    for name, param in random_model.named_parameters():
+        if name.startswith(spec.head) and param.ndim > 1:  # torchvision's ViT head starts at
+            torch.nn.init.normal_(param, std=0.01)  # zero: every gradient, every map would be 0
+    random_model.to(rt.device).eval()
+    methods = args.methods or (["gradcam", "gradcam++"] if spec.is_cnn
+                               else ["rollout", "gradcam"])
+    layer = args.layer or default_layer(spec, model)
+    transform = data.build_transform(False, size, "letterbox", mean=meta["mean"],
+                                     std=meta["std"])
+    scored = [r for r in test if r.boxes]
+    if not scored:
+        raise DataError(f"the test split of {args.dataset} has no true boxes: the pointing "
+                        "game and energy-in-box need them")
+    target = None if args.target is None else torch.tensor(args.target)
+    numbers = {m: {"hits": [], "energy": [], "corr": [], "area": []} for m in methods}
+    for start in range(0, len(scored), args.batch_size):
+        chunk = scored[start:start + args.batch_size]
+        images = torch.stack([transform(data.load_rgb(r.path)) for r in chunk]).to(rt.device)
+        boxes = [letterbox_boxes(r, size) for r in chunk]
+        batch_target = None if target is None else target.repeat(len(chunk))
+        for method in methods:
+            maps = method_maps(method, model, images, layer, batch_target).cpu()
+            hits, energy, area = box_scores(maps, boxes, size)
+            shuffled = method_maps(method, random_model, images, layer, batch_target).cpu()
+            corr = [scipy.stats.spearmanr(a.flatten(), b.flatten()).statistic
+                    for a, b in zip(maps, shuffled, strict=True)]
+            numbers[method]["hits"] += hits
+            numbers[method]["energy"] += energy
+            numbers[method]["area"] += area
+            numbers[method]["corr"] += [0.0 if np.isnan(c) else float(c) for c in corr]
+
+    figure_records = ([data.Record(p.name, p, -1) for p in args.images] if args.images
+                      else test[:args.figure_images])
+    write_figures(model, spec, figure_records, methods, layer, target, transform, meta, out, rt)
+    summary = {}
+    for method in methods:
+        n = numbers[method]
+        record = {
+            "task": TASK, "variant": method, "dataset": args.dataset,
+            "model": meta["model_name"], "weights": str(args.checkpoint),
+            "metrics": {"pointing_game": float(np.mean(n["hits"])),
+                        "energy_in_box": float(np.mean(n["energy"])),
+                        "randomization_rank_corr": float(np.mean(n["corr"])),
+                        "box_area_share": float(np.mean(n["area"]))},
+            "data": {"test_scored": len(scored)}, "layer": layer if method != "rollout" else None,
+            "figure": "../figure.png",  # from this file's folder
+            "env": results.environment(rt),
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        }
+        (out / method).mkdir(parents=True, exist_ok=True)
+        results.write_json(record, out / method / "metrics.json")
+        m = summary[method] = record["metrics"]
+        print(f"{method}: pointing game {m['pointing_game']:.3f}, energy in box "
+              f"{m['energy_in_box']:.3f}, randomisation rank corr "
+              f"{m['randomization_rank_corr']:.3f}")
+    # the run's own record, written last: run_all.sh takes it to mean "finished"
+    results.write_json({**record, "variant": "summary", "metrics": summary},
+                       out / "metrics.json")
+    engine.shutdown(rt)
+
+
+def write_figures(model, spec, records, methods, layer, target, transform, meta, out, rt):
+    """figure.png (a row per photo: the photo, then one overlay per method), the overlays,
+    channel grids of every stage for the first photo, and the same in TensorBoard."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torchvision.utils import make_grid, save_image
+
+    size = meta["image_size"]
+    images = torch.stack([transform(data.load_rgb(r.path)) for r in records]).to(rt.device)
+    mean = torch.tensor(meta["mean"])[:, None, None]
+    std = torch.tensor(meta["std"])[:, None, None]
+    photos = ((images.cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255)
+    tiles = [torch.from_numpy(photos).permute(0, 3, 1, 2) / 255]
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    batch_target = None if target is None else target.repeat(len(records))
+    for method in methods:
+        maps = method_maps(method, model, images, layer, batch_target).cpu()
+        full = F.interpolate(maps[:, None], size=(size, size), mode="bilinear",
+                             align_corners=False)[:, 0].numpy()
+        overlays = [colour(p, m) for p, m in zip(photos, full, strict=True)]
+        for r, overlay in zip(records, overlays, strict=True):
+            overlay.save(out / "overlays" / f"{Path(r.key).stem}_{method}.png")
+        tiles.append(torch.stack([torch.from_numpy(np.array(o)).permute(2, 0, 1) / 255
+                                  for o in overlays]))
+    grid = torch.stack(tiles, dim=1).flatten(0, 1)  # row per photo
+    save_image(grid, out / "figure.png", nrow=len(tiles), padding=2)
+    writer = SummaryWriter(out / "tb")
+    writer.add_image("heatmaps/figure", make_grid(grid, nrow=len(tiles)), 0)
+    if spec.is_cnn:  # the seed's figure: every channel of every stage, min-max per channel
+        stages = [s[0].rstrip(".") for s in spec.stages]
+        (out / "features").mkdir(exist_ok=True)
+        for name, fmap in heatmaps.feature_maps(model, images[:1], stages).items():
+            channels = fmap[0, :64, None].cpu()
+            low = channels.flatten(1).min(1).values[:, None, None, None]
+            high = channels.flatten(1).max(1).values[:, None, None, None]
+            channels = (channels - low) / (high - low).clamp_min(1e-12)
+            save_image(channels, out / "features" / f"{name}.png", nrow=8)
+            writer.add_image(f"features/{name}", make_grid(channels, nrow=8), 0)
+    writer.close()
+
+
+if __name__ == "__main__":
+    cli.run(main, parse_args())

@@ -1,0 +1,136 @@
+"""Task 6: hook-based Grad-CAM / Grad-CAM++ / attention rollout, checked against plain
+autograd, on a model that learned where the object is, and through the command line."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from conftest import REPO, run_cli
+from torch import nn
+
+from shared.models import build_model
+from shared.results import write_tables
+from task6_heatmap import heatmaps
+
+spec = importlib.util.spec_from_file_location("heatmap_train", REPO / "task6_heatmap" / "train.py")
+heatmap_train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(heatmap_train)
+
+
+def no_hooks(model: nn.Module) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_grad_cam_equals_plain_autograd_on_the_layer_output(plus):
+    torch.manual_seed(0)
+    model, _ = build_model("resnet18", 5, "none")
+    model.eval()
+    x = torch.randn(3, 3, 64, 64)
+    ours, target = heatmaps.grad_cam(model, x, "layer4", plus=plus)
+
+    # the same, by hand: run the stages, take d(score)/d(layer4 output) with autograd.grad
+    stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1,
+                         model.layer2, model.layer3)
+    a = model.layer4(stem(x))
+    logits = model.fc(torch.flatten(model.avgpool(a), 1))
+    assert torch.equal(logits.argmax(1), target)
+    (g,) = torch.autograd.grad(logits[torch.arange(3), target].sum(), a)
+    a = a.detach()
+    if plus:
+        alpha = g ** 2 / (2 * g ** 2 + a.sum((2, 3), keepdim=True) * g ** 3 + 1e-12)
+        weights = (torch.where(g != 0, alpha, 0.0) * g.clamp_min(0)).sum((2, 3))
+    else:
+        weights = g.mean((2, 3))
+    cam = torch.relu((weights[:, :, None, None] * a).sum(1))
+    cam = cam / cam.flatten(1).max(1).values[:, None, None]
+    torch.testing.assert_close(ours, cam)
+    assert ours.shape == (3, 2, 2) and no_hooks(model)
+    assert all(p.grad is None for p in model.parameters())  # nothing left behind
+
+
+def test_hooks_are_removed_even_when_the_forward_fails():
+    model, _ = build_model("resnet18", 5, "none")
+    with pytest.raises(RuntimeError), heatmaps.Hooked(model, ["layer4", "layer3"], True):
+        model(torch.randn(1, 1, 32, 32))  # wrong channel count
+    assert no_hooks(model)
+    with pytest.raises(ValueError, match="no layer named 'layer9'"):
+        heatmaps.Hooked(model, ["layer9"])
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_vit_maps_follow_the_input_size(size):
+    torch.manual_seed(0)
+    model, vit_spec = build_model("vit_tiny", 5, "none", image_size=size)
+    nn.init.normal_(model.heads.head.weight)  # torchvision starts it at zero: no gradient
+    x = torch.randn(2, 3, size, size)
+    grid = size // 8
+    rollout = heatmaps.attention_rollout(model, x)
+    cam, _ = heatmaps.grad_cam(model, x, heatmap_train.default_layer(vit_spec, model))
+    assert rollout.shape == cam.shape == (2, grid, grid)
+    assert cam.flatten(1).max(1).values.tolist() == [1.0, 1.0]  # the tokens got gradient
+    assert rollout.min() >= 0 and rollout.max() == pytest.approx(1.0)
+    assert no_hooks(model)
+    with pytest.raises(ValueError, match="do not make a 3x3 grid"):
+        heatmaps.token_grid(torch.zeros(1, 1 + grid * grid, 4), (24, 24), 8)
+
+
+def test_a_trained_model_looks_at_the_object():
+    """Noise photos with one coloured square at a random place; the class is its colour. A
+    small CNN that learned this must point into the square far more often than chance."""
+    g = torch.Generator().manual_seed(0)
+    colours = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1]])
+
+    def batch(n):
+        x = torch.randn(n, 3, 32, 32, generator=g) * 0.5
+        labels = torch.randint(0, 3, (n,), generator=g)
+        corners = torch.randint(0, 24, (n, 2), generator=g)
+        for i, (r, c) in enumerate(corners.tolist()):
+            x[i, :, r:r + 8, c:c + 8] = colours[labels[i]][:, None, None]
+        boxes = [[(c, r, c + 8, r + 8)] for r, c in corners.tolist()]
+        return x, labels, boxes
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3))
+    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(150):
+        x, labels, _ = batch(32)
+        loss = nn.functional.cross_entropy(model(x), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    x, labels, boxes = batch(64)
+    assert (model(x).argmax(1) == labels).float().mean() > 0.9
+    maps, _ = heatmaps.grad_cam(model, x, "2", labels)  # the last conv's ReLU
+    hits, energy, area = heatmap_train.box_scores(maps, boxes, 32)
+    chance = 64 / 32 ** 2
+    assert area == pytest.approx([chance] * 64)
+    assert sum(hits) / len(hits) > 3 * chance and sum(energy) / len(energy) > 2 * chance
+
+
+def test_heatmaps_from_the_command_line(sample, tmp_path):
+    root, _ = sample
+    out = tmp_path / "results" / "task6_heatmap" / "bird" / "resnet18"
+    result = run_cli("task6_heatmap/train.py", "--dataset", "bird", "--data-root", str(root),
+                     "--model", "resnet18", "--weights", "none", "--image-size", "32",
+                     "--epochs", "1", "--batch-size", "8", "--figure-images", "3",
+                     "--out", str(out))  # no checkpoint: trains one first
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "classifier" / "best.pt").is_file() and (out / "figure.png").is_file()
+    assert (out / "features" / "layer4.png").is_file()
+    summary = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert set(summary) == {"gradcam", "gradcam++"}
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    for method in ("gradcam", "gradcam++"):
+        record = json.loads((out / method / "metrics.json").read_text())
+        assert record["task"] == "task6_heatmap" and record["layer"] == "layer4"
+        for key in ("pointing_game", "energy_in_box"):
+            assert 0 <= record["metrics"][key] <= 1
+        assert -1 <= record["metrics"]["randomization_rank_corr"] <= 1
+        assert record["data"]["test_scored"] == 20
+    table = write_tables(tmp_path / "results").read_text().split("## Table 5")[1]
+    assert "| gradcam++ |" in table and \
+        "(task6_heatmap/bird/resnet18/figure.png)" in table
