@@ -27,6 +27,7 @@ if [[ "${1:-}" == "--demo" ]]; then
   VIT_RUNS=("resnet18 seed" "vit_tiny vit --lr 1e-3 --layer-decay 1.0")
   VIT=(--weights none --image-size 96 --epochs 10 --batch-size 16)
   HEATMAP_VIT=vit_tiny
+  ROBUST=(--robust-eps 2 8)  # 44 attack passes an image at all four budgets: two on CPU
 else
   RESULTS=results
   DATA=${DATA:-data}
@@ -37,6 +38,7 @@ else
   VIT_RUNS=("resnext101_32x8d strong" "vit_b_32 vit" "vit_b_16 vit" "vit_b_16_swag vit")
   VIT=()
   HEATMAP_VIT=vit_b_16
+  ROBUST=()
 fi
 EXTRA=("$@")
 
@@ -105,6 +107,14 @@ for dataset in bird dog; do
     run "$RESULTS/task6_heatmap/$dataset/$model" task6_heatmap/train.py --dataset "$dataset" \
       --checkpoint "$RESULTS/$source/best.pt"
   done
+done
+
+# Table 6: robustness of task 1-2's model and of an FGSM-trained one, FGSM and PGD-10.
+for dataset in bird dog; do
+  run "$RESULTS/task7_fgsm/$dataset/standard" task7_fgsm/train.py --dataset "$dataset" \
+    --evaluate "$RESULTS/task1_2_finetune/$dataset/pretrained/best.pt" "${ROBUST[@]}"
+  run "$RESULTS/task7_fgsm/$dataset/fgsm" task7_fgsm/train.py --dataset "$dataset" \
+    "${ROBUST[@]}"
 done
 
 python -m shared.results "$RESULTS"

@@ -233,13 +233,16 @@ class Progress:
 
 
 def _train_epoch(net, model, loader, optimizer, scheduler, scaler, criterion, args,
-                 rt: Runtime, channels_last: bool, epoch: int, last_path: Path) -> torch.Tensor:
+                 rt: Runtime, channels_last: bool, epoch: int, last_path: Path,
+                 perturb=None) -> torch.Tensor:
     """One pass over the training loader; returns the summed loss, hits and images (over
     every process)."""
     sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss, correct, n
     progress = Progress(rt.main, f"epoch {epoch + 1}/{args.epochs}", len(loader))
     for step, (images, labels) in enumerate(loader):
         images, labels = _to_device(images, labels, rt, channels_last)
+        if perturb is not None:  # e.g. adversarial examples made on the current model
+            images = perturb(model, images, labels)
         with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
             logits = net(images)
             loss = criterion(logits.float(), labels)
@@ -265,10 +268,11 @@ def _train_epoch(net, model, loader, optimizer, scheduler, scaler, criterion, ar
 
 
 def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
-        frozen_modules: list[str] = (), meta: dict | None = None) -> dict:
+        frozen_modules: list[str] = (), meta: dict | None = None, perturb=None) -> dict:
     """Train for `args.epochs` (resuming from `<out>/last.pt` with --resume), keep the
     best-on-validation weights in `best.pt` (with `meta`, e.g. the class names), then test
-    them once. Returns metrics, history and timing."""
+    them once. `perturb(model, images, labels) -> images`, if given, replaces each training
+    batch before the step (adversarial training). Returns metrics, history and timing."""
     out = Path(args.out)
     last_path, best_path = out / "last.pt", out / "best.pt"
     if last_path.exists() and not args.resume:
@@ -338,7 +342,7 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
                 module.eval()
         start = time.perf_counter()
         sums = _train_epoch(net, model, loaders.train, optimizer, scheduler, scaler, criterion,
-                            args, rt, channels_last, epoch, last_path)
+                            args, rt, channels_last, epoch, last_path, perturb)
         state.train_seconds += time.perf_counter() - start
         state.train_images += int(sums[2])
         record = {"epoch": epoch + 1, "train_loss": (sums[0] / sums[2]).item(),
@@ -441,11 +445,12 @@ def inference_speed(model: nn.Module, image_size: int, batch: int, rt: Runtime,
 def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[str],
                      train: list[Record], val: list[Record], test: list[Record],
                      counts: dict | None = None, measure_cost: bool = False,
-                     **task_metrics) -> dict:
+                     perturb=None, after=None, **task_metrics) -> dict:
     """The common flags' classifier trained on these splits by `fit`; the main process writes
     `<out>/metrics.json` (with `counts` and `task_metrics` added) and prints the test score.
     `measure_cost` adds params_m, gflops, infer_images_per_s and the training cost
-    (train_images_per_s, peak_mem_mb, train_seconds) to the metrics."""
+    (train_images_per_s, peak_mem_mb, train_seconds) to the metrics; `perturb` goes to `fit`;
+    `after(model, spec, loaders)`, called with the tested model, returns more metrics."""
     model, spec = models.build_model(args.model, len(classes), args.weights, args.image_size,
                                      args.drop_path)
     frozen = models.freeze_stages(model, spec, args.freeze_stages)
@@ -453,7 +458,9 @@ def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[s
                            cuda=rt.device.type == "cuda")
     result = fit(model, spec, loaders, args, rt, frozen,
                  meta={"classes": classes, "image_size": args.image_size,
-                       "mean": spec.mean, "std": spec.std})
+                       "mean": spec.mean, "std": spec.std}, perturb=perturb)
+    if after is not None:
+        task_metrics |= after(model, spec, loaders)
     if measure_cost:
         timing = result["timing"]
         task_metrics |= {

@@ -215,6 +215,20 @@ STUDIES = [
         ("Figure", lambda r: "[figure.png]({})".format(
             posixpath.normpath(posixpath.join(r["_dir"], r["figure"])))),
     ]),
+    ("Table 6: adversarial robustness (task 7): clean and robust test top-1 (%) under FGSM "
+     "and PGD-10 at eps/255 on [0, 1] pixels; standard = task 1-2's model",
+     lambda r: r["task"] == "task7_fgsm", lambda r: (r["dataset"], r["variant"] != "standard"), [
+        ("Model", lambda r: r["model"]),
+        ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
+        ("Training", lambda r: r["variant"] if r["variant"] == "standard" else
+            f"{r['variant']} eps {r['args']['adv_eps']:g}/255, p {r['args']['adv_prob']:g} "
+            f"per {r['args']['adv_mode']}"),
+        ("Clean", lambda r: _pct(r["metrics"]["clean_top1"])),
+        *((f"{attack.upper()} {eps}", lambda r, key=f"{attack}@{eps}/255":
+           _pct(r["metrics"]["robust_top1"].get(key)))
+          for attack in ("fgsm", "pgd10") for eps in (1, 2, 4, 8)),
+        ("Device", lambda r: r["env"]["device"]),
+    ]),
 ]
 
 

@@ -1,0 +1,146 @@
+"""Task 7: adversarial training with FGSM, and robust accuracy measured (Table 6).
+
+    python task7_fgsm/train.py --dataset bird                        # FGSM training, then
+                                                                     #   clean + robust test
+    python task7_fgsm/train.py --dataset bird --fast --adv-eps 8     # "fast" FGSM (Wong 2020)
+    python task7_fgsm/train.py --dataset bird \\
+        --evaluate results/task1_2_finetune/bird/pretrained/best.pt  # any checkpoint, no training
+
+Training is task 1-2's (same flags and --recipe) with FGSM examples made on the current
+model (fgsm.py; pixels in [0, 1], the budget --adv-eps in 1/255): with probability --adv-prob
+(default 0.5, the seed's coin flip) per batch the whole batch is replaced (`--adv-mode
+batch`), or per sample each image is (`--adv-mode sample`). The default budget, 4/255, is
+about the seed's 0.1 in normalised units (0.1 x 0.226 x 255 = 5.8).
+
+The tested model (best on validation) is then attacked on the test split: clean top-1 and
+robust top-1 under FGSM and PGD-10 (random start, step 2.5 eps / 10) at --robust-eps
+(default 1, 2, 4, 8 / 255), in metrics.json as `robust_top1` {"fgsm@4/255": ..,
+"pgd10@4/255": .., ...}.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
+
+import torch  # noqa: E402
+
+from shared import cli, data, engine, models, results  # noqa: E402
+from shared.data import DataError  # noqa: E402
+from task7_fgsm.fgsm import Normalized, fgsm, pgd  # noqa: E402
+
+TASK = "task7_fgsm"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_argument_group("adversarial")
+    group.add_argument("--adv-eps", type=float, default=4.0, help="training budget, in 1/255")
+    group.add_argument("--adv-prob", type=float, default=0.5,
+                       help="probability of replacing a batch (or a sample) by FGSM examples")
+    group.add_argument("--adv-mode", choices=("batch", "sample"), default="batch")
+    group.add_argument("--fast", action="store_true",
+                       help="FGSM from a random start, step 1.25 eps (Wong et al. 2020)")
+    group.add_argument("--robust-eps", type=float, nargs="+", default=[1, 2, 4, 8],
+                       help="test budgets, in 1/255")
+    group.add_argument("--pgd-steps", type=int, default=10)
+    group.add_argument("--evaluate", type=Path,
+                       help="only evaluate this checkpoint (a best.pt), clean and robust")
+    args = cli.parse_with_recipes(parser, argv)
+    if not 0 <= args.adv_prob <= 1:
+        parser.error(f"--adv-prob {args.adv_prob}: expected a probability in [0, 1]")
+    variant = "standard" if args.evaluate else ("fast-fgsm" if args.fast else "fgsm")
+    args.variant = variant
+    args.out = args.out or Path("results", TASK, args.dataset, variant)
+    return args
+
+
+def adversarial_batches(args, spec: models.ModelSpec):
+    """The engine's `perturb`: FGSM examples on the current model, in pixel space."""
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+
+    def perturb(model, images, labels):
+        if args.adv_mode == "batch":
+            chosen = torch.full((len(images),), bool(torch.rand(()) < args.adv_prob))
+        else:
+            chosen = torch.rand(len(images)) < args.adv_prob
+        if not chosen.any():
+            return images
+        m, s = mean.to(images.device), std.to(images.device)
+        attacked = Normalized(model, spec.mean, spec.std).to(images.device)
+        pixels = (images[chosen.to(images.device)] * s + m).clamp(0, 1)
+        adversarial = fgsm(attacked, pixels, labels[chosen.to(images.device)], args.adv_eps,
+                           random_start=args.fast)
+        images = images.clone()
+        images[chosen.to(images.device)] = ((adversarial - m) / s).to(images.dtype)
+        return images
+
+    return perturb
+
+
+def robust_accuracy(model, spec, loader, args, rt) -> dict:
+    """Clean top-1 and top-1 under FGSM and PGD at every test budget, over the loader's
+    split (summed over DDP processes)."""
+    attacked = Normalized(model, spec.mean, spec.std).to(rt.device).eval()
+    m, s = attacked.mean, attacked.std
+    names = ["clean"] + [f"{attack}@{eps:g}/255" for eps in args.robust_eps
+                         for attack in ("fgsm", f"pgd{args.pgd_steps}")]
+    correct = torch.zeros(len(names), dtype=torch.float64, device=rt.device)
+    count = torch.zeros((), dtype=torch.float64, device=rt.device)
+    for images, labels in loader:
+        images, labels = images.to(rt.device), labels.to(rt.device)
+        pixels = (images * s + m).clamp(0, 1)
+        batch = [pixels]
+        for eps in args.robust_eps:
+            batch.append(fgsm(attacked, pixels, labels, eps))
+            batch.append(pgd(attacked, pixels, labels, eps, steps=args.pgd_steps))
+        with torch.no_grad():
+            correct += torch.stack([(attacked(x).argmax(1) == labels).sum() for x in batch]
+                                   ).to(correct)
+        count += len(labels)
+    if rt.world_size > 1:
+        torch.distributed.all_reduce(correct)
+        torch.distributed.all_reduce(count)
+    accuracy = (correct / count.clamp_min(1)).tolist()
+    return {"clean_top1": accuracy[0], "robust_top1": dict(zip(names[1:], accuracy[1:],
+                                                                strict=True))}
+
+
+def main(args: argparse.Namespace) -> None:
+    rt = engine.init_runtime(args)
+    index, train, val, test = data.prepare_splits(args)
+    if args.evaluate:  # a trained checkpoint: clean and robust accuracy only
+        meta = engine.load_checkpoint(args.evaluate)
+        if meta.get("classes") != index.classes:
+            raise DataError(f"--evaluate {args.evaluate} was trained on other classes")
+        model, spec = models.build_model(meta["model_name"], len(index.classes),
+                                         str(args.evaluate), meta["image_size"])
+        args.model, args.image_size = meta["model_name"], meta["image_size"]
+        loaders = data.make_loaders(args, train, val, test, spec.mean, spec.std,
+                                    cuda=rt.device.type == "cuda")
+        scores = robust_accuracy(model.to(rt.device), spec, loaders.test, args, rt)
+        if rt.main:
+            record = {"task": TASK, "variant": args.variant, "dataset": args.dataset,
+                      "model": args.model, "weights": str(args.evaluate),
+                      "metrics": {"test_top1": scores["clean_top1"], **scores},
+                      "data": {"test": len(test)}, "env": results.environment(rt),
+                      "args": {k: str(v) if isinstance(v, Path) else v
+                               for k, v in vars(args).items()}}
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            results.write_json(record, Path(args.out) / "metrics.json")
+            print(f"clean {scores['clean_top1']:.4f} robust {scores['robust_top1']}")
+    else:
+        spec = models.build_model(args.model, len(index.classes), "none", args.image_size)[1]
+        engine.train_classifier(
+            TASK, args.variant, args, rt, index.classes, train, val, test,
+            perturb=adversarial_batches(args, spec),
+            after=lambda model, spec, loaders: robust_accuracy(model, spec, loaders.test,
+                                                               args, rt))
+    engine.shutdown(rt)
+
+
+if __name__ == "__main__":
+    cli.run(main, parse_args())

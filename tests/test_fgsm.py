@@ -1,0 +1,149 @@
+"""Task 7: FGSM and PGD on [0, 1] pixels, adversarial training through the engine, robust
+accuracy in metrics.json."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO, run_cli
+from torch import nn
+
+from task7_fgsm.fgsm import Normalized, fgsm, pgd
+
+spec = importlib.util.spec_from_file_location("fgsm_train", REPO / "task7_fgsm" / "train.py")
+fgsm_train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fgsm_train)
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def squares(n: int, g: torch.Generator, noise: float = 0.15):
+    """[0, 1] photos of noise with a bright square whose colour is the class (3 classes)."""
+    colours = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1]])
+    x = (0.5 + noise * torch.randn(n, 3, 16, 16, generator=g)).clamp(0, 1)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    corners = torch.randint(0, 10, (n, 2), generator=g)
+    for i, (r, c) in enumerate(corners.tolist()):
+        x[i, :, r:r + 6, c:c + 6] = 0.5 + 0.2 * (colours[labels[i]][:, None, None] - 0.5)
+    return x, labels
+
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(16, 3))
+
+
+def train(model: nn.Module, adversarial_eps: float = 0.0, steps: int = 200) -> nn.Module:
+    g = torch.Generator().manual_seed(1)
+    attacked = Normalized(model, MEAN, STD)
+    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(steps):
+        x, y = squares(64, g)
+        if adversarial_eps:
+            x = fgsm(attacked, x, y, adversarial_eps, random_start=True)
+        model.train()
+        loss = F.cross_entropy(attacked(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    return Normalized(train(small_cnn()), MEAN, STD)
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "fgsm-fast", "pgd"])
+def test_perturbation_stays_in_budget_and_in_range(trained, attack):
+    x, y = squares(32, torch.Generator().manual_seed(2))
+    x[:4] = 1.0  # saturated pixels: the clamp must hold at the range's edge
+    eps = 8
+    if attack == "pgd":
+        adversarial = pgd(trained, x, y, eps, steps=5)
+    else:
+        adversarial = fgsm(trained, x, y, eps, random_start=attack == "fgsm-fast")
+    assert (adversarial - x).abs().max() <= eps / 255 + 1e-6
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    assert (adversarial - x).abs().max() > eps / 255 / 2  # it did move
+
+
+def test_fgsm_raises_the_loss_and_pgd_at_least_as_much(trained):
+    x, y = squares(128, torch.Generator().manual_seed(3))
+    clean = F.cross_entropy(trained(x), y).item()
+    with_fgsm = F.cross_entropy(trained(fgsm(trained, x, y, 4)), y).item()
+    with_pgd = F.cross_entropy(trained(pgd(trained, x, y, 4, steps=10)), y).item()
+    assert with_fgsm > clean + 0.1
+    assert with_pgd >= with_fgsm
+
+
+def test_attacks_leave_mode_statistics_and_gradients_alone(trained):
+    model = trained.model.train()
+    model.zero_grad(set_to_none=True)  # training left gradients behind
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = squares(16, torch.Generator().manual_seed(4))
+    pgd(trained, x, y, 4, steps=3)
+    assert model.training  # mode restored
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    model.eval()
+
+
+def test_fgsm_matches_the_closed_form_of_a_linear_model():
+    """For softmax regression, d loss / d x = W^T (softmax(Wx + b) - onehot(y)): an
+    independent computation of FGSM's direction."""
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    x = torch.rand(6, 3, 4, 4) * 0.8 + 0.1  # away from the [0, 1] edges
+    y = torch.randint(0, 5, (6,))
+    ours = fgsm(linear, x, y, 2)
+    w, b = linear[1].weight, linear[1].bias
+    with torch.no_grad():
+        p = torch.softmax(x.flatten(1) @ w.T + b, dim=1) - F.one_hot(y, 5)
+        direction = (p @ w).sign().view_as(x)
+    torch.testing.assert_close(ours, (x + 2 / 255 * direction).clamp(0, 1))
+
+
+def test_adversarial_training_raises_robust_accuracy():
+    g = torch.Generator().manual_seed(5)
+    x, y = squares(256, g)
+    torch.manual_seed(0)
+    standard = Normalized(train(small_cnn()), MEAN, STD)
+    torch.manual_seed(0)
+    robust = Normalized(train(small_cnn(), adversarial_eps=8), MEAN, STD)
+
+    def accuracy(model, images):
+        with torch.no_grad():
+            return (model(images).argmax(1) == y).float().mean().item()
+
+    assert accuracy(standard, x) > 0.9 and accuracy(robust, x) > 0.9
+    assert accuracy(robust, pgd(robust, x, y, 8)) > accuracy(standard, pgd(standard, x, y, 8)) \
+        + 0.2
+
+
+def test_training_and_evaluation_from_the_command_line(sample, tmp_path):
+    root, _ = sample
+    common = ["--dataset", "bird", "--data-root", str(root), "--model", "resnet18",
+              "--weights", "none", "--image-size", "32", "--batch-size", "8",
+              "--val-fraction", "0.25", "--robust-eps", "2", "8", "--pgd-steps", "3"]
+    out = tmp_path / "results" / "task7_fgsm" / "bird"
+    result = run_cli("task7_fgsm/train.py", *common, "--epochs", "1", "--adv-mode", "sample",
+                     "--out", str(out / "fgsm"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "fgsm" / "metrics.json").read_text())
+    assert record["variant"] == "fgsm"
+    robust = record["metrics"]["robust_top1"]
+    assert set(robust) == {"fgsm@2/255", "pgd3@2/255", "fgsm@8/255", "pgd3@8/255"}
+    assert all(0 <= v <= 1 for v in robust.values())
+    assert record["metrics"]["clean_top1"] == pytest.approx(record["metrics"]["test_top1"])
+
+    result = run_cli("task7_fgsm/train.py", *common,
+                     "--evaluate", str(out / "fgsm" / "best.pt"), "--out", str(out / "standard"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads((out / "standard" / "metrics.json").read_text())
+    assert again["variant"] == "standard"
+    assert again["metrics"]["clean_top1"] == pytest.approx(record["metrics"]["clean_top1"])
