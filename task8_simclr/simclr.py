@@ -1,0 +1,59 @@
+"""SimCLR's parts, written out (Chen et al. 2020): the NT-Xent loss, the pair of augmented
+views, and the projection head.
+
+NT-Xent: for N pairs, the 2N embeddings are L2-normalised; each embedding's positive is the
+other view of its image and its negatives are the other 2N - 2 embeddings; the loss is the
+cross-entropy of the positive among all 2N - 1 candidates at temperature tau, averaged over
+both directions of every pair.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss for views `z1[i]`, `z2[i]` of image i, and the share of embeddings whose
+    most similar candidate is their positive (positive-pair accuracy)."""
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # cosine similarity below
+    n = len(z1)
+    logits = z @ z.T / temperature
+    logits.fill_diagonal_(float("-inf"))  # an embedding is not its own candidate
+    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    loss = F.cross_entropy(logits, positive)
+    accuracy = (logits.argmax(1) == positive).float().mean()
+    return loss, accuracy
+
+
+def simclr_views(image_size: int, mean, std, blur: bool = True):
+    """A transform returning two independent augmented views of a PIL image: random-resized
+    crop (scale 0.08-1), flip, colour jitter (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale with
+    p 0.2, Gaussian blur (kernel a tenth of the image, sigma 0.1-2) with p 0.5."""
+    from torchvision import transforms as T
+
+    kernel = max(3, image_size // 10 | 1)  # odd
+    augment = T.Compose([
+        T.RandomResizedCrop(image_size, scale=(0.08, 1.0)),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        *([T.RandomApply([T.GaussianBlur(kernel, (0.1, 2.0))], p=0.5)] if blur else []),
+        T.ToTensor(), T.Normalize(mean, std)])
+
+    def two_views(image):
+        return augment(image), augment(image)
+    return two_views
+
+
+class ProjectionHead(nn.Module):
+    """The two-layer MLP between the backbone's features and the loss (discarded after
+    pre-training): Linear, BatchNorm, ReLU, Linear."""
+
+    def __init__(self, in_features: int, hidden: int = 2048, out_features: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden),
+                                 nn.ReLU(inplace=True), nn.Linear(hidden, out_features))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
