@@ -28,6 +28,7 @@ if [[ "${1:-}" == "--demo" ]]; then
   VIT=(--weights none --image-size 96 --epochs 10 --batch-size 16)
   HEATMAP_VIT=vit_tiny
   ROBUST=(--robust-eps 2 8)  # 44 attack passes an image at all four budgets: two on CPU
+  SIMCLR=(--simclr-epochs 15 --simclr-batch-size 32 --label-fractions 0.1 1.0 --epochs 5)
 else
   RESULTS=results
   DATA=${DATA:-data}
@@ -39,6 +40,7 @@ else
   VIT=()
   HEATMAP_VIT=vit_b_16
   ROBUST=()
+  SIMCLR=(--model resnet50 --image-size 224)  # SimCLR's own setting; batch 256
 fi
 EXTRA=("$@")
 
@@ -115,6 +117,14 @@ for dataset in bird dog; do
     --evaluate "$RESULTS/task1_2_finetune/$dataset/pretrained/best.pt" "${ROBUST[@]}"
   run "$RESULTS/task7_fgsm/$dataset/fgsm" task7_fgsm/train.py --dataset "$dataset" \
     "${ROBUST[@]}"
+done
+
+# Table 7: SimCLR pre-training against random and ImageNet initialisation, same protocol.
+for dataset in bird dog; do
+  for backbone in random simclr imagenet; do
+    run "$RESULTS/task8_simclr/$dataset/$backbone" task8_simclr/train.py --dataset "$dataset" \
+      --backbone "$backbone" "${SIMCLR[@]}"
+  done
 done
 
 python -m shared.results "$RESULTS"

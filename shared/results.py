@@ -229,6 +229,23 @@ STUDIES = [
           for attack in ("fgsm", "pgd10") for eps in (1, 2, 4, 8)),
         ("Device", lambda r: r["env"]["device"]),
     ]),
+    ("Table 7: self-supervised SimCLR against random and ImageNet initialisation (task 8): "
+     "test top-1 (%) with a share of the training labels",
+     lambda r: r["task"] == "task8_simclr" and r["variant"] in ("random", "simclr", "imagenet"),
+     lambda r: (r["dataset"], r["metrics"]["label_fraction"],
+                ("random", "simclr", "imagenet").index(r["variant"])), [
+        ("Model", lambda r: r["model"]),
+        ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
+        ("Labels", lambda r: f"{100 * r['metrics']['label_fraction']:g}% "
+                             f"({r['data']['train_labelled']} images)"),
+        ("Backbone", lambda r: r["variant"]),
+        ("Linear probe", lambda r: _pct(r["metrics"]["linear_top1"])),
+        ("kNN", lambda r: _pct(r["metrics"]["knn_top1"])),
+        ("Fine-tune", lambda r: _pct(r["metrics"]["finetune_top1"])),
+        ("SimCLR epochs / batch", lambda r: f"{r['args']['simclr_epochs']} / "
+            f"{r['args']['simclr_batch_size']}" if r["variant"] == "simclr" else "–"),
+        ("Device", lambda r: r["env"]["device"]),
+    ]),
 ]
 
 

@@ -1,11 +1,18 @@
-"""Task 8 (in progress): the hand-written NT-Xent loss, the view pair and the projection head."""
+"""Task 8: the hand-written NT-Xent loss, views and head; SimCLR pre-training, the linear
+probe, kNN, label subsets, the DDP gather, and the pipeline from the command line."""
 
+import importlib.util
+import json
 import math
 
 import pytest
 import torch
+import torch.multiprocessing as mp
+from conftest import REPO, run_cli
 from PIL import Image
+from torch import nn
 
+from shared.results import write_tables
 from task8_simclr.simclr import ProjectionHead, nt_xent, simclr_views
 
 
@@ -55,3 +62,111 @@ def test_views_differ_and_the_head_projects():
     a, b = simclr_views(32, (0.5,) * 3, (0.5,) * 3)(image)
     assert a.shape == b.shape == (3, 32, 32) and not torch.equal(a, b)
     assert ProjectionHead(512, 64, 16)(torch.randn(4, 512)).shape == (4, 16)
+
+
+# ------------------------------------------------------------------- pre-training, evaluation
+
+spec = importlib.util.spec_from_file_location("simclr_train", REPO / "task8_simclr" / "train.py")
+simclr_train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(simclr_train)
+
+
+def test_one_pretraining_step_lowers_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        ProjectionHead(16, 32, 8))
+    view1 = torch.rand(16, 3, 12, 12)
+    view2 = (view1 + 0.1 * torch.randn_like(view1)).clamp(0, 1)
+    optimizer = torch.optim.AdamW(net.parameters(), 1e-2)
+    before = nt_xent(net(view1), net(view2))[0]
+    optimizer.zero_grad()
+    before.backward()
+    optimizer.step()
+    after = nt_xent(net(view1), net(view2))[0]
+    assert after < before
+
+
+def test_linear_probe_and_knn_leave_the_backbone_bitwise_unchanged(sample):
+    root, _ = sample
+    from shared import data, engine
+    from shared.models import build_model
+
+    backbone, model_spec = build_model("resnet18", 4, "none", 32)
+    features = simclr_train.split_head(backbone, model_spec)
+    assert features == 512 and isinstance(backbone.fc, nn.Identity)
+    backbone.train()  # the probe must switch batch norm to eval itself
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    index = data.load_dataset("bird", root)
+    transform = data.build_transform(False, 32, mean=model_spec.mean, std=model_spec.std)
+    rt = engine.Runtime(torch.device("cpu"))
+    train_x, train_y = simclr_train.extract(backbone, index.train, transform, rt)
+    test_x, test_y = simclr_train.extract(backbone, index.test, transform, rt)
+    assert train_x.shape == (len(index.train), 512)
+    linear = simclr_train.linear_probe(train_x, train_y, test_x, test_y, 4, 20, 0)
+    knn = simclr_train.knn_accuracy(train_x, train_y, test_x, test_y, 4, 5)
+    assert 0 <= linear <= 1 and 0 <= knn <= 1
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+    # kNN on features equal to one-hot labels is perfect
+    onehot = torch.eye(4)[train_y]
+    assert simclr_train.knn_accuracy(onehot, train_y, onehot, train_y, 4, 3) == 1.0
+
+
+def test_label_subsets_are_class_balanced_seeded_and_never_empty(sample):
+    root, _ = sample
+    from shared import data
+
+    train = data.load_dataset("dog", root).train
+    subset = simclr_train.label_subset(train, 0.01, seed=0)
+    assert sorted(r.label for r in subset) == [0, 1, 2, 3]  # one of each class
+    half = simclr_train.label_subset(train, 0.5, seed=0)
+    assert half == simclr_train.label_subset(train, 0.5, seed=0)
+    assert half != simclr_train.label_subset(train, 0.5, seed=1)
+    assert simclr_train.label_subset(train, 1.0, seed=0).__len__() == len(train)
+
+
+def _gathered_loss(rank, world, init_file, z1, z2, results):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}",
+                                         rank=rank, world_size=world)
+    half = len(z1) // world
+    mine = slice(rank * half, (rank + 1) * half)
+    local1, local2 = z1[mine].clone().requires_grad_(), z2[mine].clone().requires_grad_()
+    loss, _ = nt_xent(simclr_train.gather(local1), simclr_train.gather(local2))
+    loss.backward()
+    results[rank] = (loss.item(), local1.grad.clone())
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_gather_gives_the_whole_batch_loss(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)
+    whole1 = z1.clone().requires_grad_()
+    loss, _ = nt_xent(whole1, z2)
+    loss.backward()
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_gathered_loss, args=(2, tmp_path / "init", z1, z2, results), nprocs=2)
+    for rank in range(2):
+        assert results[rank][0] == pytest.approx(loss.item(), abs=1e-6)
+        # each process's gradient is the whole batch's, times the 2 processes that each
+        # back-propagate the same loss (DDP then averages over them)
+        torch.testing.assert_close(results[rank][1] / 2, whole1.grad[rank * 4:(rank + 1) * 4])
+
+
+def test_pipeline_from_the_command_line(sample, tmp_path):
+    root, _ = sample
+    out = tmp_path / "results" / "task8_simclr" / "bird" / "simclr"
+    result = run_cli("task8_simclr/train.py", "--dataset", "bird", "--data-root", str(root),
+                     "--model", "resnet18", "--weights", "none", "--image-size", "32",
+                     "--simclr-epochs", "2", "--simclr-batch-size", "8",
+                     "--label-fractions", "0.5", "1", "--epochs", "1", "--batch-size", "8",
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "pretrain.pt").is_file() and (out / "backbone.pt").is_file()
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    for fraction in ("0.5", "1"):
+        metrics = json.loads((out / f"fraction-{fraction}" / "metrics.json").read_text())
+        assert metrics["metrics"]["label_fraction"] == float(fraction)
+        for key in ("linear_top1", "knn_top1", "finetune_top1"):
+            assert 0 <= metrics["metrics"][key] <= 1
+    table = write_tables(tmp_path / "results").read_text().split("## Table 7")[1]
+    assert table.count("| simclr |") == 2

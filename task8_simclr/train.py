@@ -1,0 +1,263 @@
+"""Task 8: SimCLR pre-training, then linear, kNN and fine-tune evaluation (Table 7).
+
+    python task8_simclr/train.py --dataset bird                        # pre-train, evaluate
+    python task8_simclr/train.py --dataset bird --backbone random      # the same protocol on
+    python task8_simclr/train.py --dataset bird --backbone imagenet    #   other initialisations
+
+Pre-training (`--backbone simclr`): the common --model (random init; `--weights imagenet`
+continues from ImageNet) plus a projection head, trained with NT-Xent (simclr.py) on two
+strong views of every train-split image (labels unused): --simclr-epochs, --simclr-batch-size
+(negatives come from the batch: 2N - 2 of them; under torchrun the embeddings are gathered
+from every process), AdamW --simclr-lr with warmup and cosine. `<out>/pretrain.pt` each epoch
+for --resume; TensorBoard simclr/loss and simclr/positive_acc; the backbone goes to
+`<out>/backbone.pt`.
+
+Evaluation of the backbone at each --label-fractions (a seeded, class-balanced share of the
+train split; validation and test stay whole): a linear probe on frozen features (batch norm
+in eval mode, backbone untouched), kNN (k=20, cosine, similarity-weighted votes) and
+fine-tuning with the common flags. `<out>/fraction-<f>/metrics.json` holds linear_top1,
+knn_top1, finetune_top1 and label_fraction.
+"""
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from shared import cli, data, engine, models, results  # noqa: E402
+from shared.data import Record  # noqa: E402
+from task8_simclr.simclr import ProjectionHead, nt_xent, simclr_views  # noqa: E402
+
+TASK = "task8_simclr"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_argument_group("SimCLR")
+    group.add_argument("--backbone", choices=("simclr", "random", "imagenet"), default="simclr")
+    group.add_argument("--simclr-epochs", type=int, default=100)
+    group.add_argument("--simclr-batch-size", type=int, default=256)
+    group.add_argument("--simclr-lr", type=float, default=1e-3)
+    group.add_argument("--simclr-warmup-epochs", type=float, default=5.0)
+    group.add_argument("--temperature", type=float, default=0.5)
+    group.add_argument("--proj-dim", type=int, default=128)
+    group.add_argument("--label-fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    group.add_argument("--probe-epochs", type=int, default=100)
+    group.add_argument("--knn", type=int, default=20)
+    args = cli.parse_with_recipes(parser, argv)
+    if any(not 0 < f <= 1 for f in args.label_fractions):
+        parser.error("--label-fractions must lie in (0, 1]")
+    args.out = args.out or Path("results", TASK, args.dataset, args.backbone)
+    return args
+
+
+def split_head(model: nn.Module, spec: models.ModelSpec) -> int:
+    """Replaces the classifier head by an identity (the model then returns features) and
+    returns the feature size."""
+    path = spec.head.rstrip(".").split(".")
+    parent = model
+    for name in path[:-1]:
+        parent = getattr(parent, name)
+    head = getattr(parent, path[-1])
+    linear = head if isinstance(head, nn.Linear) else \
+        next(m for m in head.modules() if isinstance(m, nn.Linear))
+    setattr(parent, path[-1], nn.Identity())
+    return linear.in_features
+
+
+def gather(z: torch.Tensor) -> torch.Tensor:
+    """Every process's embeddings, in rank order, with gradients flowing back to each owner."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return z
+    import torch.distributed.nn.functional as dist_fn
+    return torch.cat(dist_fn.all_gather(z))
+
+
+class TwoViews(torch.utils.data.Dataset):
+    def __init__(self, records: list[Record], transform):
+        self.records, self.transform = records, transform
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return self.transform(data.load_rgb(self.records[i].path))
+
+
+def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args, rt,
+             out: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    head = ProjectionHead(features, out_features=args.proj_dim)
+    net = nn.Sequential(backbone, head).to(rt.device)
+    dataset = TwoViews(train, simclr_views(args.image_size, spec.mean, spec.std))
+    batch = args.simclr_batch_size // rt.world_size
+    if len(dataset) < batch * rt.world_size:
+        raise engine.TrainingError(f"--simclr-batch-size {args.simclr_batch_size} exceeds "
+                                   f"the {len(dataset)} training images")
+    sampler = torch.utils.data.DistributedSampler(dataset, rt.world_size, rt.rank, seed=args.seed)
+    workers = args.workers if args.workers is not None else \
+        data.default_workers() if rt.device.type == "cuda" else 0
+    loader = torch.utils.data.DataLoader(dataset, batch, sampler=sampler, num_workers=workers,
+                                         drop_last=True, pin_memory=rt.device.type == "cuda")
+    optimizer = torch.optim.AdamW(net.parameters(), args.simclr_lr, weight_decay=1e-6)
+    schedule = argparse.Namespace(warmup_epochs=args.simclr_warmup_epochs, scheduler="cosine",
+                                  epochs=args.simclr_epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: engine.lr_factor(step, schedule, len(loader)))
+    ddp = (torch.nn.parallel.DistributedDataParallel(net) if rt.world_size > 1 else net)
+    start, path = 0, out / "pretrain.pt"
+    if args.resume and path.exists():
+        state = engine.load_checkpoint(path)
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        start = state["epoch"]
+    writer = SummaryWriter(out / "tb") if rt.main else None
+    for epoch in range(start, args.simclr_epochs):
+        sampler.set_epoch(epoch)
+        net.train()
+        sums, begin = torch.zeros(3), time.perf_counter()
+        for view1, view2 in loader:
+            views = torch.cat([view1, view2]).to(rt.device, non_blocking=True)
+            with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
+                z1, z2 = ddp(views).float().chunk(2)
+            loss, accuracy = nt_xent(gather(z1), gather(z2), args.temperature)
+            if not torch.isfinite(loss):
+                raise engine.TrainingError(f"non-finite SimCLR loss at epoch {epoch + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            sums += torch.stack([loss.detach().cpu(), accuracy.cpu(), torch.tensor(1.0)])
+        loss, accuracy = (sums[:2] / sums[2]).tolist()
+        if rt.main:
+            writer.add_scalar("simclr/loss", loss, epoch + 1)
+            writer.add_scalar("simclr/positive_acc", accuracy, epoch + 1)
+            writer.flush()
+            engine.save_atomic({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+                                "rng_cpu": torch.get_rng_state()}, path)
+            print(f"SimCLR epoch {epoch + 1}/{args.simclr_epochs} loss {loss:.4f} positive "
+                  f"acc {accuracy:.3f} ({time.perf_counter() - begin:.0f} s)", flush=True)
+    if writer:
+        writer.close()
+
+
+def label_subset(records: list[Record], fraction: float, seed: int) -> list[Record]:
+    """A seeded, class-balanced share: at least one image of every class."""
+    by_class: dict[int, list[Record]] = {}
+    for r in records:
+        by_class.setdefault(r.label, []).append(r)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in sorted(by_class):
+        group = by_class[label]
+        order = torch.randperm(len(group), generator=generator).tolist()
+        chosen += [group[i] for i in order[:max(1, round(fraction * len(group)))]]
+    return chosen
+
+
+@torch.no_grad()
+def extract(backbone: nn.Module, records: list[Record], transform, rt, batch: int = 64
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    backbone.eval()  # batch norm on its running statistics; nothing here updates it
+    loader = data.make_loader(data.ImageDataset(records, transform), batch, train=False)
+    feats, labels = [], []
+    for images, y in loader:
+        feats.append(backbone(images.to(rt.device)).float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def linear_probe(train_x, train_y, test_x, test_y, classes: int, epochs: int, seed: int
+                 ) -> float:
+    """A softmax classifier on standardised frozen features (full-batch AdamW)."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    torch.manual_seed(seed)
+    probe = nn.Linear(train_x.shape[1], classes)
+    optimizer = torch.optim.AdamW(probe.parameters(), 1e-2, weight_decay=1e-4)
+    for _ in range(epochs):
+        loss = F.cross_entropy(probe(train_x), train_y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return (probe(test_x).argmax(1) == test_y).float().mean().item()
+
+
+def knn_accuracy(train_x, train_y, test_x, test_y, classes: int, k: int) -> float:
+    """Cosine-similarity kNN, votes weighted by exp(similarity / 0.07) (Wu et al. 2018)."""
+    train_x, test_x = F.normalize(train_x, dim=1), F.normalize(test_x, dim=1)
+    similarity, index = (test_x @ train_x.T).topk(min(k, len(train_x)), dim=1)
+    votes = torch.zeros(len(test_x), classes).scatter_add_(
+        1, train_y[index], (similarity / 0.07).exp())
+    return (votes.argmax(1) == test_y).float().mean().item()
+
+
+def main(args: argparse.Namespace) -> None:
+    rt = engine.init_runtime(args)
+    index, train, val, test = data.prepare_splits(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = "imagenet" if args.backbone == "imagenet" else \
+        args.weights if args.backbone == "simclr" else "none"
+    backbone, spec = models.build_model(args.model, len(index.classes), weights,
+                                        args.image_size)
+    features = split_head(backbone, spec)
+    if args.backbone == "simclr":
+        pretrain(backbone, features, spec, train, args, rt, out)
+    backbone.to(rt.device)
+    if rt.main:  # the backbone alone, loadable by build_model (the head is left out)
+        engine.save_atomic({"model": backbone.state_dict(), "model_name": args.model},
+                           out / "backbone.pt")
+    if rt.world_size > 1:
+        torch.distributed.barrier()
+
+    transform = data.build_transform(False, args.image_size, args.resize_mode,
+                                     mean=spec.mean, std=spec.std)
+    test_x, test_y = extract(backbone, test, transform, rt)
+    for fraction in args.label_fractions:
+        subset = label_subset(train, fraction, args.seed)
+        train_x, train_y = extract(backbone, subset, transform, rt)
+        scores = {"label_fraction": fraction,
+                  "linear_top1": linear_probe(train_x, train_y, test_x, test_y,
+                                              len(index.classes), args.probe_epochs, args.seed),
+                  "knn_top1": knn_accuracy(train_x, train_y, test_x, test_y,
+                                           len(index.classes), args.knn)}
+        folder = out / f"fraction-{fraction:g}"
+        tuned = copy.copy(args)
+        tuned.weights, tuned.out = str(out / "backbone.pt"), folder / "finetune"
+        result = engine.train_classifier(TASK, "finetune", tuned, rt, index.classes, subset,
+                                         val, test)
+        scores["finetune_top1"] = result["metrics"]["test_top1"]
+        if rt.main:
+            record = {"task": TASK, "variant": args.backbone, "dataset": args.dataset,
+                      "model": args.model, "weights": weights, "metrics": scores,
+                      "data": {"train_labelled": len(subset), "train": len(train),
+                               "val": len(val), "test": len(test)},
+                      "env": results.environment(rt),
+                      "args": {k: str(v) if isinstance(v, Path) else v
+                               for k, v in vars(args).items()}}
+            results.write_json(record, folder / "metrics.json")
+            print(f"{args.backbone} @ {fraction:g} labels: linear {scores['linear_top1']:.4f}"
+                  f" kNN {scores['knn_top1']:.4f} fine-tune {scores['finetune_top1']:.4f}")
+    if rt.main:  # the run's own record, last: run_all.sh takes it to mean "finished"
+        results.write_json({"task": TASK, "variant": "summary", "dataset": args.dataset,
+                            "backbone": args.backbone, "fractions": args.label_fractions},
+                           out / "metrics.json")
+    engine.shutdown(rt)
+
+
+if __name__ == "__main__":
+    cli.run(main, parse_args())
