@@ -8,9 +8,9 @@ Pre-training (`--backbone simclr`): the common --model (random init; `--weights 
 continues from ImageNet) plus a projection head, trained with NT-Xent (simclr.py) on two
 strong views of every train-split image (labels unused): --simclr-epochs, --simclr-batch-size
 (negatives come from the batch: 2N - 2 of them; under torchrun the embeddings are gathered
-from every process), AdamW --simclr-lr with warmup and cosine. `<out>/pretrain.pt` each epoch
-for --resume; TensorBoard simclr/loss and simclr/positive_acc; the backbone goes to
-`<out>/backbone.pt`.
+from every process), AdamW (or SGD, --simclr-optimizer) with warmup and cosine.
+`<out>/pretrain.pt` each epoch for --resume; TensorBoard simclr/loss and
+simclr/positive_acc; the backbone goes to `<out>/backbone.pt`.
 
 Evaluation of the backbone at each --label-fractions (a seeded, class-balanced share of the
 train split; validation and test stay whole): a linear probe on frozen features (batch norm
@@ -45,7 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--backbone", choices=("simclr", "random", "imagenet"), default="simclr")
     group.add_argument("--simclr-epochs", type=int, default=100)
     group.add_argument("--simclr-batch-size", type=int, default=256)
-    group.add_argument("--simclr-lr", type=float, default=1e-3)
+    group.add_argument("--simclr-optimizer", choices=("adamw", "sgd"), default="adamw")
+    group.add_argument("--simclr-lr", type=float, default=1e-3,
+                       help="AdamW: 1e-3; SGD (momentum 0.9): about 0.3 x batch / 256")
     group.add_argument("--simclr-warmup-epochs", type=float, default=5.0)
     group.add_argument("--temperature", type=float, default=0.5)
     group.add_argument("--proj-dim", type=int, default=128)
@@ -108,7 +110,10 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
         data.default_workers() if rt.device.type == "cuda" else 0
     loader = torch.utils.data.DataLoader(dataset, batch, sampler=sampler, num_workers=workers,
                                          drop_last=True, pin_memory=rt.device.type == "cuda")
-    optimizer = torch.optim.AdamW(net.parameters(), args.simclr_lr, weight_decay=1e-6)
+    optimizer = (torch.optim.AdamW(net.parameters(), args.simclr_lr, weight_decay=1e-6)
+                 if args.simclr_optimizer == "adamw" else
+                 torch.optim.SGD(net.parameters(), args.simclr_lr, momentum=0.9,
+                                 weight_decay=1e-6))
     schedule = argparse.Namespace(warmup_epochs=args.simclr_warmup_epochs, scheduler="cosine",
                                   epochs=args.simclr_epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -158,6 +158,7 @@ def test_pipeline_from_the_command_line(sample, tmp_path):
     result = run_cli("task8_simclr/train.py", "--dataset", "bird", "--data-root", str(root),
                      "--model", "resnet18", "--weights", "none", "--image-size", "32",
                      "--simclr-epochs", "2", "--simclr-batch-size", "8",
+                     "--simclr-optimizer", "sgd", "--simclr-lr", "0.05",
                      "--label-fractions", "0.5", "1", "--epochs", "1", "--batch-size", "8",
                      "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -170,3 +171,28 @@ def test_pipeline_from_the_command_line(sample, tmp_path):
             assert 0 <= metrics["metrics"][key] <= 1
     table = write_tables(tmp_path / "results").read_text().split("## Table 7")[1]
     assert table.count("| simclr |") == 2
+
+
+def test_pretraining_resumes_to_the_same_weights(sample, tmp_path):
+    root, _ = sample
+    from shared import data, engine
+    from shared.models import build_model
+
+    train = data.load_dataset("bird", root).train
+
+    def run(out, epochs, resume):
+        args = simclr_train.parse_args([
+            "--model", "resnet18", "--image-size", "32", "--simclr-epochs", str(epochs),
+            "--simclr-batch-size", "8", "--simclr-warmup-epochs", "1"]
+            + (["--resume"] if resume else []))
+        torch.manual_seed(0)
+        backbone, model_spec = build_model("resnet18", 4, "none", 32)
+        features = simclr_train.split_head(backbone, model_spec)
+        rt = engine.Runtime(torch.device("cpu"))
+        simclr_train.pretrain(backbone, features, model_spec, train, args, rt, out)
+        return engine.load_checkpoint(out / "pretrain.pt")["net"]
+
+    whole = run(tmp_path / "whole", 2, False)
+    run(tmp_path / "split", 1, False)
+    resumed = run(tmp_path / "split", 2, True)  # its RNG comes from the checkpoint
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
