@@ -4,6 +4,8 @@ run, on the seed's input (512 x 512 letterbox tensors).
 
     python bench/train_speed.py --models resnet18 resnext101_32x8d --batch-sizes 16 4
     python bench/train_speed.py --models resnet18 --batch-sizes 16 --image-size 224 --bf16
+    python bench/train_speed.py --models resnext101_32x8d --batch-sizes 32 --image-size 448 \
+        --steps 10 --peak-tflops 989     # on an H100: adds model FLOP utilisation
 """
 
 import argparse
@@ -16,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from shared.engine import cpu_has_amx, peak_memory_mb, resolve_amp  # noqa: E402
+from shared.engine import count_gflops, cpu_has_amx, peak_memory_mb, resolve_amp  # noqa: E402
 from shared.models import build_model  # noqa: E402
 
 
@@ -58,15 +60,20 @@ def main():
     parser.add_argument("--steps", type=int, default=2, help="timed steps after a warm-up")
     parser.add_argument("--bf16", action="store_true",
                         help="add a column: bf16 autocast + channels_last")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's peak (e.g. 989 for an H100's dense bf16): adds the "
+                             "engine default's model FLOP utilisation, 3 x forward FLOPs an "
+                             "image (forward + backward) x images/s / peak")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     default_amp = resolve_amp("auto", device)
     print(f"device {device}, {torch.get_num_threads()} threads, AMX: {cpu_has_amx()}, "
           f"engine default: amp={default_amp}, channels_last=True (CNN)\n")
     bf16 = " bf16 + channels_last (img/s) |" if args.bf16 else ""
+    mfu = " engine default MFU |" if args.peak_tflops else ""
     print(f"| model | batch | seed: fp32, contiguous (img/s) | engine default (img/s) | ratio |"
-          f"{bf16}")
-    print("|---|---|---|---|---|" + ("---|" if args.bf16 else ""))
+          f"{bf16}{mfu}")
+    print("|---|---|---|---|---|" + ("---|" if args.bf16 else "") + ("---|" if mfu else ""))
     for name, batch in zip(args.models, args.batch_sizes, strict=True):
         seed = images_per_s(name, batch, args.image_size, None, False, args.steps, device)
         ours = images_per_s(name, batch, args.image_size, default_amp, True, args.steps,
@@ -76,6 +83,10 @@ def main():
             bf16_speed = images_per_s(name, batch, args.image_size, torch.bfloat16, True,
                                       args.steps, device)
             row += f" {bf16_speed:.3f} |"
+        if args.peak_tflops:
+            model, _ = build_model(name, 200, weights="none", image_size=args.image_size)
+            flops = 2 * count_gflops(model.to(device), args.image_size, device) * 1e9
+            row += f" {3 * flops * ours / (args.peak_tflops * 1e12):.1%} |"
         print(row, flush=True)
     print(f"\npeak memory of the process: {peak_memory_mb(device):.0f} MB")
 
