@@ -417,9 +417,7 @@ def make_loaders(args, train: list[Record], val: list[Record], test: list[Record
     """Loaders for the three splits from the common flags; `--batch-size` is global, so each
     DDP process takes its share."""
     _, world = dist_rank_world()
-    # CPU training needs every core for the model: on 2 cores, loading in the main process
-    # trained lite0 at 16.4 img/s, one worker process at 13.6.
-    workers = args.workers if args.workers is not None else default_workers() if cuda else 0
+    workers = loader_workers(args, cuda)
     if args.batch_size % world:
         raise DataError(f"--batch-size {args.batch_size} does not split over {world} processes")
     batch = args.batch_size // world
@@ -439,6 +437,15 @@ def make_loaders(args, train: list[Record], val: list[Record], test: list[Record
 
 def default_workers() -> int:
     return min(8, len(os.sched_getaffinity(0)))
+
+
+def loader_workers(args, cuda: bool) -> int:
+    """--workers, else min(8, cores) on CUDA and 0 on CPU: CPU training needs every core for
+    the model (on 2 cores, loading in the main process trained lite0 at 16.4 img/s, one
+    worker process at 13.6)."""
+    if args.workers is not None:
+        return args.workers
+    return default_workers() if cuda else 0
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -53,17 +53,24 @@ class ModelSpec:
     stages: tuple[tuple[str, ...], ...]
 
 
+def normalisation(name: str) -> tuple[tuple, tuple]:
+    """The (mean, std) the model's weights were trained with, by model name."""
+    if name == "tf_efficientnet_lite0":  # its TF weights saw inputs scaled to [-1, 1]
+        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
 def _spec(name: str, model: nn.Module) -> ModelSpec:
+    mean, std = normalisation(name)
     if name.startswith(("resnet", "resnext")):
-        return ModelSpec(name, True, IMAGENET_MEAN, IMAGENET_STD, "fc.",
+        return ModelSpec(name, True, mean, std, "fc.",
                          (("conv1.", "bn1."), *((f"layer{i}.",) for i in range(1, 5))))
     if name.startswith("vit"):
         layers = tuple((f"encoder.layers.{n}.",) for n, _ in model.encoder.layers.named_children())
-        return ModelSpec(name, False, IMAGENET_MEAN, IMAGENET_STD, "heads.",
+        return ModelSpec(name, False, mean, std, "heads.",
                          (("conv_proj.", "class_token", "encoder.pos_embedding"), *layers,
                           ("encoder.ln.",)))
-    # EfficientNet-Lite0's TF weights were trained on inputs scaled to [-1, 1].
-    return ModelSpec(name, True, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "classifier.",
+    return ModelSpec(name, True, mean, std, "classifier.",
                      (("conv_stem.", "bn1."), *((f"blocks.{i}.",) for i in range(7)),
                       ("conv_head.", "bn2.")))
 

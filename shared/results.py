@@ -44,19 +44,25 @@ def environment(rt) -> dict:
             "git": git_commit()}
 
 
-def make_record(task: str, variant: str, args, rt, data: dict, fit_result: dict,
-                **task_metrics) -> dict:
-    """The metrics.json of one run. Accuracies are fractions in [0, 1]."""
+def task_record(task: str, variant: str, args, rt, metrics: dict, data: dict, *,
+                model: str | None = None, weights=None, **fields) -> dict:
+    """The metrics.json of one run: what ran (task, variant, dataset, model, weights, all
+    args), on what (env), and its numbers; `fields` adds task-specific keys (timing, ...)."""
     return {
-        "task": task, "variant": variant, "dataset": args.dataset, "model": args.model,
-        "weights": str(args.weights),
-        "metrics": {**fit_result["metrics"], **task_metrics},
-        "history": fit_result["history"],
-        "data": data,
-        "env": {**environment(rt), "channels_last": fit_result["channels_last"]},
-        "timing": fit_result["timing"],
+        "task": task, "variant": variant, "dataset": args.dataset,
+        "model": model or args.model, "weights": str(args.weights if weights is None else weights),
+        "metrics": metrics, "data": data, "env": environment(rt), **fields,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
+
+
+def make_record(task: str, variant: str, args, rt, data: dict, fit_result: dict,
+                **task_metrics) -> dict:
+    """The metrics.json of a training run (`fit`'s result). Accuracies are fractions."""
+    record = task_record(task, variant, args, rt, {**fit_result["metrics"], **task_metrics},
+                         data, history=fit_result["history"], timing=fit_result["timing"])
+    record["env"]["channels_last"] = fit_result["channels_last"]
+    return record
 
 
 def write_json(record: dict, path: Path) -> None:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from shared import cli, data, models, results  # noqa: E402
+from shared import cli, data, engine, models, results  # noqa: E402
 from shared.data import DataError  # noqa: E402
 from task3_crop import boxes as boxes_io  # noqa: E402
 from task3_crop import mmcv_ext  # noqa: E402, F401  (registers mmcv._ext before mmdet loads)
@@ -139,8 +139,7 @@ def detector_config(args, images: Path, ann_file: Path, train_images: int):
                          dict(type="Resize", scale=scale, keep_ratio=True),
                          dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape",
                                                                "img_shape", "scale_factor"))]
-    workers = args.workers if args.workers is not None else \
-        data.default_workers() if torch.cuda.is_available() else 0
+    workers = data.loader_workers(args, torch.cuda.is_available())
     cfg.train_dataloader = dict(
         batch_size=args.batch_size, num_workers=workers, persistent_workers=workers > 0,
         sampler=dict(type="DefaultSampler", shuffle=True),
@@ -291,22 +290,15 @@ def main(args: argparse.Namespace) -> None:
     quality = {split: boxes_io.localisation(records, detections)
                for split, records in (("val", val), ("test", test))}
     device = next(model.parameters()).device
-    record = {
-        "task": TASK, "variant": "detector", "dataset": args.dataset,
-        "model": f"faster-rcnn r{args.depth} fpn ({args.detector})",
-        "weights": str(args.detector_weights or args.backbone_weights),
-        "metrics": {**quality["test"], **{f"val_{k}": v for k, v in quality["val"].items()}},
-        "data": {"train": len(train), "val": len(val), "test": len(test),
-                 "predicted": len(every)},
-        "env": {"torch": torch.__version__, "git": results.git_commit(),
-                "device": f"{device.type}: " + (torch.cuda.get_device_name(device)
-                                                if device.type == "cuda" else results.cpu_name()),
-                "threads": torch.get_num_threads()},
-        "timing": {"train_seconds": train_seconds,
-                   "train_seconds_per_image": train_seconds / max(1, len(train) * args.epochs),
-                   "predict_seconds_per_image": predict_seconds / len(every)},
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-    }
+    record = results.task_record(
+        TASK, "detector", args, engine.Runtime(device),
+        {**quality["test"], **{f"val_{k}": v for k, v in quality["val"].items()}},
+        {"train": len(train), "val": len(val), "test": len(test), "predicted": len(every)},
+        model=f"faster-rcnn r{args.depth} fpn ({args.detector})",
+        weights=args.detector_weights or args.backbone_weights,
+        timing={"train_seconds": train_seconds,
+                "train_seconds_per_image": train_seconds / max(1, len(train) * args.epochs),
+                "predict_seconds_per_image": predict_seconds / len(every)})
     results.write_json(record, args.out / "metrics.json")
     q = quality["test"]
     print(f"test CorLoc {q['detector_corloc']:.4f} mIoU {q['detector_miou']:.4f} "

@@ -276,8 +276,7 @@ def main(args: argparse.Namespace) -> None:
                                    "start it without torchrun")
     index, train, val, test = data.prepare_splits(args)
     out = Path(args.out)
-    workers = args.workers if args.workers is not None else \
-        data.default_workers() if rt.device.type == "cuda" else 0
+    workers = data.loader_workers(args, rt.device.type == "cuda")
     real = load_images(train, args.gan_size, workers)  # the train split alone
     real_labels = torch.tensor([r.label for r in train])
     G = train_gan(real, real_labels, len(index.classes), args, rt, out / "gan")

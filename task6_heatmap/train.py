@@ -72,10 +72,11 @@ def load_classifier(path: Path, classes: list[str], device) -> tuple:
     return model.to(device).eval(), spec, meta
 
 
-def letterbox_boxes(record: data.Record, size: int) -> list[tuple[float, ...]]:
-    """The record's true boxes in the letterboxed `size` x `size` frame (ImageOps.pad)."""
-    with Image.open(record.path) as image:
-        w, h = image.size
+def letterbox_boxes(record: data.Record, image: Image.Image, size: int
+                    ) -> list[tuple[float, ...]]:
+    """The record's true boxes in the letterboxed `size` x `size` frame (ImageOps.pad) of
+    its photo `image`."""
+    w, h = image.size
     scale = size / max(w, h)
     pad_x, pad_y = round((size - round(w * scale)) / 2), round((size - round(h * scale)) / 2)
     return [(x0 * scale + pad_x, y0 * scale + pad_y, x1 * scale + pad_x, y1 * scale + pad_y)
@@ -151,8 +152,9 @@ def main(args: argparse.Namespace) -> None:
     numbers = {m: {"hits": [], "energy": [], "corr": [], "area": []} for m in methods}
     for start in range(0, len(scored), args.batch_size):
         chunk = scored[start:start + args.batch_size]
-        images = torch.stack([transform(data.load_rgb(r.path)) for r in chunk]).to(rt.device)
-        boxes = [letterbox_boxes(r, size) for r in chunk]
+        photos = [data.load_rgb(r.path) for r in chunk]  # read once: pixels and frame size
+        images = torch.stack([transform(photo) for photo in photos]).to(rt.device)
+        boxes = [letterbox_boxes(r, photo, size) for r, photo in zip(chunk, photos, strict=True)]
         batch_target = None if target is None else target.repeat(len(chunk))
         for method in methods:
             maps = method_maps(method, model, images, layer, batch_target).cpu()
@@ -171,18 +173,15 @@ def main(args: argparse.Namespace) -> None:
     summary = {}
     for method in methods:
         n = numbers[method]
-        record = {
-            "task": TASK, "variant": method, "dataset": args.dataset,
-            "model": meta["model_name"], "weights": str(args.checkpoint),
-            "metrics": {"pointing_game": float(np.mean(n["hits"])),
-                        "energy_in_box": float(np.mean(n["energy"])),
-                        "randomization_rank_corr": float(np.mean(n["corr"])),
-                        "box_area_share": float(np.mean(n["area"]))},
-            "data": {"test_scored": len(scored)}, "layer": layer if method != "rollout" else None,
-            "figure": "../figure.png",  # from this file's folder
-            "env": results.environment(rt),
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        }
+        record = results.task_record(
+            TASK, method, args, rt,
+            {"pointing_game": float(np.mean(n["hits"])),
+             "energy_in_box": float(np.mean(n["energy"])),
+             "randomization_rank_corr": float(np.mean(n["corr"])),
+             "box_area_share": float(np.mean(n["area"]))},
+            {"test_scored": len(scored)}, model=meta["model_name"], weights=args.checkpoint,
+            layer=layer if method != "rollout" else None,
+            figure="../figure.png")  # from this file's folder
         (out / method).mkdir(parents=True, exist_ok=True)
         results.write_json(record, out / method / "metrics.json")
         m = summary[method] = record["metrics"]

@@ -57,10 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def adversarial_batches(args, spec: models.ModelSpec):
+def adversarial_batches(args):
     """The engine's `perturb`: FGSM examples on the current model, in pixel space."""
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    mean, std = models.normalisation(args.model)
 
     def perturb(model, images, labels):
         if args.adv_mode == "batch":
@@ -69,13 +68,13 @@ def adversarial_batches(args, spec: models.ModelSpec):
             chosen = torch.rand(len(images)) < args.adv_prob
         if not chosen.any():
             return images
-        m, s = mean.to(images.device), std.to(images.device)
-        attacked = Normalized(model, spec.mean, spec.std).to(images.device)
-        pixels = (images[chosen.to(images.device)] * s + m).clamp(0, 1)
-        adversarial = fgsm(attacked, pixels, labels[chosen.to(images.device)], args.adv_eps,
+        chosen = chosen.to(images.device)
+        attacked = Normalized(model, mean, std).to(images.device)
+        pixels = (images[chosen] * attacked.std + attacked.mean).clamp(0, 1)
+        adversarial = fgsm(attacked, pixels, labels[chosen], args.adv_eps,
                            random_start=args.fast)
         images = images.clone()
-        images[chosen.to(images.device)] = ((adversarial - m) / s).to(images.dtype)
+        images[chosen] = ((adversarial - attacked.mean) / attacked.std).to(images.dtype)
         return images
 
     return perturb
@@ -123,20 +122,16 @@ def main(args: argparse.Namespace) -> None:
                                     cuda=rt.device.type == "cuda")
         scores = robust_accuracy(model.to(rt.device), spec, loaders.test, args, rt)
         if rt.main:
-            record = {"task": TASK, "variant": args.variant, "dataset": args.dataset,
-                      "model": args.model, "weights": str(args.evaluate),
-                      "metrics": {"test_top1": scores["clean_top1"], **scores},
-                      "data": {"test": len(test)}, "env": results.environment(rt),
-                      "args": {k: str(v) if isinstance(v, Path) else v
-                               for k, v in vars(args).items()}}
+            record = results.task_record(TASK, args.variant, args, rt,
+                                         {"test_top1": scores["clean_top1"], **scores},
+                                         {"test": len(test)}, weights=args.evaluate)
             Path(args.out).mkdir(parents=True, exist_ok=True)
             results.write_json(record, Path(args.out) / "metrics.json")
             print(f"clean {scores['clean_top1']:.4f} robust {scores['robust_top1']}")
     else:
-        spec = models.build_model(args.model, len(index.classes), "none", args.image_size)[1]
         engine.train_classifier(
             TASK, args.variant, args, rt, index.classes, train, val, test,
-            perturb=adversarial_batches(args, spec),
+            perturb=adversarial_batches(args),
             after=lambda model, spec, loaders: robust_accuracy(model, spec, loaders.test,
                                                                args, rt))
     engine.shutdown(rt)

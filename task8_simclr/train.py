@@ -106,8 +106,7 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
         raise engine.TrainingError(f"--simclr-batch-size {args.simclr_batch_size} exceeds "
                                    f"the {len(dataset)} training images")
     sampler = torch.utils.data.DistributedSampler(dataset, rt.world_size, rt.rank, seed=args.seed)
-    workers = args.workers if args.workers is not None else \
-        data.default_workers() if rt.device.type == "cuda" else 0
+    workers = data.loader_workers(args, rt.device.type == "cuda")
     loader = torch.utils.data.DataLoader(dataset, batch, sampler=sampler, num_workers=workers,
                                          drop_last=True, pin_memory=rt.device.type == "cuda")
     optimizer = (torch.optim.AdamW(net.parameters(), args.simclr_lr, weight_decay=1e-6)
@@ -232,9 +231,12 @@ def main(args: argparse.Namespace) -> None:
     transform = data.build_transform(False, args.image_size, args.resize_mode,
                                      mean=spec.mean, std=spec.std)
     test_x, test_y = extract(backbone, test, transform, rt)
+    all_x, all_y = extract(backbone, train, transform, rt)  # once; each fraction indexes it
+    position = {r.key: i for i, r in enumerate(train)}
     for fraction in args.label_fractions:
         subset = label_subset(train, fraction, args.seed)
-        train_x, train_y = extract(backbone, subset, transform, rt)
+        chosen = torch.tensor([position[r.key] for r in subset])
+        train_x, train_y = all_x[chosen], all_y[chosen]
         scores = {"label_fraction": fraction,
                   "linear_top1": linear_probe(train_x, train_y, test_x, test_y,
                                               len(index.classes), args.probe_epochs, args.seed),
@@ -247,13 +249,10 @@ def main(args: argparse.Namespace) -> None:
                                          val, test)
         scores["finetune_top1"] = result["metrics"]["test_top1"]
         if rt.main:
-            record = {"task": TASK, "variant": args.backbone, "dataset": args.dataset,
-                      "model": args.model, "weights": weights, "metrics": scores,
-                      "data": {"train_labelled": len(subset), "train": len(train),
-                               "val": len(val), "test": len(test)},
-                      "env": results.environment(rt),
-                      "args": {k: str(v) if isinstance(v, Path) else v
-                               for k, v in vars(args).items()}}
+            record = results.task_record(
+                TASK, args.backbone, args, rt, scores,
+                {"train_labelled": len(subset), "train": len(train), "val": len(val),
+                 "test": len(test)}, weights=weights)
             results.write_json(record, folder / "metrics.json")
             print(f"{args.backbone} @ {fraction:g} labels: linear {scores['linear_top1']:.4f}"
                   f" kNN {scores['knn_top1']:.4f} fine-tune {scores['finetune_top1']:.4f}")

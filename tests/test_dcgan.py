@@ -1,20 +1,16 @@
 """Task 4: the hand-written conditional DCGAN, its training steps, resume, the synthetic
 images (training split only) and the GAN quality measures."""
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import run_cli
 
 from shared import data, engine, models
+from task4_dcgan import train as dcgan_train
 from task4_dcgan.dcgan import Discriminator, Generator
-
-spec = importlib.util.spec_from_file_location("dcgan_train", REPO / "task4_dcgan" / "train.py")
-dcgan_train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(dcgan_train)
 
 
 @pytest.mark.parametrize("size", [32, 64, 128])

@@ -1,20 +1,15 @@
 """Task 7: FGSM and PGD on [0, 1] pixels, adversarial training through the engine, robust
 accuracy in metrics.json."""
 
-import importlib.util
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, run_cli
+from conftest import run_cli
 from torch import nn
 
 from task7_fgsm.fgsm import Normalized, fgsm, pgd
-
-spec = importlib.util.spec_from_file_location("fgsm_train", REPO / "task7_fgsm" / "train.py")
-fgsm_train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(fgsm_train)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -1,20 +1,16 @@
 """The training engine through task 1-2's script: CPU, generated data, small images."""
 
-import importlib.util
 import json
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import run_cli
 
 from shared import data, engine, models
 from shared.engine import TrainingError
-
-spec = importlib.util.spec_from_file_location("finetune", REPO / "task1_2_finetune" / "train.py")
-finetune = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(finetune)
+from task1_2_finetune import train as finetune
 
 
 def small_args(root, out, *extra):

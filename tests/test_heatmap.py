@@ -1,21 +1,17 @@
 """Task 6: hook-based Grad-CAM / Grad-CAM++ / attention rollout, checked against plain
 autograd, on a model that learned where the object is, and through the command line."""
 
-import importlib.util
 import json
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import run_cli
 from torch import nn
 
 from shared.models import build_model
 from shared.results import write_tables
 from task6_heatmap import heatmaps
-
-spec = importlib.util.spec_from_file_location("heatmap_train", REPO / "task6_heatmap" / "train.py")
-heatmap_train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(heatmap_train)
+from task6_heatmap import train as heatmap_train
 
 
 def no_hooks(model: nn.Module) -> bool:

@@ -1,18 +1,18 @@
 """Task 8: the hand-written NT-Xent loss, views and head; SimCLR pre-training, the linear
 probe, kNN, label subsets, the DDP gather, and the pipeline from the command line."""
 
-import importlib.util
 import json
 import math
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import REPO, run_cli
+from conftest import run_cli
 from PIL import Image
 from torch import nn
 
 from shared.results import write_tables
+from task8_simclr import train as simclr_train
 from task8_simclr.simclr import ProjectionHead, nt_xent, simclr_views
 
 
@@ -65,10 +65,6 @@ def test_views_differ_and_the_head_projects():
 
 
 # ------------------------------------------------------------------- pre-training, evaluation
-
-spec = importlib.util.spec_from_file_location("simclr_train", REPO / "task8_simclr" / "train.py")
-simclr_train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(simclr_train)
 
 
 def test_one_pretraining_step_lowers_the_loss_on_a_fixed_batch():

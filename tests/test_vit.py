@@ -1,19 +1,15 @@
 """Task 5: ViT builders (SWAG, any input size), layer-wise learning-rate decay, the cost
 measures, and the tiny ViT trained through task5_vit/train.py."""
 
-import importlib.util
 import json
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import run_cli
 
 from shared import engine, models
 from shared.models import UsageError, WeightsError, build_model
-
-spec = importlib.util.spec_from_file_location("vit_train", REPO / "task5_vit" / "train.py")
-vit_train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(vit_train)
+from task5_vit import train as vit_train
 
 
 @pytest.mark.parametrize("name, published", [("resnet50", 4.09), ("vit_b_16", 17.56),
