@@ -3,12 +3,14 @@ image loading, transforms and loaders.
 
     python -m shared.data summary  --dataset bird --data-root data [--val-fraction 0.1] [--verify]
     python -m shared.data download --dataset dog  --data-root data
+    python -m shared.data resize   --dataset dog  --data-root data --short-side 256 --out data256
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import xml.etree.ElementTree as ET
@@ -41,6 +43,7 @@ class DataError(Exception):
 
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the original image
+Need = tuple[str, float]  # what a transform needs of an image: see decode_need
 
 
 @dataclass(frozen=True)
@@ -253,19 +256,64 @@ def limit_per_split(records: list[Record], limit: int | None, seed: int = 0) -> 
 # ---------------------------------------------------------------------------------- images
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode an image fully and return it as RGB, whatever its mode or its bytes' format
-    (grayscale, CMYK, palette, PNG behind a .jpg name). Errors name the file."""
+def load_rgb(path: str | os.PathLike, region: Box | None = None,
+             need: Need | None = None) -> Image.Image:
+    """Decode an image as RGB, whatever its mode or its bytes' format (grayscale, CMYK,
+    palette, PNG behind a .jpg name), cropped to `region` (pixels of the full image, clipped
+    to it) when given. With `need` (`decode_need`), a JPEG at least twice the size the
+    transform needs decodes at 1/2, 1/4 or 1/8 scale (libjpeg's draft mode: 1.5-2.3x the
+    images/s from 1600 x 1200 photos, bench/RESULTS.md), never below that size. Errors name
+    the file."""
     try:
         with Image.open(path) as image:
+            full_w, full_h = image.size
+            if region is not None:
+                x0, y0, x1, y1 = region
+                region = (max(x0, 0), max(y0, 0), min(x1, full_w), min(y1, full_h))
+            if need is not None:
+                seen = (full_w, full_h) if region is None else (region[2] - region[0],
+                                                               region[3] - region[1])
+                factor = draft_factor(*seen, need)
+                if factor > 1:
+                    image.draft(None, (full_w // factor, full_h // factor))
             image.load()
             if image.mode in ("P", "PA"):  # palette transparency must go through RGBA
                 image = image.convert("RGBA")
-            return image.convert("RGB")
+            image = image.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"{path}: image file is missing") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot read the image ({e})") from None
+    if region is None:
+        return image
+    scale = image.width / full_w  # < 1 after a draft-mode decode
+    return image.crop(tuple(v * scale for v in region))
+
+
+def decode_need(train: bool, image_size: int, resize_mode: str = "letterbox", *,
+                crop_scale: tuple[float, float] = (0.25, 1.0), crop_ratio: float = 0.875
+                ) -> Need:
+    """What `build_transform` with the same arguments needs of the image it gets, so that
+    decoding smaller changes no output pixel's source resolution: the letterbox's long side;
+    the center crop's resized short side; for random-resized crops, the side of a square of
+    the image's area at which even the smallest crop (area `crop_scale[0]`, aspect 3/4)
+    still has `image_size` pixels on its short side."""
+    if resize_mode == "letterbox":
+        return "long", image_size
+    if train and resize_mode == "random-resized-crop":
+        return "area", image_size / math.sqrt(crop_scale[0] * 3 / 4)
+    return "short", image_size / crop_ratio
+
+
+def draft_factor(width: int, height: int, need: Need) -> int:
+    """The largest JPEG scale-down (1, 2, 4 or 8) that keeps an image of this size >= need."""
+    kind, pixels = need
+    side = {"long": max(width, height), "short": min(width, height),
+            "area": math.sqrt(width * height)}[kind]
+    factor = 1
+    while factor < 8 and side / (2 * factor) >= pixels:
+        factor *= 2
+    return factor
 
 
 class Letterbox:
@@ -309,11 +357,12 @@ def build_transform(train: bool, image_size: int, resize_mode: str = "letterbox"
 
 class ImageDataset(Dataset):
     """(image tensor, label) for a list of records, cropped to `record.crop` where set
-    (clipped to the image). An index may come with a seed from
-    `AugmentSeedSampler`; the transform's randomness is then drawn from that seed alone."""
+    (clipped to the image); JPEGs decode at reduced scale where `need` allows (`load_rgb`).
+    An index may come with a seed from `AugmentSeedSampler`; the transform's randomness is
+    then drawn from that seed alone."""
 
-    def __init__(self, records: list[Record], transform):
-        self.records, self.transform = records, transform
+    def __init__(self, records: list[Record], transform, need: Need | None = None):
+        self.records, self.transform, self.need = records, transform, need
 
     def __len__(self) -> int:
         return len(self.records)
@@ -321,11 +370,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, None)
         record = self.records[index]
-        image = load_rgb(record.path)
-        if record.crop is not None:
-            x0, y0, x1, y1 = record.crop
-            image = image.crop((max(x0, 0), max(y0, 0), min(x1, image.width),
-                                min(y1, image.height)))
+        image = load_rgb(record.path, record.crop, self.need)
         if seed is None:
             return self.transform(image), record.label
         with torch.random.fork_rng(devices=[]):
@@ -422,13 +467,13 @@ def make_loaders(args, train: list[Record], val: list[Record], test: list[Record
         raise DataError(f"--batch-size {args.batch_size} does not split over {world} processes")
     batch = args.batch_size // world
 
-    def transform(is_train):
-        return build_transform(is_train, args.image_size, args.resize_mode, hflip=args.hflip,
-                               grayscale=args.grayscale, crop_scale=(args.crop_scale, 1.0),
-                               crop_ratio=args.crop_ratio, mean=mean, std=std)
-
     def loader(records, is_train):
-        return make_loader(ImageDataset(records, transform(is_train)), batch, train=is_train,
+        geometry = {"crop_scale": (args.crop_scale, 1.0), "crop_ratio": args.crop_ratio}
+        transform = build_transform(is_train, args.image_size, args.resize_mode,
+                                    hflip=args.hflip, grayscale=args.grayscale, mean=mean,
+                                    std=std, **geometry)
+        need = decode_need(is_train, args.image_size, args.resize_mode, **geometry)
+        return make_loader(ImageDataset(records, transform, need), batch, train=is_train,
                            workers=workers, seed=args.seed, pin_memory=cuda)
 
     return Loaders(loader(train, True), loader(val, False) if val else None,
@@ -436,11 +481,15 @@ def make_loaders(args, train: list[Record], val: list[Record], test: list[Record
 
 
 def default_workers() -> int:
-    return min(8, len(os.sched_getaffinity(0)))
+    """This process's share of the machine's cores (torchrun starts one process a GPU)."""
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, len(os.sched_getaffinity(0)) // local_processes)
 
 
 def loader_workers(args, cuda: bool) -> int:
-    """--workers, else min(8, cores) on CUDA and 0 on CPU: CPU training needs every core for
+    """--workers, else a worker a core on CUDA and 0 on CPU. A GPU eats images faster than
+    the seed's fixed 8 workers decode them (ViT-B/16 trains at 2,200 img/s at 224 px on an
+    H200; one worker gives about 250: bench/RESULTS.md); CPU training needs every core for
     the model (on 2 cores, loading in the main process trained lite0 at 16.4 img/s, one
     worker process at 13.6)."""
     if args.workers is not None:
@@ -470,7 +519,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="probability of random grayscale in training")
     parser.add_argument("--workers", type=int, default=None,
                         help="loader processes (default: 0 for CPU training, whose model "
-                             "needs every core; else min(8, cores))")
+                             "needs every core; else one a core of this process's share)")
     parser.add_argument("--limit", type=int, default=None,
                         help="at most this many images per split (smoke runs)")
     return parser
@@ -522,11 +571,23 @@ def main(argv=None) -> None:
     cmd.add_argument("--data-root", default="data")
     cmd.add_argument("--mirror", default=None,
                      help="base URL serving the same archive files (checksums still apply)")
+    cmd = commands.add_parser("resize", help="a copy with photos shrunk to a short side, "
+                                             "boxes scaled (faster decoding)")
+    cmd.add_argument("--dataset", choices=DATASETS, required=True)
+    cmd.add_argument("--data-root", default="data")
+    cmd.add_argument("--short-side", type=int, required=True,
+                     help="shrink photos whose short side is longer than this")
+    cmd.add_argument("--out", required=True, help="data root of the copy")
     args = parser.parse_args(argv)
     try:
         if args.command == "summary":
             print(json.dumps(summary(args.dataset, args.data_root, args.val_fraction,
                                      args.seed, args.verify)))
+        elif args.command == "resize":
+            from shared.resize import resize_dataset
+
+            folder = resize_dataset(args.dataset, args.data_root, args.out, args.short_side)
+            print(json.dumps(json.loads((folder / "resized.json").read_text())))
         else:
             from shared.download import download_dataset
 

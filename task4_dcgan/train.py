@@ -76,7 +76,8 @@ def load_images(records: list[Record], size: int, workers: int) -> torch.Tensor:
     import torchvision.transforms.v2 as T
 
     transform = T.Compose([T.Resize(size), T.CenterCrop(size), T.PILToTensor()])
-    dataset = data.ImageDataset(records, transform)
+    need = data.decode_need(False, size, "center-crop", crop_ratio=1.0)
+    dataset = data.ImageDataset(records, transform, need)
     loader = torch.utils.data.DataLoader(dataset, batch_size=64, num_workers=workers)
     return torch.cat([images for images, _ in loader])
 
@@ -119,8 +120,9 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, args
     device = rt.device
     G = Generator(num_classes, args.gan_size, args.z_dim, args.gan_width).to(device)
     D = Discriminator(num_classes, args.gan_size, args.gan_width).to(device)
-    opt_g = torch.optim.Adam(G.parameters(), args.gan_lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), args.gan_lr, betas=(0.5, 0.999))
+    fused = device.type == "cuda"  # one kernel for the whole update
+    opt_g = torch.optim.Adam(G.parameters(), args.gan_lr, betas=(0.5, 0.999), fused=fused)
+    opt_d = torch.optim.Adam(D.parameters(), args.gan_lr, betas=(0.5, 0.999), fused=fused)
     seed = torch.Generator().manual_seed(args.seed)
     fixed_z = torch.randn(num_classes * 8, args.z_dim, generator=seed).to(device)
     fixed_y = torch.arange(num_classes).repeat_interleave(8).to(device)  # a row per class

@@ -83,24 +83,16 @@ def gather(z: torch.Tensor) -> torch.Tensor:
     return torch.cat(dist_fn.all_gather(z))
 
 
-class TwoViews(torch.utils.data.Dataset):
-    def __init__(self, records: list[Record], transform):
-        self.records, self.transform = records, transform
-
-    def __len__(self):
-        return len(self.records)
-
-    def __getitem__(self, i):
-        return self.transform(data.load_rgb(self.records[i].path))
-
-
 def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args, rt,
              out: Path) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     head = ProjectionHead(features, out_features=args.proj_dim)
     net = nn.Sequential(backbone, head).to(rt.device)
-    dataset = TwoViews(train, simclr_views(args.image_size, spec.mean, spec.std))
+    need = data.decode_need(True, args.image_size, "random-resized-crop",
+                            crop_scale=(0.08, 1.0))  # simclr_views' crops
+    dataset = data.ImageDataset(train, simclr_views(args.image_size, spec.mean, spec.std),
+                                need)
     batch = args.simclr_batch_size // rt.world_size
     if len(dataset) < batch * rt.world_size:
         raise engine.TrainingError(f"--simclr-batch-size {args.simclr_batch_size} exceeds "
@@ -109,10 +101,12 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
     workers = data.loader_workers(args, rt.device.type == "cuda")
     loader = torch.utils.data.DataLoader(dataset, batch, sampler=sampler, num_workers=workers,
                                          drop_last=True, pin_memory=rt.device.type == "cuda")
-    optimizer = (torch.optim.AdamW(net.parameters(), args.simclr_lr, weight_decay=1e-6)
+    fused = rt.device.type == "cuda"  # one kernel for the whole update
+    optimizer = (torch.optim.AdamW(net.parameters(), args.simclr_lr, weight_decay=1e-6,
+                                   fused=fused)
                  if args.simclr_optimizer == "adamw" else
                  torch.optim.SGD(net.parameters(), args.simclr_lr, momentum=0.9,
-                                 weight_decay=1e-6))
+                                 weight_decay=1e-6, fused=fused))
     schedule = argparse.Namespace(warmup_epochs=args.simclr_warmup_epochs, scheduler="cosine",
                                   epochs=args.simclr_epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -131,7 +125,7 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
         sampler.set_epoch(epoch)
         net.train()
         sums, begin = torch.zeros(3), time.perf_counter()
-        for view1, view2 in loader:
+        for (view1, view2), _ in loader:
             views = torch.cat([view1, view2]).to(rt.device, non_blocking=True)
             with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
                 z1, z2 = ddp(views).float().chunk(2)
@@ -172,10 +166,10 @@ def label_subset(records: list[Record], fraction: float, seed: int) -> list[Reco
 
 
 @torch.no_grad()
-def extract(backbone: nn.Module, records: list[Record], transform, rt, batch: int = 64
+def extract(backbone: nn.Module, records: list[Record], transform, need, rt, batch: int = 64
             ) -> tuple[torch.Tensor, torch.Tensor]:
     backbone.eval()  # batch norm on its running statistics; nothing here updates it
-    loader = data.make_loader(data.ImageDataset(records, transform), batch, train=False)
+    loader = data.make_loader(data.ImageDataset(records, transform, need), batch, train=False)
     feats, labels = [], []
     for images, y in loader:
         feats.append(backbone(images.to(rt.device)).float().cpu())
@@ -230,8 +224,9 @@ def main(args: argparse.Namespace) -> None:
 
     transform = data.build_transform(False, args.image_size, args.resize_mode,
                                      mean=spec.mean, std=spec.std)
-    test_x, test_y = extract(backbone, test, transform, rt)
-    all_x, all_y = extract(backbone, train, transform, rt)  # once; each fraction indexes it
+    need = data.decode_need(False, args.image_size, args.resize_mode)
+    test_x, test_y = extract(backbone, test, transform, need, rt)
+    all_x, all_y = extract(backbone, train, transform, need, rt)  # once; each fraction indexes it
     position = {r.key: i for i, r in enumerate(train)}
     for fraction in args.label_fractions:
         subset = label_subset(train, fraction, args.seed)

@@ -16,6 +16,9 @@ from shared.data import (
     ImageDataset,
     ShardSampler,
     build_transform,
+    decode_need,
+    default_workers,
+    draft_factor,
     limit_per_split,
     load_dataset,
     load_rgb,
@@ -130,6 +133,74 @@ def test_truncated_image_fails_naming_the_file(tmp_path):
 def test_missing_image_at_load_names_the_file(tmp_path):
     with pytest.raises(DataError, match=r"gone\.jpg: image file is missing"):
         load_rgb(tmp_path / "gone.jpg")
+
+
+@pytest.mark.parametrize("need, size, factor", [
+    (("long", 128), (1024, 768), 8),  # letterbox 128: 1024 / 8 = 128 still fills it
+    (("long", 128), (1000, 750), 4),  # 1000 / 8 = 125 would be upsampled
+    (("short", 256), (1024, 768), 2),  # center crop 224 at ratio 0.875
+    (("short", 256), (500, 375), 1),
+    (("area", 224 / np.sqrt(0.5 * 0.75)), (1600, 1200), 2),  # crops keep >= 224 px
+    (("long", 16), (4000, 3000), 8),  # libjpeg scales down at most 8x
+])
+def test_draft_factor_never_goes_below_the_need(need, size, factor):
+    assert draft_factor(*size, need) == factor
+
+
+def test_decode_need_matches_each_transform():
+    assert decode_need(True, 512, "letterbox") == ("long", 512)
+    assert decode_need(False, 224, "center-crop", crop_ratio=0.875) == ("short", 256)
+    assert decode_need(False, 448, "random-resized-crop", crop_ratio=1.0) == ("short", 448)
+    kind, side = decode_need(True, 224, "random-resized-crop", crop_scale=(0.25, 1.0))
+    # the smallest crop of a square image that large: area 0.25, aspect 3/4 -> 224 px short
+    assert kind == "area" and np.sqrt(0.25 * side ** 2 * 3 / 4) == pytest.approx(224)
+
+
+def _halves_jpeg(path, size=(800, 600)):
+    """Left half red, right half blue, a smooth ramp down each: easy to compare scaled."""
+    ramp = np.linspace(0, 120, size[1])[:, None]
+    pixels = np.zeros((size[1], size[0], 3))
+    pixels[:, : size[0] // 2, 0] = 255 - ramp
+    pixels[:, size[0] // 2:, 2] = 255 - ramp
+    Image.fromarray(pixels.astype(np.uint8)).save(path, quality=95)
+
+
+def test_jpeg_decodes_at_reduced_scale_close_to_the_full_decode(tmp_path):
+    path = tmp_path / "big.jpg"
+    _halves_jpeg(path)
+    full = load_rgb(path)
+    reduced = load_rgb(path, need=("long", 200))
+    assert reduced.size == (200, 150)  # 800 / 4
+    resized = np.asarray(full.resize(reduced.size, Image.Resampling.BOX), dtype=float)
+    assert np.abs(np.asarray(reduced, dtype=float) - resized).mean() < 3
+    png = tmp_path / "big.png"  # other formats decode in full
+    full.save(png)
+    assert load_rgb(png, need=("long", 200)).size == (800, 600)
+
+
+def test_region_crops_the_same_place_after_a_reduced_decode(tmp_path):
+    path = tmp_path / "big.jpg"
+    _halves_jpeg(path)
+    region = (400, 0, 800, 600)  # the blue half
+    full = load_rgb(path, region)
+    reduced = load_rgb(path, region, need=("long", 150))  # region long side 600 -> 1/4
+    assert full.size == (400, 600) and reduced.size == (100, 150)
+    pixels = np.asarray(reduced, dtype=float)
+    assert pixels[:, 2:, 0].max() < 40 and pixels[:, :, 2].min() > 100  # no red crept in
+    resized = np.asarray(full.resize(reduced.size, Image.Resampling.BOX), dtype=float)
+    assert np.abs(pixels - resized)[:, 2:].mean() < 3
+    # a region partly outside is clipped to the image, at either scale
+    assert load_rgb(path, (600, -50, 900, 300), need=("long", 75)).size == (50, 75)
+
+
+def test_default_workers_share_the_cores_between_local_processes(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers() == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun, one process a GPU
+    assert default_workers() == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert default_workers() == 1
 
 
 # ------------------------------------------------------------------------------- split

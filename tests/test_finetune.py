@@ -31,6 +31,7 @@ def test_one_epoch_lowers_the_training_loss(tmp_path):
     index, train, val, test = data.prepare_splits(args)
     model, model_spec = models.build_model("vit_tiny", 4, "none", 32)
     loaders = data.make_loaders(args, train, val, test, model_spec.mean, model_spec.std)
+    assert loaders.train.dataset.need == ("long", 32)  # JPEGs larger than 64 px decode smaller
     fixed = data.make_loader(loaders.train.dataset, 8, train=False)  # no augmentation
     before = engine.evaluate(model, fixed, rt, False)["loss"]
     engine.fit(model, model_spec, loaders, args, rt)

@@ -94,9 +94,10 @@ def test_linear_probe_and_knn_leave_the_backbone_bitwise_unchanged(sample):
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     index = data.load_dataset("bird", root)
     transform = data.build_transform(False, 32, mean=model_spec.mean, std=model_spec.std)
+    need = data.decode_need(False, 32)
     rt = engine.Runtime(torch.device("cpu"))
-    train_x, train_y = simclr_train.extract(backbone, index.train, transform, rt)
-    test_x, test_y = simclr_train.extract(backbone, index.test, transform, rt)
+    train_x, train_y = simclr_train.extract(backbone, index.train, transform, need, rt)
+    test_x, test_y = simclr_train.extract(backbone, index.test, transform, need, rt)
     assert train_x.shape == (len(index.train), 512)
     linear = simclr_train.linear_probe(train_x, train_y, test_x, test_y, 4, 20, 0)
     knn = simclr_train.knn_accuracy(train_x, train_y, test_x, test_y, 4, 5)
