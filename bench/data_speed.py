@@ -1,10 +1,13 @@
-"""Data pipeline: decoded + augmented images/s of one loader process, on JPEG photos of the
-real datasets' typical size (500 x 375), for the seed's training transform (letterbox 512,
-random grayscale, flip) and ours (the strong recipe's random-resized crop 448 and flip; the
-evaluation letterbox), side by side in one run. One process is what a worker gives, so the
-loader's rate is about this times `--workers`.
+"""Data pipeline: decoded + augmented images/s of one loader process, side by side in one
+run, for the seed's training transform (letterbox 512, random grayscale, flip) and ours, on
+JPEG photos of the real datasets' typical size (500 x 375) and of their large tail
+(1600 x 1200, a quarter as many): decoding the whole JPEG, in libjpeg's draft mode where the
+transform allows (the loaders' default, `shared.data.decode_need`), and from a copy
+pre-resized to a short side of 256 (`python -m shared.data resize`). One process is what a
+worker gives, so the loader's rate is about this times `--workers`; the last table checks
+that with a real DataLoader.
 
-    python bench/data_speed.py [--images 200] [--repeats 2]
+    python bench/data_speed.py [--images 200] [--repeats 2] [--loader-workers 0 1 2]
 """
 
 import argparse
@@ -19,31 +22,64 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from shared.data import ImageDataset, Record, build_transform  # noqa: E402
+from shared.data import ImageDataset, Record, build_transform, decode_need, make_loader  # noqa: E402
+from shared.resize import resize_photo  # noqa: E402
+
+# name: (train, image size, resize mode, random-resized crop's smallest area, crop ratio)
+PIPELINES = {
+    "seed: letterbox 512, grayscale 0.1, flip": (True, 512, "letterbox", 0.25, 0.875),
+    "strong recipe: random-resized crop 448 (area 0.5-1), flip": (
+        True, 448, "random-resized-crop", 0.5, 1.0),
+    "evaluation: letterbox 512": (False, 512, "letterbox", 0.25, 0.875),
+    "vit recipe: random-resized crop 224 (area 0.35-1), flip": (
+        True, 224, "random-resized-crop", 0.35, 0.875),
+    "evaluation: resize 256, center crop 224": (False, 224, "center-crop", 0.25, 0.875),
+    "demo: letterbox 128": (True, 128, "letterbox", 0.25, 0.875),
+}
 
 
-def photos(folder: Path, count: int) -> list[Record]:
-    """Noisy 500 x 375 JPEGs (quality 90): real photos' size, file size and decode cost."""
+def photos(folder: Path, count: int, size: tuple[int, int]) -> list[Record]:
+    """Noisy JPEGs (quality 90) with smooth structure: real photos' file size and decode
+    cost."""
     rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
     records = []
     for i in range(count):
-        base = rng.uniform(0, 255, (47, 63, 3)).astype(np.uint8)  # smooth structure
-        image = Image.fromarray(base).resize((500, 375), Image.Resampling.BICUBIC)
-        noisy = np.asarray(image, dtype=np.int16) + rng.integers(-12, 12, (375, 500, 3))
+        base = rng.uniform(0, 255, (size[1] // 8, size[0] // 8, 3)).astype(np.uint8)
+        image = Image.fromarray(base).resize(size, Image.Resampling.BICUBIC)
+        noisy = np.asarray(image, dtype=np.int16) + rng.integers(-12, 12, (*size[::-1], 3))
         path = folder / f"{i:04d}.jpg"
         Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, quality=90)
         records.append(Record(path.name, path, 0))
     return records
 
 
-def rate(records: list[Record], transform, repeats: int) -> float:
-    dataset = ImageDataset(records, transform)
-    dataset[0]  # warm-up (imports, first allocation)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        for i in range(len(dataset)):
-            dataset[i]
-    return len(dataset) * repeats / (time.perf_counter() - start)
+def rate(datasets: list[ImageDataset], repeats: int, rounds: int = 3) -> list[float]:
+    """images/s of each dataset, best of `rounds` interleaved rounds (a noisy neighbour on a
+    shared machine slows one round, not one column)."""
+    best = [0.0] * len(datasets)
+    for dataset in datasets:
+        dataset[0]  # warm-up (imports, first allocation)
+    for _ in range(rounds):
+        for i, dataset in enumerate(datasets):
+            torch.manual_seed(0)  # the same random crops for every column
+            start = time.perf_counter()
+            for _ in range(repeats):
+                for item in range(len(dataset)):
+                    dataset[item]
+            best[i] = max(best[i], len(dataset) * repeats / (time.perf_counter() - start))
+    return best
+
+
+def loader_rate(dataset: ImageDataset, workers: int, repeats: int) -> float:
+    loader = make_loader(dataset, 32, train=True, workers=workers)
+    next(iter(loader))  # start the workers
+    start, count = time.perf_counter(), 0
+    for epoch in range(repeats):
+        loader.sampler.set_epoch(epoch)
+        for images, _ in loader:
+            count += len(images)
+    return count / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -51,21 +87,41 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--loader-workers", type=int, nargs="*", default=[0, 1, 2])
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in a DataLoader worker
-    pipelines = {
-        "seed: letterbox 512, grayscale 0.1, flip": build_transform(True, 512, "letterbox"),
-        "ours strong: random-resized crop 448, flip": build_transform(
-            True, 448, "random-resized-crop", grayscale=0.0, crop_scale=(0.5, 1.0),
-            crop_ratio=1.0),
-        "evaluation: letterbox 512": build_transform(False, 512, "letterbox"),
-        "evaluation: letterbox 224": build_transform(False, 224, "letterbox"),
-    }
-    with tempfile.TemporaryDirectory() as folder:
-        records = photos(Path(folder), args.images)
-        print("| pipeline | images/s, one process |\n|---|---|")
-        for name, transform in pipelines.items():
-            print(f"| {name} | {rate(records, transform, args.repeats):.1f} |", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = {(500, 375): photos(Path(tmp, "500"), args.images, (500, 375)),
+                (1600, 1200): photos(Path(tmp, "1600"), args.images // 4, (1600, 1200))}
+        resized = []
+        for record in sets[500, 375]:
+            target = Path(tmp, "r256", record.key)
+            target.parent.mkdir(exist_ok=True)
+            resize_photo(record.path, target, 256)
+            resized.append(Record(record.key, target, 0))
+        print("images/s of one process, best of 3 rounds\n\n| pipeline | photos | full decode "
+              "| draft decode (default) | pre-resized to 256 |\n|---|---|---|---|---|")
+        for name, (train, size, mode, scale, ratio) in PIPELINES.items():
+            transform = build_transform(train, size, mode, crop_scale=(scale, 1.0),
+                                        crop_ratio=ratio)
+            need = decode_need(train, size, mode, crop_scale=(scale, 1.0), crop_ratio=ratio)
+            for (w, h), records in sets.items():
+                datasets = [ImageDataset(records, transform),
+                            ImageDataset(records, transform, need)]
+                if size <= 224 and w == 500:
+                    datasets.append(ImageDataset(resized, transform, need))
+                speeds = [f"{speed:.1f}" for speed in rate(datasets, args.repeats)]
+                speeds += [""] * (3 - len(speeds))  # no pre-resized copy for this row
+                print(f"| {name} | {w} x {h} | {' | '.join(speeds)} |", flush=True)
+        name = "vit recipe: random-resized crop 224 (area 0.35-1), flip"
+        train, size, mode, scale, ratio = PIPELINES[name]
+        dataset = ImageDataset(sets[500, 375], build_transform(
+            train, size, mode, crop_scale=(scale, 1.0), crop_ratio=ratio))
+        print(f"\nDataLoader images/s, batch 32, {name}, 500 x 375 photos\n\n"
+              "| workers | images/s |\n|---|---|")
+        for workers in args.loader_workers:
+            print(f"| {workers} | {loader_rate(dataset, workers, args.repeats):.1f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

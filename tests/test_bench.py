@@ -1,0 +1,48 @@
+"""The benchmark scripts run end to end at toy sizes and print their tables (no timing is
+asserted: speed is for the benchmarks themselves to show)."""
+
+import re
+
+from conftest import run_cli
+
+
+def table_rows(text: str, first_cell: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in text.splitlines() if line.startswith(f"| {first_cell}")]
+
+
+def test_train_speed_prints_a_row_per_model():
+    result = run_cli("bench/train_speed.py", "--models", "vit_tiny", "resnet18",
+                     "--batch-sizes", "2", "2", "--image-size", "32", "--steps", "1",
+                     "--rounds", "1", "--bf16", "--peak-tflops", "1")
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout, "vit_tiny") + table_rows(result.stdout, "resnet18")
+    assert [r[0] for r in rows] == ["vit_tiny", "resnet18"]
+    for row in rows:  # seed, ours, ratio, bf16, MFU
+        seed, ours, bf16 = float(row[2]), float(row[3]), float(row[5])
+        assert min(seed, ours, bf16) > 0 and row[4] == f"{ours / seed:.2f}x"
+        assert re.fullmatch(r"\d+\.\d%", row[6])
+
+
+def test_data_speed_prints_every_pipeline_and_loader_row():
+    result = run_cli("bench/data_speed.py", "--images", "4", "--repeats", "1",
+                     "--loader-workers", "0", "1")
+    assert result.returncode == 0, result.stderr
+    rows = [r for r in table_rows(result.stdout, "") if r[0] and not r[0].startswith("-")]
+    pipelines = [r for r in rows if r[0] != "pipeline" and len(r) == 5]
+    assert [r[1] for r in pipelines] == ["500 x 375", "1600 x 1200"] * 6
+    assert all(float(cell) > 0 for r in pipelines for cell in r[2:4])
+    assert sum(bool(r[4]) for r in pipelines) == 3  # the copy serves the 224 and 128 px rows
+    assert [r[0] for r in rows if len(r) == 2 and r[0] != "workers"] == ["0", "1"]
+
+
+def test_memory_prints_both_steps_with_a_largest_batch():
+    result = run_cli("bench/memory.py", "--models", "resnet18", "--batch-sizes", "2", "32",
+                     "--image-size", "64", "--memory-gb", "4")
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout, "resnet18")
+    assert [r[1] for r in rows] == ["seed", "engine"]
+    for row in rows:
+        assert float(row[2].replace(",", "")) > 100  # MB: torch alone takes more
+        assert float(row[4].replace(",", "")) > 0  # activations grow with the batch
+        assert int(row[5].split()[0]) > 32
