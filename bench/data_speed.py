@@ -88,31 +88,34 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--loader-workers", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--loader-only", action="store_true",
+                        help="only the DataLoader table (a quick check of a machine)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in a DataLoader worker
     with tempfile.TemporaryDirectory() as tmp:
         sets = {(500, 375): photos(Path(tmp, "500"), args.images, (500, 375)),
                 (1600, 1200): photos(Path(tmp, "1600"), args.images // 4, (1600, 1200))}
-        resized = []
-        for record in sets[500, 375]:
-            target = Path(tmp, "r256", record.key)
-            target.parent.mkdir(exist_ok=True)
-            resize_photo(record.path, target, 256)
-            resized.append(Record(record.key, target, 0))
-        print("images/s of one process, best of 3 rounds\n\n| pipeline | photos | full decode "
-              "| draft decode (default) | pre-resized to 256 |\n|---|---|---|---|---|")
-        for name, (train, size, mode, scale, ratio) in PIPELINES.items():
-            transform = build_transform(train, size, mode, crop_scale=(scale, 1.0),
-                                        crop_ratio=ratio)
-            need = decode_need(train, size, mode, crop_scale=(scale, 1.0), crop_ratio=ratio)
-            for (w, h), records in sets.items():
-                datasets = [ImageDataset(records, transform),
-                            ImageDataset(records, transform, need)]
-                if size <= 224 and w == 500:
-                    datasets.append(ImageDataset(resized, transform, need))
-                speeds = [f"{speed:.1f}" for speed in rate(datasets, args.repeats)]
-                speeds += [""] * (3 - len(speeds))  # no pre-resized copy for this row
-                print(f"| {name} | {w} x {h} | {' | '.join(speeds)} |", flush=True)
+        if not args.loader_only:
+            resized = []
+            for record in sets[500, 375]:
+                target = Path(tmp, "r256", record.key)
+                target.parent.mkdir(exist_ok=True)
+                resize_photo(record.path, target, 256)
+                resized.append(Record(record.key, target, 0))
+            print("images/s of one process, best of 3 rounds\n\n| pipeline | photos | full decode "
+                  "| draft decode (default) | pre-resized to 256 |\n|---|---|---|---|---|")
+            for name, (train, size, mode, scale, ratio) in PIPELINES.items():
+                transform = build_transform(train, size, mode, crop_scale=(scale, 1.0),
+                                            crop_ratio=ratio)
+                need = decode_need(train, size, mode, crop_scale=(scale, 1.0), crop_ratio=ratio)
+                for (w, h), records in sets.items():
+                    datasets = [ImageDataset(records, transform),
+                                ImageDataset(records, transform, need)]
+                    if size <= 224 and w == 500:
+                        datasets.append(ImageDataset(resized, transform, need))
+                    speeds = [f"{speed:.1f}" for speed in rate(datasets, args.repeats)]
+                    speeds += [""] * (3 - len(speeds))  # no pre-resized copy for this row
+                    print(f"| {name} | {w} x {h} | {' | '.join(speeds)} |", flush=True)
         name = "vit recipe: random-resized crop 224 (area 0.35-1), flip"
         train, size, mode, scale, ratio = PIPELINES[name]
         dataset = ImageDataset(sets[500, 375], build_transform(

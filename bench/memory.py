@@ -3,9 +3,10 @@ contiguous) against the engine's default (`--amp auto`, channels_last for CNNs),
 side in one run. Each measurement runs in a fresh process (SGD with momentum, two steps).
 
 On a GPU: peak allocated memory, and the largest batch found by doubling until out of
-memory, then bisecting. On a CPU: the process's peak resident memory at two batch sizes,
-and the largest batch under `--memory-gb` from the straight line through them (a CPU run
-at the batch that fills the memory would take hours; the line is a measured extrapolation).
+memory, then bisecting to within 5%. On a CPU: the process's peak resident memory at two
+batch sizes, and the largest batch under `--memory-gb` from the straight line through them
+(a CPU run at the batch that fills the memory would take hours; the line is a measured
+extrapolation).
 
     python bench/memory.py --models resnet18 resnext101_32x8d --batch-sizes 4 8 --image-size 512
     python bench/memory.py --models resnext101_32x8d vit_b_16 --image-size 448   # on a GPU
@@ -63,18 +64,19 @@ def measure(model_name: str, batch: int, size: int, config: str) -> float | None
     sys.exit(f"error: {model_name} at batch {batch} ({config}) failed: {last_line}")
 
 
-def largest_gpu_batch(model_name: str, size: int, config: str, start: int) -> int:
+def largest_gpu_batch(model_name: str, size: int, config: str, start: int) -> str:
+    """Double from `start` until out of memory, then bisect to within 5%."""
     fits, fails = 0, None
     batch = start
-    while fails is None or fails - fits > 1:
+    while fails is None or fails - fits > max(1, fits // 20):
         if measure(model_name, batch, size, config) is None:
             fails = batch
         else:
             fits = batch
         batch = batch * 2 if fails is None else (fits + fails) // 2
         if fails is None and batch > 16384:
-            break
-    return fits
+            return f"{fits} or more"
+    return f"{fits} ({fails} does not fit)"
 
 
 def main() -> None:
@@ -117,7 +119,7 @@ def main() -> None:
             if per_image <= 0:  # within the allocator's slack: batches too small to tell
                 largest = "unknown (no growth measured)"
             elif cuda:
-                largest = f"{largest_gpu_batch(name, args.image_size, config, large)}"
+                largest = largest_gpu_batch(name, args.image_size, config, large)
             else:
                 largest = f"{int(small + (limit_mb - peaks[0]) / per_image)} (extrapolated)"
             print(f"| {name} | {config} | {peaks[0]:,.0f} | {peaks[1]:,.0f} | {per_image:,.0f} "
