@@ -14,9 +14,9 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/machi
 python -c "import os, torch; print('torch', torch.__version__, '| cores', len(os.sched_getaffinity(0)))" \
   | tee -a "$out/machine.txt"
 
-python bench/train_speed.py --models resnext101_32x8d vit_b_16 --batch-sizes 64 64 \
+python bench/train_speed.py --models resnext101_32x8d vit_b_16 --batch-sizes 32 64 \
   --image-size 448 --steps 10 --compile --peak-tflops "$peak" | tee "$out/train_448.md"
-python bench/train_speed.py --models vit_b_16 --batch-sizes 256 --image-size 224 --steps 10 \
+python bench/train_speed.py --models vit_b_16 --batch-sizes 128 --image-size 224 --steps 10 \
   --compile --peak-tflops "$peak" | tee "$out/train_224.md"
 python bench/memory.py --models resnext101_32x8d vit_b_16 --batch-sizes 16 64 --image-size 448 \
   | tee "$out/memory_448.md"
