@@ -4,6 +4,8 @@
 # FLOP utilisation (PEAK_TFLOPS: 989 for an H100's or H200's dense bf16); peak memory and
 # the largest batch; the DataLoader's images/s at 8 workers (the seed's) and at the
 # engine's default of one a core.
+# Not yet run (written in a session without a GPU); the largest-batch search alone may take
+# several minutes, so under a tight device budget run its commands one at a time.
 #   bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]
 set -euo pipefail
 out=${1:?usage: bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]}
