@@ -105,18 +105,18 @@ ACCURACY = [
 CROPS = {"none": 0, "box": 1, "square": 2}
 
 
+def _is_baseline(r) -> bool:
+    """Task 1-2's pretrained seed-recipe run: the row without a task's change (Tables 2, 3)."""
+    return (r["task"] == "task1_2_finetune" and r["variant"] == "pretrained"
+            and r["args"].get("recipe", "seed") == "seed")
+
+
 def _is_crop_row(r) -> bool:
-    """Table 2: the crop runs, and task 1-2's pretrained seed-recipe run as the baseline."""
-    if r["task"] == "task1_2_finetune":
-        return r["variant"] == "pretrained" and r["args"].get("recipe", "seed") == "seed"
-    return r["task"] == "task3_crop" and r["variant"] != "detector"
+    return _is_baseline(r) or (r["task"] == "task3_crop" and r["variant"] != "detector")
 
 
 def _is_gan_row(r) -> bool:
-    """Table 3: the DCGAN runs, and task 1-2's pretrained seed-recipe run without them."""
-    if r["task"] == "task1_2_finetune":
-        return r["variant"] == "pretrained" and r["args"].get("recipe", "seed") == "seed"
-    return r["task"] == "task4_dcgan"
+    return _is_baseline(r) or r["task"] == "task4_dcgan"
 
 
 def _crop_order(r):

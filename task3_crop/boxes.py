@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from shared.data import Box, DataError, Record
@@ -93,8 +94,7 @@ def with_crops(records: list[Record], source: str, detections: dict | None, mode
             detection = detections[r.key]
             box = None if detection is None else detection[0]
         whole += box is None
-        cropped.append(r if box is None else
-                       Record(r.key, r.path, r.label, r.boxes, crop_region(box, mode, margin)))
+        cropped.append(r if box is None else replace(r, crop=crop_region(box, mode, margin)))
     return cropped, whole
 
 

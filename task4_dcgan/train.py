@@ -217,19 +217,24 @@ def write_synthetic(images: torch.Tensor, labels: torch.Tensor, size: int, folde
 
 
 @torch.no_grad()
-def lite0_features(images: torch.Tensor, device, batch: int = 64) -> np.ndarray:
-    """Pooled 1280-d features of the ImageNet EfficientNet-Lite0 at 224 px (uint8 input)."""
+def lite0_features(image_sets: list[torch.Tensor], device, batch: int = 64
+                   ) -> list[np.ndarray]:
+    """Pooled 1280-d features of the ImageNet EfficientNet-Lite0 at 224 px, one array per
+    set of uint8 images (the network is loaded once)."""
     net, spec = models.build_model("tf_efficientnet_lite0", 1000, "imagenet")
     net.eval().to(device)
     mean = torch.tensor(spec.mean, device=device)[:, None, None]
     std = torch.tensor(spec.std, device=device)[:, None, None]
-    out = []
-    for chunk in images.split(batch):
-        x = F.interpolate(chunk.to(device).float() / 255, size=FID_SIZE, mode="bilinear",
-                          antialias=True, align_corners=False)
-        out.append(net.forward_head(net.forward_features((x - mean) / std), pre_logits=True)
-                   .double().cpu())
-    return torch.cat(out).numpy()
+
+    def features(images):
+        out = []
+        for chunk in images.split(batch):
+            x = F.interpolate(chunk.to(device).float() / 255, size=FID_SIZE, mode="bilinear",
+                              antialias=True, align_corners=False)
+            out.append(net.forward_head(net.forward_features((x - mean) / std),
+                                        pre_logits=True).double().cpu())
+        return torch.cat(out).numpy()
+    return [features(images) for images in image_sets]
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -291,8 +296,7 @@ def main(args: argparse.Namespace) -> None:
     keep = torch.arange(len(fake)) % per_class < k
     synthetic = write_synthetic(fake[keep], fake_labels[keep], args.image_size,
                                 out / "synthetic")
-    quality = {"fid": frechet_distance(lite0_features(real, rt.device),
-                                       lite0_features(fake, rt.device)),
+    quality = {"fid": frechet_distance(*lite0_features([real, fake], rt.device)),
                "gen_class_acc": class_accuracy(args.judge, index.classes, fake, fake_labels,
                                                rt.device)}
     print(f"FID {quality['fid']:.2f} (lite0 features, {len(real)} real, {len(fake)} "
