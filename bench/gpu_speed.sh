@@ -3,25 +3,34 @@
 # the seed's step against the engine's default, with and without torch.compile, and model
 # FLOP utilisation (PEAK_TFLOPS: 989 for an H100's or H200's dense bf16); peak memory and
 # the largest batch; the DataLoader's images/s at 8 workers (the seed's) and at the
-# engine's default of one a core.
-# Not yet run (written in a session without a GPU); the largest-batch search alone may take
-# several minutes, so under a tight device budget run its commands one at a time.
+# engine's default of one a core. Each part has a time limit (seconds, first column below),
+# so that a short device lease gets every part it has time for: about 10 minutes in all.
 #   bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]
-set -euo pipefail
+set -uo pipefail
 out=${1:?usage: bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]}
 peak=${2:-989}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+
+part() {  # part SECONDS FILE COMMAND...: run COMMAND, its output also in OUT_DIR/FILE
+  local limit=$1 file=$2
+  shift 2
+  echo "== $*"
+  timeout "$limit" "$@" 2>&1 | tee "$out/$file"
+  local status=${PIPESTATUS[0]}
+  [ "$status" = 0 ] || echo "== stopped: exit status $status (124: over its ${limit} s)" \
+    | tee -a "$out/$file"
+}
+
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/machine.txt"
 python -c "import os, torch; print('torch', torch.__version__, '| cores', len(os.sched_getaffinity(0)))" \
   | tee -a "$out/machine.txt"
-
-python bench/train_speed.py --models resnext101_32x8d vit_b_16 --batch-sizes 32 64 \
-  --image-size 448 --steps 10 --compile --peak-tflops "$peak" | tee "$out/train_448.md"
-python bench/train_speed.py --models vit_b_16 --batch-sizes 128 --image-size 224 --steps 10 \
-  --compile --peak-tflops "$peak" | tee "$out/train_224.md"
-python bench/memory.py --models resnext101_32x8d vit_b_16 --batch-sizes 16 64 --image-size 448 \
-  | tee "$out/memory_448.md"
 cores=$(python -c "import os; print(len(os.sched_getaffinity(0)))")
-python bench/data_speed.py --loader-only --images 400 --loader-workers 8 "$cores" \
-  | tee "$out/loader.md"
+
+train=(bench/train_speed.py --image-size 448 --steps 8 --rounds 2 --compile --peak-tflops "$peak")
+part 150 train_vit_448.md python "${train[@]}" --models vit_b_16 --batch-sizes 64
+part 210 train_resnext_448.md python "${train[@]}" --models resnext101_32x8d --batch-sizes 32
+part 170 memory_448.md python bench/memory.py --models resnext101_32x8d vit_b_16 \
+  --batch-sizes 16 64 --image-size 448
+part 50 loader.md python bench/data_speed.py --loader-only --images 800 --repeats 3 \
+  --loader-workers 8 "$cores"

@@ -3,7 +3,8 @@ contiguous) against the engine's default (`--amp auto`, channels_last for CNNs),
 side in one run. Each measurement runs in a fresh process (SGD with momentum, two steps).
 
 On a GPU: peak allocated memory, and the largest batch found by doubling until out of
-memory, then bisecting to within 5%. On a CPU: the process's peak resident memory at two
+memory, then bisecting to within 5%, in one process per model and step (an out-of-memory
+try frees its tensors and the search goes on). On a CPU: the process's peak resident memory at two
 batch sizes, and the largest batch under `--memory-gb` from the straight line through them
 (a CPU run at the batch that fills the memory would take hours; the line is a measured
 extrapolation).
@@ -13,6 +14,7 @@ extrapolation).
 """
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -51,32 +53,49 @@ def one_step_peak(model_name: str, batch: int, size: int, config: str) -> float:
     return peak_memory_mb(device)
 
 
-def measure(model_name: str, batch: int, size: int, config: str) -> float | None:
-    """Peak MB in a child process; None when it ran out of memory."""
-    child = subprocess.run(
-        [sys.executable, __file__, "--child", model_name, str(batch), str(size), config],
-        capture_output=True, text=True)
-    if child.returncode == 0:
-        return json.loads(child.stdout.strip().splitlines()[-1])
-    if "OutOfMemoryError" in child.stderr or "out of memory" in child.stderr:
-        return None
-    last_line = child.stderr.strip().splitlines()[-1] if child.stderr.strip() else ""
-    sys.exit(f"error: {model_name} at batch {batch} ({config}) failed: {last_line}")
+def run_child(*args: str):
+    """The JSON a child process of this script prints last, or exit naming what failed."""
+    child = subprocess.run([sys.executable, __file__, "--child", *args],
+                           capture_output=True, text=True)
+    if child.returncode != 0:
+        last_line = child.stderr.strip().splitlines()[-1] if child.stderr.strip() else ""
+        sys.exit(f"error: {' '.join(args)} failed: {last_line}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
-def largest_gpu_batch(model_name: str, size: int, config: str, start: int) -> str:
-    """Double from `start` until out of memory, then bisect to within 5%."""
-    fits, fails = 0, None
-    batch = start
+def gpu_try(model_name: str, batch: int, size: int, config: str) -> float | str:
+    """Peak MB of a step at this batch in this process, or why it failed: out of memory, or
+    another CUDA error (cuDNN refuses some tensors of more than 2**31 elements)."""
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        return one_step_peak(model_name, batch, size, config)
+    except torch.cuda.OutOfMemoryError:
+        return "out of memory"
+    except RuntimeError as error:
+        return str(error).splitlines()[0]
+    finally:  # the failed try's tensors went with its frames: hand their memory back
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def gpu_peaks_and_largest(model_name: str, size: int, config: str, small: int,
+                          large: int) -> tuple[list, str]:
+    """Peaks at the two batches, then the largest batch: double from `large` until a step
+    fails, then bisect to within 5%."""
+    peaks = [gpu_try(model_name, b, size, config) for b in (small, large)]
+    if any(isinstance(peak, str) for peak in peaks):
+        return [None if isinstance(peak, str) else peak for peak in peaks], ""
+    fits, fails, why, batch = large, None, "", large * 2
     while fails is None or fails - fits > max(1, fits // 20):
-        if measure(model_name, batch, size, config) is None:
-            fails = batch
+        result = gpu_try(model_name, batch, size, config)
+        if isinstance(result, str):
+            fails, why = batch, result
         else:
             fits = batch
         batch = batch * 2 if fails is None else (fits + fails) // 2
         if fails is None and batch > 16384:
-            return f"{fits} or more"
-    return f"{fits} ({fails} does not fit)"
+            return peaks, f"{fits} or more"
+    return peaks, f"{fits} ({fails}: {why})"
 
 
 def main() -> None:
@@ -88,11 +107,15 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--memory-gb", type=float, default=None,
                         help="CPU: the memory a run may use (default: this machine's total)")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        name, batch, size, config = args.child
-        print(json.dumps(one_step_peak(name, int(batch), int(size), config)))
+    if args.child:  # name, size, config, then one batch (CPU) or two (GPU: and search)
+        name, size, config, *batches = args.child
+        if torch.cuda.is_available():
+            print(json.dumps(gpu_peaks_and_largest(name, int(size), config,
+                                                   *map(int, batches))))
+        else:
+            print(json.dumps(one_step_peak(name, int(batches[0]), int(size), config)))
         return
     cuda = torch.cuda.is_available()
     if cuda:
@@ -111,20 +134,21 @@ def main() -> None:
           "MB per image | largest batch |\n|---|---|---|---|---|---|")
     for name in args.models:
         for config in CONFIGS:
-            peaks = [measure(name, b, args.image_size, config) for b in (small, large)]
+            setup = (name, str(args.image_size), config)
+            if cuda:
+                peaks, largest = run_child(*setup, str(small), str(large))
+            else:
+                peaks = [run_child(*setup, str(b)) for b in (small, large)]
             if None in peaks:
                 print(f"| {name} | {config} | out of memory at batch {large} |||", flush=True)
                 continue
             per_image = (peaks[1] - peaks[0]) / (large - small)
             if per_image <= 0:  # within the allocator's slack: batches too small to tell
                 largest = "unknown (no growth measured)"
-            elif cuda:
-                largest = largest_gpu_batch(name, args.image_size, config, large)
-            else:
+            elif not cuda:
                 largest = f"{int(small + (limit_mb - peaks[0]) / per_image)} (extrapolated)"
             print(f"| {name} | {config} | {peaks[0]:,.0f} | {peaks[1]:,.0f} | {per_image:,.0f} "
                   f"| {largest} |", flush=True)
-
 
 if __name__ == "__main__":
     main()
