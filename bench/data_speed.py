@@ -5,7 +5,8 @@ JPEG photos of the real datasets' typical size (500 x 375) and of their large ta
 transform allows (the loaders' default, `shared.data.decode_need`), and from a copy
 pre-resized to a short side of 256 (`python -m shared.data resize`). One process is what a
 worker gives, so the loader's rate is about this times `--workers`; the last table checks
-that with a real DataLoader.
+that with a real DataLoader (pinned memory where CUDA is, as the engine's), whose batches
+hold uint8 pixels (the default: normalised on the device) or normalised floats (as before).
 
     python bench/data_speed.py [--images 200] [--repeats 2] [--loader-workers 0 1 2]
 """
@@ -22,7 +23,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from shared.data import ImageDataset, Record, build_transform, decode_need, make_loader  # noqa: E402
+from shared.data import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageDataset,
+    Record,
+    build_transform,
+    decode_need,
+    make_loader,
+)
 from shared.resize import resize_photo  # noqa: E402
 
 # name: (train, image size, resize mode, random-resized crop's smallest area, crop ratio)
@@ -36,6 +45,8 @@ PIPELINES = {
     "evaluation: resize 256, center crop 224": (False, 224, "center-crop", 0.25, 0.875),
     "demo: letterbox 128": (True, 128, "letterbox", 0.25, 0.875),
 }
+LOADER_PIPELINES = ("vit recipe: random-resized crop 224 (area 0.35-1), flip",
+                    "strong recipe: random-resized crop 448 (area 0.5-1), flip")
 
 
 def photos(folder: Path, count: int, size: tuple[int, int]) -> list[Record]:
@@ -72,7 +83,8 @@ def rate(datasets: list[ImageDataset], repeats: int, rounds: int = 3) -> list[fl
 
 
 def loader_rate(dataset: ImageDataset, workers: int, repeats: int) -> float:
-    loader = make_loader(dataset, 32, train=True, workers=workers)
+    loader = make_loader(dataset, 32, train=True, workers=workers,
+                         pin_memory=torch.cuda.is_available())
     next(iter(loader))  # start the workers
     start, count = time.perf_counter(), 0
     for epoch in range(repeats):
@@ -95,13 +107,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sets = {(500, 375): photos(Path(tmp, "500"), args.images, (500, 375)),
                 (1600, 1200): photos(Path(tmp, "1600"), args.images // 4, (1600, 1200))}
+        resized = []
+        for record in sets[500, 375]:
+            target = Path(tmp, "r256", record.key)
+            target.parent.mkdir(exist_ok=True)
+            resize_photo(record.path, target, 256)
+            resized.append(Record(record.key, target, 0))
         if not args.loader_only:
-            resized = []
-            for record in sets[500, 375]:
-                target = Path(tmp, "r256", record.key)
-                target.parent.mkdir(exist_ok=True)
-                resize_photo(record.path, target, 256)
-                resized.append(Record(record.key, target, 0))
             print("images/s of one process, best of 3 rounds\n\n| pipeline | photos | full decode "
                   "| draft decode (default) | pre-resized to 256 |\n|---|---|---|---|---|")
             for name, (train, size, mode, scale, ratio) in PIPELINES.items():
@@ -116,16 +128,29 @@ def main() -> None:
                     speeds = [f"{speed:.1f}" for speed in rate(datasets, args.repeats)]
                     speeds += [""] * (3 - len(speeds))  # no pre-resized copy for this row
                     print(f"| {name} | {w} x {h} | {' | '.join(speeds)} |", flush=True)
-        name = "vit recipe: random-resized crop 224 (area 0.35-1), flip"
-        train, size, mode, scale, ratio = PIPELINES[name]
-        dataset = ImageDataset(sets[500, 375], build_transform(
-            train, size, mode, crop_scale=(scale, 1.0), crop_ratio=ratio))
-        print(f"\nDataLoader images/s, batch 32, {name}, 500 x 375 photos\n\n"
-              "| workers | images/s |\n|---|---|")
+        # (pipeline, photos, batch output): the default's uint8 against the floats of before
+        columns = [(name, photos_, normalization) for name in LOADER_PIPELINES
+                   for photos_, normalization in (
+                       ("500 x 375", (IMAGENET_MEAN, IMAGENET_STD)), ("500 x 375", None),
+                       *([("pre-resized to 256", None)] if PIPELINES[name][1] <= 224 else []))]
+        print("\nDataLoader images/s, batch 32: batches of normalised floats (before) or of "
+              "uint8 pixels (the default)\n\n| workers | "
+              + " | ".join(f"{name.split(':')[0]} {PIPELINES[name][1]}, {photos_}: "
+                           f"{'float' if normalization else 'uint8'}"
+                           for name, photos_, normalization in columns)
+              + " |\n|---|" + "---|" * len(columns))
         for workers in args.loader_workers:
-            print(f"| {workers} | {loader_rate(dataset, workers, args.repeats):.1f} |",
-                  flush=True)
-
+            cells = []
+            for name, photos_, normalization in columns:
+                train, size, mode, scale, ratio = PIPELINES[name]
+                geometry = {"crop_scale": (scale, 1.0), "crop_ratio": ratio}
+                transform = build_transform(train, size, mode, normalization=normalization,
+                                            **geometry)
+                records = resized if photos_ == "pre-resized to 256" else sets[500, 375]
+                dataset = ImageDataset(records, transform, decode_need(train, size, mode,
+                                                                       **geometry))
+                cells.append(f"{loader_rate(dataset, workers, args.repeats):.1f}")
+            print(f"| {workers} | {' | '.join(cells)} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -333,9 +333,13 @@ class Letterbox:
 def build_transform(train: bool, image_size: int, resize_mode: str = "letterbox", *,
                     hflip: float = 0.5, grayscale: float = 0.1,
                     crop_scale: tuple[float, float] = (0.25, 1.0), crop_ratio: float = 0.875,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Image -> normalised tensor. Training augments (the seed: random grayscale, flip,
-    letterbox); evaluation is deterministic: letterbox, or resize + center crop."""
+                    normalization: tuple | None = None):
+    """Image -> uint8 pixels (3, H, W), which `normalize` turns into the model's input once
+    the batch is on its device: workers, collation, pinning and the copy then move a quarter
+    of the bytes, and workers do no float work. With `normalization` = (mean, std): the
+    normalised float tensor itself (for single images outside a loader). Training augments
+    (the seed: random grayscale, flip, letterbox); evaluation is deterministic: letterbox,
+    or resize + center crop."""
     from torchvision import transforms as T  # 3 s to import: not for the summary command
 
     if resize_mode not in RESIZE_MODES:
@@ -352,7 +356,17 @@ def build_transform(train: bool, image_size: int, resize_mode: str = "letterbox"
         augment.append(T.RandomGrayscale(grayscale))
     if train and hflip > 0:
         augment.append(T.RandomHorizontalFlip(hflip))
-    return T.Compose([*geometry, *augment, T.ToTensor(), T.Normalize(mean, std)])
+    to_tensor = ([T.PILToTensor()] if normalization is None
+                 else [T.ToTensor(), T.Normalize(*normalization)])
+    return T.Compose([*geometry, *augment, *to_tensor])
+
+
+def normalize(pixels: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 pixels (N, 3, H, W), a loader's batch on its device -> the model's float input
+    ((x / 255 - mean) / std), in the pixels' memory format."""
+    scale = 255 * torch.tensor(std, device=pixels.device).view(1, 3, 1, 1)
+    shift = 255 * torch.tensor(mean, device=pixels.device).view(1, 3, 1, 1)
+    return pixels.float().sub_(shift).div_(scale)
 
 
 class ImageDataset(Dataset):
@@ -458,9 +472,9 @@ def prepare_splits(args) -> tuple[DatasetIndex, list[Record], list[Record], list
 
 
 def make_loaders(args, train: list[Record], val: list[Record], test: list[Record],
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, cuda: bool = False) -> Loaders:
-    """Loaders for the three splits from the common flags; `--batch-size` is global, so each
-    DDP process takes its share."""
+                 cuda: bool = False) -> Loaders:
+    """Loaders of uint8 pixels (`normalize` them on the device) for the three splits from
+    the common flags; `--batch-size` is global, so each DDP process takes its share."""
     _, world = dist_rank_world()
     workers = loader_workers(args, cuda)
     if args.batch_size % world:
@@ -470,8 +484,7 @@ def make_loaders(args, train: list[Record], val: list[Record], test: list[Record
     def loader(records, is_train):
         geometry = {"crop_scale": (args.crop_scale, 1.0), "crop_ratio": args.crop_ratio}
         transform = build_transform(is_train, args.image_size, args.resize_mode,
-                                    hflip=args.hflip, grayscale=args.grayscale, mean=mean,
-                                    std=std, **geometry)
+                                    hflip=args.hflip, grayscale=args.grayscale, **geometry)
         need = decode_need(is_train, args.image_size, args.resize_mode, **geometry)
         return make_loader(ImageDataset(records, transform, need), batch, train=is_train,
                            workers=workers, seed=args.seed, pin_memory=cuda)

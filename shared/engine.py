@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from shared import models, results
-from shared.data import Loaders, Record, make_loaders
+from shared.data import Loaders, Record, make_loaders, normalize
 from shared.models import ModelSpec
 
 BATCH_NORM = nn.modules.batchnorm._BatchNorm
@@ -169,13 +169,14 @@ def load_checkpoint(path: Path) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, rt: Runtime, channels_last: bool) -> dict:
+def evaluate(model: nn.Module, spec: ModelSpec, loader: DataLoader, rt: Runtime,
+             channels_last: bool) -> dict:
     """Top-1, top-5 and loss over every image of the loader's split, summed across
     processes (the loader's ShardSampler gives each image to exactly one process)."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=rt.device)  # correct1, correct5, loss, n
     for images, labels in loader:
-        images, labels = _to_device(images, labels, rt, channels_last)
+        images, labels = _to_device(images, labels, spec, rt, channels_last)
         with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
             logits = model(images)
         correct = _correct(logits.float(), labels, k=5)
@@ -196,11 +197,12 @@ def _correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor
     return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()]).float()
 
 
-def _to_device(images, labels, rt: Runtime, channels_last: bool):
-    images = images.to(rt.device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, labels.to(rt.device, non_blocking=True)
+def _to_device(pixels, labels, spec: ModelSpec, rt: Runtime, channels_last: bool):
+    """A loader's uint8 batch -> the model's normalised input on the device."""
+    pixels = pixels.to(rt.device, non_blocking=True)
+    if channels_last:  # on the uint8 pixels: a quarter of the bytes to reorder
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    return normalize(pixels, spec.mean, spec.std), labels.to(rt.device, non_blocking=True)
 
 
 # ------------------------------------------------------------------------------ training
@@ -235,7 +237,7 @@ class Progress:
                   end="\r" if self.tty else "\n", flush=True)
 
 
-def _train_epoch(net, model, loader, optimizer, scheduler, scaler, criterion, args,
+def _train_epoch(net, model, spec, loader, optimizer, scheduler, scaler, criterion, args,
                  rt: Runtime, channels_last: bool, epoch: int, last_path: Path,
                  perturb=None) -> torch.Tensor:
     """One pass over the training loader; returns the summed loss, hits and images (over
@@ -243,7 +245,7 @@ def _train_epoch(net, model, loader, optimizer, scheduler, scaler, criterion, ar
     sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss, correct, n
     progress = Progress(rt.main, f"epoch {epoch + 1}/{args.epochs}", len(loader))
     for step, (images, labels) in enumerate(loader):
-        images, labels = _to_device(images, labels, rt, channels_last)
+        images, labels = _to_device(images, labels, spec, rt, channels_last)
         if perturb is not None:  # e.g. adversarial examples made on the current model
             images = perturb(model, images, labels)
         with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
@@ -344,8 +346,8 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
             if name and fixed:
                 module.eval()
         start = time.perf_counter()
-        sums = _train_epoch(net, model, loaders.train, optimizer, scheduler, scaler, criterion,
-                            args, rt, channels_last, epoch, last_path, perturb)
+        sums = _train_epoch(net, model, spec, loaders.train, optimizer, scheduler, scaler,
+                            criterion, args, rt, channels_last, epoch, last_path, perturb)
         state.train_seconds += time.perf_counter() - start
         state.train_images += int(sums[2])
         record = {"epoch": epoch + 1, "train_loss": (sums[0] / sums[2]).item(),
@@ -353,7 +355,7 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
                   "lr": args.lr * lr_factor((epoch + 1) * steps_per_epoch - 1,
                                             args, steps_per_epoch)}
         if loaders.val is not None:  # the plain model: DDP's forward would sync buffers
-            record["val_top1"] = evaluate(model, loaders.val, rt, channels_last)["top1"]
+            record["val_top1"] = evaluate(model, spec, loaders.val, rt, channels_last)["top1"]
         state.history.append(record)
         improved = loaders.val is None or record["val_top1"] > state.best_val_top1
         if improved:
@@ -385,7 +387,7 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
     if rt.world_size > 1:
         dist.barrier()  # best.pt is written by the main process
     model.load_state_dict(load_checkpoint(best_path)["model"])
-    test = evaluate(model, loaders.test, rt, channels_last)
+    test = evaluate(model, spec, loaders.test, rt, channels_last)
     if writer is not None:
         writer.add_scalar("test/top1", test["top1"], state.best_epoch)
         writer.close()
@@ -457,8 +459,7 @@ def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[s
     model, spec = models.build_model(args.model, len(classes), args.weights, args.image_size,
                                      args.drop_path)
     frozen = models.freeze_stages(model, spec, args.freeze_stages)
-    loaders = make_loaders(args, train, val, test, spec.mean, spec.std,
-                           cuda=rt.device.type == "cuda")
+    loaders = make_loaders(args, train, val, test, cuda=rt.device.type == "cuda")
     result = fit(model, spec, loaders, args, rt, frozen,
                  meta={"classes": classes, "image_size": args.image_size,
                        "mean": spec.mean, "std": spec.std}, perturb=perturb)

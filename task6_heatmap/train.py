@@ -142,8 +142,8 @@ def main(args: argparse.Namespace) -> None:
     methods = args.methods or (["gradcam", "gradcam++"] if spec.is_cnn
                                else ["rollout", "gradcam"])
     layer = args.layer or default_layer(spec, model)
-    transform = data.build_transform(False, size, "letterbox", mean=meta["mean"],
-                                     std=meta["std"])
+    transform = data.build_transform(False, size, "letterbox",
+                                     normalization=(meta["mean"], meta["std"]))
     scored = [r for r in test if r.boxes]
     if not scored:
         raise DataError(f"the test split of {args.dataset} has no true boxes: the pointing "

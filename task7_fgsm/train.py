@@ -84,14 +84,12 @@ def robust_accuracy(model, spec, loader, args, rt) -> dict:
     """Clean top-1 and top-1 under FGSM and PGD at every test budget, over the loader's
     split (summed over DDP processes)."""
     attacked = Normalized(model, spec.mean, spec.std).to(rt.device).eval()
-    m, s = attacked.mean, attacked.std
     names = ["clean"] + [f"{attack}@{eps:g}/255" for eps in args.robust_eps
                          for attack in ("fgsm", f"pgd{args.pgd_steps}")]
     correct = torch.zeros(len(names), dtype=torch.float64, device=rt.device)
     count = torch.zeros((), dtype=torch.float64, device=rt.device)
     for images, labels in loader:
-        images, labels = images.to(rt.device), labels.to(rt.device)
-        pixels = (images * s + m).clamp(0, 1)
+        pixels, labels = images.to(rt.device).float() / 255, labels.to(rt.device)
         batch = [pixels]
         for eps in args.robust_eps:
             batch.append(fgsm(attacked, pixels, labels, eps))
@@ -118,8 +116,7 @@ def main(args: argparse.Namespace) -> None:
         model, spec = models.build_model(meta["model_name"], len(index.classes),
                                          str(args.evaluate), meta["image_size"])
         args.model, args.image_size = meta["model_name"], meta["image_size"]
-        loaders = data.make_loaders(args, train, val, test, spec.mean, spec.std,
-                                    cuda=rt.device.type == "cuda")
+        loaders = data.make_loaders(args, train, val, test, cuda=rt.device.type == "cuda")
         scores = robust_accuracy(model.to(rt.device), spec, loaders.test, args, rt)
         if rt.main:
             record = results.task_record(TASK, args.variant, args, rt,

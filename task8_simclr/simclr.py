@@ -26,10 +26,11 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5
     return loss, accuracy
 
 
-def simclr_views(image_size: int, mean, std, blur: bool = True):
-    """A transform returning two independent augmented views of a PIL image: random-resized
-    crop (scale 0.08-1), flip, colour jitter (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale with
-    p 0.2, Gaussian blur (kernel a tenth of the image, sigma 0.1-2) with p 0.5."""
+def simclr_views(image_size: int, blur: bool = True):
+    """A transform returning two independent augmented views of a PIL image, as uint8 pixels
+    (`shared.data.normalize` them on the device): random-resized crop (scale 0.08-1), flip,
+    colour jitter (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale with p 0.2, Gaussian blur
+    (kernel a tenth of the image, sigma 0.1-2) with p 0.5."""
     from torchvision import transforms as T
 
     kernel = max(3, image_size // 10 | 1)  # odd
@@ -39,7 +40,7 @@ def simclr_views(image_size: int, mean, std, blur: bool = True):
         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
         *([T.RandomApply([T.GaussianBlur(kernel, (0.1, 2.0))], p=0.5)] if blur else []),
-        T.ToTensor(), T.Normalize(mean, std)])
+        T.PILToTensor()])
 
     def two_views(image):
         return augment(image), augment(image)

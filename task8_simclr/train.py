@@ -91,8 +91,7 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
     net = nn.Sequential(backbone, head).to(rt.device)
     need = data.decode_need(True, args.image_size, "random-resized-crop",
                             crop_scale=(0.08, 1.0))  # simclr_views' crops
-    dataset = data.ImageDataset(train, simclr_views(args.image_size, spec.mean, spec.std),
-                                need)
+    dataset = data.ImageDataset(train, simclr_views(args.image_size), need)
     batch = args.simclr_batch_size // rt.world_size
     if len(dataset) < batch * rt.world_size:
         raise engine.TrainingError(f"--simclr-batch-size {args.simclr_batch_size} exceeds "
@@ -126,7 +125,8 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
         net.train()
         sums, begin = torch.zeros(3), time.perf_counter()
         for (view1, view2), _ in loader:
-            views = torch.cat([view1, view2]).to(rt.device, non_blocking=True)
+            views = data.normalize(torch.cat([view1, view2]).to(rt.device, non_blocking=True),
+                                   spec.mean, spec.std)
             with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
                 z1, z2 = ddp(views).float().chunk(2)
             loss, accuracy = nt_xent(gather(z1), gather(z2), args.temperature)
@@ -166,13 +166,14 @@ def label_subset(records: list[Record], fraction: float, seed: int) -> list[Reco
 
 
 @torch.no_grad()
-def extract(backbone: nn.Module, records: list[Record], transform, need, rt, batch: int = 64
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def extract(backbone: nn.Module, spec, records: list[Record], transform, need, rt,
+            batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     backbone.eval()  # batch norm on its running statistics; nothing here updates it
     loader = data.make_loader(data.ImageDataset(records, transform, need), batch, train=False)
     feats, labels = [], []
-    for images, y in loader:
-        feats.append(backbone(images.to(rt.device)).float().cpu())
+    for pixels, y in loader:
+        images = data.normalize(pixels.to(rt.device), spec.mean, spec.std)
+        feats.append(backbone(images).float().cpu())
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
 
@@ -222,11 +223,10 @@ def main(args: argparse.Namespace) -> None:
     if rt.world_size > 1:
         torch.distributed.barrier()
 
-    transform = data.build_transform(False, args.image_size, args.resize_mode,
-                                     mean=spec.mean, std=spec.std)
+    transform = data.build_transform(False, args.image_size, args.resize_mode)
     need = data.decode_need(False, args.image_size, args.resize_mode)
-    test_x, test_y = extract(backbone, test, transform, need, rt)
-    all_x, all_y = extract(backbone, train, transform, need, rt)  # once; each fraction indexes it
+    test_x, test_y = extract(backbone, spec, test, transform, need, rt)
+    all_x, all_y = extract(backbone, spec, train, transform, need, rt)  # each fraction indexes it
     position = {r.key: i for i, r in enumerate(train)}
     for fraction in args.label_fractions:
         subset = label_subset(train, fraction, args.seed)

@@ -23,6 +23,7 @@ from shared.data import (
     load_dataset,
     load_rgb,
     make_loader,
+    normalize,
     split_train_val,
 )
 
@@ -244,12 +245,23 @@ def test_eval_letterbox_is_deterministic_square_and_padded():
     wide = Image.new("RGB", (80, 40), (255, 255, 255))
     transform = build_transform(False, 32, "letterbox")
     out = transform(wide)
-    assert out.shape == (3, 32, 32)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
     assert torch.equal(out, transform(wide))
-    pad = (torch.zeros(3) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
-    white = (torch.ones(3) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
-    assert torch.allclose(out[:, 0, 16], pad) and torch.allclose(out[:, 31, 16], pad)
-    assert torch.allclose(out[:, 16, 16], white, atol=1e-5)
+    assert (out[:, 0, 16] == 0).all() and (out[:, 31, 16] == 0).all()  # black bars
+    assert (out[:, 16, 16] == 255).all()
+
+
+def test_pixels_normalised_on_the_device_match_the_normalising_transform():
+    photo = Image.effect_noise((60, 40), 60).convert("RGB")
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    pixels = build_transform(False, 32, "letterbox")(photo)[None]
+    expected = build_transform(False, 32, "letterbox", normalization=(mean, std))(photo)[None]
+    assert torch.allclose(normalize(pixels, mean, std), expected, atol=1e-5)
+    assert torch.allclose(normalize(pixels), build_transform(  # ImageNet's by default
+        False, 32, "letterbox", normalization=(IMAGENET_MEAN, IMAGENET_STD))(photo)[None],
+        atol=1e-5)
+    channels_last = pixels.contiguous(memory_format=torch.channels_last)
+    assert normalize(channels_last).is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("mode", ["random-resized-crop", "center-crop"])

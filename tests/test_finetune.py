@@ -30,12 +30,12 @@ def test_one_epoch_lowers_the_training_loss(tmp_path):
     rt = engine.init_runtime(args)
     index, train, val, test = data.prepare_splits(args)
     model, model_spec = models.build_model("vit_tiny", 4, "none", 32)
-    loaders = data.make_loaders(args, train, val, test, model_spec.mean, model_spec.std)
+    loaders = data.make_loaders(args, train, val, test)
     assert loaders.train.dataset.need == ("long", 32)  # JPEGs larger than 64 px decode smaller
     fixed = data.make_loader(loaders.train.dataset, 8, train=False)  # no augmentation
-    before = engine.evaluate(model, fixed, rt, False)["loss"]
+    before = engine.evaluate(model, model_spec, fixed, rt, False)["loss"]
     engine.fit(model, model_spec, loaders, args, rt)
-    after = engine.evaluate(model, fixed, rt, False)["loss"]
+    after = engine.evaluate(model, model_spec, fixed, rt, False)["loss"]
     assert after < before - 0.02
 
 

@@ -25,7 +25,7 @@ def test_lite0_weights_load_strictly_and_see_a_cat():
     model.load_state_dict(state, strict=True)  # every renamed key fits, none left over
     model.eval()
     photo = Image.fromarray(skimage_data.chelsea())
-    x = build_transform(False, 224, "center-crop", mean=spec.mean, std=spec.std)(photo)
+    x = build_transform(False, 224, "center-crop", normalization=(spec.mean, spec.std))(photo)
     top3 = set(model(x[None]).topk(3).indices[0].tolist())
     assert top3 <= {281, 282, 283, 284, 285, 287}  # tabby, tiger cat, ..., Egyptian cat, lynx
     assert model(x[None]).argmax().item() in {281, 282, 285}

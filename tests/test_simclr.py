@@ -59,8 +59,9 @@ def test_gradients_reach_both_views():
 def test_views_differ_and_the_head_projects():
     torch.manual_seed(0)
     image = Image.fromarray((torch.rand(64, 48, 3) * 255).byte().numpy())
-    a, b = simclr_views(32, (0.5,) * 3, (0.5,) * 3)(image)
+    a, b = simclr_views(32)(image)
     assert a.shape == b.shape == (3, 32, 32) and not torch.equal(a, b)
+    assert a.dtype == torch.uint8  # normalised on the device
     assert ProjectionHead(512, 64, 16)(torch.randn(4, 512)).shape == (4, 16)
 
 
@@ -93,11 +94,11 @@ def test_linear_probe_and_knn_leave_the_backbone_bitwise_unchanged(sample):
     backbone.train()  # the probe must switch batch norm to eval itself
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     index = data.load_dataset("bird", root)
-    transform = data.build_transform(False, 32, mean=model_spec.mean, std=model_spec.std)
+    transform = data.build_transform(False, 32)
     need = data.decode_need(False, 32)
     rt = engine.Runtime(torch.device("cpu"))
-    train_x, train_y = simclr_train.extract(backbone, index.train, transform, need, rt)
-    test_x, test_y = simclr_train.extract(backbone, index.test, transform, need, rt)
+    train_x, train_y = simclr_train.extract(backbone, model_spec, index.train, transform, need, rt)
+    test_x, test_y = simclr_train.extract(backbone, model_spec, index.test, transform, need, rt)
     assert train_x.shape == (len(index.train), 512)
     linear = simclr_train.linear_probe(train_x, train_y, test_x, test_y, 4, 20, 0)
     knn = simclr_train.knn_accuracy(train_x, train_y, test_x, test_y, 4, 5)
