@@ -1,12 +1,14 @@
 """Data pipeline: decoded + augmented images/s of one loader process, side by side in one
-run, for the seed's training transform (letterbox 512, random grayscale, flip) and ours, on
-JPEG photos of the real datasets' typical size (500 x 375) and of their large tail
-(1600 x 1200, a quarter as many): decoding the whole JPEG, in libjpeg's draft mode where the
-transform allows (the loaders' default, `shared.data.decode_need`), and from a copy
-pre-resized to a short side of 256 (`python -m shared.data resize`). One process is what a
-worker gives, so the loader's rate is about this times `--workers`; the last table checks
-that with a real DataLoader (pinned memory where CUDA is, as the engine's), whose batches
-hold uint8 pixels (the default: normalised on the device) or normalised floats (as before).
+run, on JPEG photos of the real datasets' typical size (500 x 375) and of their large tail
+(1600 x 1200, a quarter as many), for the seed's training transform (letterbox 512, random
+grayscale, flip), the recipes' and the evaluation's. Columns: the transform as the seed
+(and this toolkit until the speed issue) wrote it, with Pillow, ending in normalised floats;
+ours (torch's uint8 resizing, uint8 pixels out: `shared.data.build_transform`) decoding the
+whole JPEG, in libjpeg's draft mode where the transform allows (the loaders' default,
+`shared.data.decode_need`), and from a copy pre-resized to a short side of 256 (`python -m
+shared.data resize`). One process is what a worker gives, so the loader's rate is about
+this times `--workers`; the last table checks that with a real DataLoader (pinned memory
+where CUDA is, as the engine's).
 
     python bench/data_speed.py [--images 200] [--repeats 2] [--loader-workers 0 1 2]
 """
@@ -21,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
 from shared.data import (  # noqa: E402
     IMAGENET_MEAN,
@@ -34,19 +36,45 @@ from shared.data import (  # noqa: E402
 )
 from shared.resize import resize_photo  # noqa: E402
 
-# name: (train, image size, resize mode, random-resized crop's smallest area, crop ratio)
+
+def recipe(train, size, mode, scale=0.25, ratio=0.875, grayscale=0.0) -> dict:
+    return {"train": train, "image_size": size, "resize_mode": mode,
+            "crop_scale": (scale, 1.0), "crop_ratio": ratio, "grayscale": grayscale}
+
+
 PIPELINES = {
-    "seed: letterbox 512, grayscale 0.1, flip": (True, 512, "letterbox", 0.25, 0.875),
-    "strong recipe: random-resized crop 448 (area 0.5-1), flip": (
+    "seed: letterbox 512, grayscale 0.1, flip": recipe(True, 512, "letterbox", grayscale=0.1),
+    "strong recipe: random-resized crop 448 (area 0.5-1), flip": recipe(
         True, 448, "random-resized-crop", 0.5, 1.0),
-    "evaluation: letterbox 512": (False, 512, "letterbox", 0.25, 0.875),
-    "vit recipe: random-resized crop 224 (area 0.35-1), flip": (
-        True, 224, "random-resized-crop", 0.35, 0.875),
-    "evaluation: resize 256, center crop 224": (False, 224, "center-crop", 0.25, 0.875),
-    "demo: letterbox 128": (True, 128, "letterbox", 0.25, 0.875),
+    "evaluation: letterbox 512": recipe(False, 512, "letterbox"),
+    "vit recipe: random-resized crop 224 (area 0.35-1), flip": recipe(
+        True, 224, "random-resized-crop", 0.35),
+    "evaluation: resize 256, center crop 224": recipe(False, 224, "center-crop"),
+    "demo: letterbox 128": recipe(True, 128, "letterbox"),
 }
 LOADER_PIPELINES = ("vit recipe: random-resized crop 224 (area 0.35-1), flip",
                     "strong recipe: random-resized crop 448 (area 0.5-1), flip")
+
+
+def pillow_transform(train, image_size, resize_mode, crop_scale, crop_ratio, grayscale):
+    """The same transform as the seed wrote it: Pillow, then normalised floats."""
+    from torchvision import transforms as T
+
+    if resize_mode == "letterbox":
+        geometry = [lambda image: ImageOps.pad(image, (image_size, image_size),
+                                               Image.Resampling.BILINEAR)]
+    elif train and resize_mode == "random-resized-crop":
+        geometry = [T.RandomResizedCrop(image_size, scale=crop_scale)]
+    else:
+        geometry = [T.Resize(round(image_size / crop_ratio)), T.CenterCrop(image_size)]
+    augment = ([T.RandomGrayscale(grayscale)] if train and grayscale else []) + (
+        [T.RandomHorizontalFlip()] if train else [])
+    return T.Compose([*geometry, *augment, T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def need_of(settings: dict):
+    return decode_need(**{k: v for k, v in settings.items() if k != "grayscale"})
 
 
 def photos(folder: Path, count: int, size: tuple[int, int]) -> list[Record]:
@@ -114,43 +142,42 @@ def main() -> None:
             resize_photo(record.path, target, 256)
             resized.append(Record(record.key, target, 0))
         if not args.loader_only:
-            print("images/s of one process, best of 3 rounds\n\n| pipeline | photos | full decode "
-                  "| draft decode (default) | pre-resized to 256 |\n|---|---|---|---|---|")
-            for name, (train, size, mode, scale, ratio) in PIPELINES.items():
-                transform = build_transform(train, size, mode, crop_scale=(scale, 1.0),
-                                            crop_ratio=ratio)
-                need = decode_need(train, size, mode, crop_scale=(scale, 1.0), crop_ratio=ratio)
+            print("images/s of one process, best of 3 rounds\n\n| pipeline | photos | seed's "
+                  "way: Pillow, floats | ours: full decode | ours: draft decode (default) | "
+                  "ours: pre-resized to 256 |\n|---|---|---|---|---|---|")
+            for name, settings in PIPELINES.items():
+                transform, need = build_transform(**settings), need_of(settings)
                 for (w, h), records in sets.items():
-                    datasets = [ImageDataset(records, transform),
+                    datasets = [ImageDataset(records, pillow_transform(**settings)),
+                                ImageDataset(records, transform),
                                 ImageDataset(records, transform, need)]
-                    if size <= 224 and w == 500:
+                    if settings["image_size"] <= 224 and w == 500:
                         datasets.append(ImageDataset(resized, transform, need))
                     speeds = [f"{speed:.1f}" for speed in rate(datasets, args.repeats)]
-                    speeds += [""] * (3 - len(speeds))  # no pre-resized copy for this row
+                    speeds += [""] * (4 - len(speeds))  # no pre-resized copy for this row
                     print(f"| {name} | {w} x {h} | {' | '.join(speeds)} |", flush=True)
-        # (pipeline, photos, batch output): the default's uint8 against the floats of before
-        columns = [(name, photos_, normalization) for name in LOADER_PIPELINES
-                   for photos_, normalization in (
-                       ("500 x 375", (IMAGENET_MEAN, IMAGENET_STD)), ("500 x 375", None),
-                       *([("pre-resized to 256", None)] if PIPELINES[name][1] <= 224 else []))]
-        print("\nDataLoader images/s, batch 32: batches of normalised floats (before) or of "
-              "uint8 pixels (the default)\n\n| workers | "
-              + " | ".join(f"{name.split(':')[0]} {PIPELINES[name][1]}, {photos_}: "
-                           f"{'float' if normalization else 'uint8'}"
-                           for name, photos_, normalization in columns)
+        # (pipeline, photos, transform): the seed's way against the default, from the photos
+        # and, at 224 px, from the 256 px copy
+        columns = [(name, photos_, way) for name in LOADER_PIPELINES
+                   for photos_, way in (("500 x 375", "seed's way"), ("500 x 375", "ours"),
+                                        *([("pre-resized to 256", "ours")]
+                                          if PIPELINES[name]["image_size"] <= 224 else []))]
+        print("\nDataLoader images/s, batch 32: the seed's way (Pillow, normalised floats) or "
+              "ours (uint8 pixels, normalised on the device)\n\n| workers | "
+              + " | ".join(f"{name.split(':')[0]} {PIPELINES[name]['image_size']}, {photos_}: "
+                           f"{way}" for name, photos_, way in columns)
               + " |\n|---|" + "---|" * len(columns))
         for workers in args.loader_workers:
             cells = []
-            for name, photos_, normalization in columns:
-                train, size, mode, scale, ratio = PIPELINES[name]
-                geometry = {"crop_scale": (scale, 1.0), "crop_ratio": ratio}
-                transform = build_transform(train, size, mode, normalization=normalization,
-                                            **geometry)
+            for name, photos_, way in columns:
+                settings = PIPELINES[name]
                 records = resized if photos_ == "pre-resized to 256" else sets[500, 375]
-                dataset = ImageDataset(records, transform, decode_need(train, size, mode,
-                                                                       **geometry))
+                dataset = (ImageDataset(records, pillow_transform(**settings))
+                           if way == "seed's way" else
+                           ImageDataset(records, build_transform(**settings), need_of(settings)))
                 cells.append(f"{loader_rate(dataset, workers, args.repeats):.1f}")
             print(f"| {workers} | {' | '.join(cells)} |", flush=True)
+
 
 if __name__ == "__main__":
     main()

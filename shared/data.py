@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 DATASETS = ("bird", "dog")
@@ -317,14 +317,22 @@ def draft_factor(width: int, height: int, need: Need) -> int:
 
 
 class Letterbox:
-    """Resize keeping the aspect ratio so the long side is `size`, then pad to a square
-    (the seed's transform)."""
+    """Resize uint8 pixels (3, H, W) keeping the aspect ratio so the long side is `size`, then
+    pad with black to a centred square (the seed's transform; the geometry of ImageOps.pad)."""
 
-    def __init__(self, size: int, fill: tuple[int, int, int] = (0, 0, 0)):
-        self.size, self.fill = size, fill
+    def __init__(self, size: int):
+        self.size = size
 
-    def __call__(self, image: Image.Image) -> Image.Image:
-        return ImageOps.pad(image, (self.size, self.size), Image.Resampling.BILINEAR, self.fill)
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        height, width = pixels.shape[-2:]
+        scale = self.size / max(height, width)
+        new_height, new_width = round(height * scale), round(width * scale)
+        left, top = round((self.size - new_width) / 2), round((self.size - new_height) / 2)
+        resized = F.resize(pixels, [new_height, new_width], antialias=True)
+        return F.pad(resized, [left, top, self.size - new_width - left,
+                               self.size - new_height - top])
 
     def __repr__(self) -> str:
         return f"Letterbox(size={self.size})"
@@ -334,13 +342,14 @@ def build_transform(train: bool, image_size: int, resize_mode: str = "letterbox"
                     hflip: float = 0.5, grayscale: float = 0.1,
                     crop_scale: tuple[float, float] = (0.25, 1.0), crop_ratio: float = 0.875,
                     normalization: tuple | None = None):
-    """Image -> uint8 pixels (3, H, W), which `normalize` turns into the model's input once
-    the batch is on its device: workers, collation, pinning and the copy then move a quarter
-    of the bytes, and workers do no float work. With `normalization` = (mean, std): the
-    normalised float tensor itself (for single images outside a loader). Training augments
-    (the seed: random grayscale, flip, letterbox); evaluation is deterministic: letterbox,
-    or resize + center crop."""
-    from torchvision import transforms as T  # 3 s to import: not for the summary command
+    """PIL image -> uint8 pixels (3, H, W), which `normalize` turns into the model's input
+    once the batch is on its device: workers, collation, pinning and the copy then move a
+    quarter of the bytes, and workers do no float work. With `normalization` = (mean, std):
+    the normalised float tensor itself (for single images outside a loader). Training
+    augments (the seed: random grayscale, flip, letterbox); evaluation is deterministic:
+    letterbox, or resize + center crop. The pixels become a tensor first: torch's uint8
+    resizing is faster than Pillow's (bench/data_speed.py)."""
+    from torchvision.transforms import v2 as T  # 3 s to import: not for the summary command
 
     if resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
@@ -356,9 +365,9 @@ def build_transform(train: bool, image_size: int, resize_mode: str = "letterbox"
         augment.append(T.RandomGrayscale(grayscale))
     if train and hflip > 0:
         augment.append(T.RandomHorizontalFlip(hflip))
-    to_tensor = ([T.PILToTensor()] if normalization is None
-                 else [T.ToTensor(), T.Normalize(*normalization)])
-    return T.Compose([*geometry, *augment, *to_tensor])
+    to_float = ([] if normalization is None else
+                [T.ToDtype(torch.float32, scale=True), T.Normalize(*normalization)])
+    return T.Compose([T.PILToTensor(), *geometry, *augment, *to_float])
 
 
 def normalize(pixels: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

@@ -29,10 +29,10 @@ def test_data_speed_prints_every_pipeline_and_loader_row():
                      "--loader-workers", "0", "1")
     assert result.returncode == 0, result.stderr
     rows = [r for r in table_rows(result.stdout, "") if r[0] and not r[0].startswith("-")]
-    pipelines = [r for r in rows if len(r) == 5 and r[1] in ("500 x 375", "1600 x 1200")]
+    pipelines = [r for r in rows if len(r) == 6 and r[1] in ("500 x 375", "1600 x 1200")]
     assert [r[1] for r in pipelines] == ["500 x 375", "1600 x 1200"] * 6
-    assert all(float(cell) > 0 for r in pipelines for cell in r[2:4])
-    assert sum(bool(r[4]) for r in pipelines) == 3  # the copy serves the 224 and 128 px rows
+    assert all(float(cell) > 0 for r in pipelines for cell in r[2:5])
+    assert sum(bool(r[5]) for r in pipelines) == 3  # the copy serves the 224 and 128 px rows
     loader_rows = [r for r in rows if len(r) == 6 and r[0].isdigit()]
     assert [r[0] for r in loader_rows] == ["0", "1"]
     assert all(float(cell) > 0 for r in loader_rows for cell in r[1:])

@@ -251,6 +251,20 @@ def test_eval_letterbox_is_deterministic_square_and_padded():
     assert (out[:, 16, 16] == 255).all()
 
 
+@pytest.mark.parametrize("size", [(80, 50), (45, 71)])
+def test_letterbox_has_pillows_pad_geometry(size):
+    """Task 6 maps boxes into the letterboxed frame with ImageOps.pad's arithmetic."""
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(0)
+    smooth = Image.fromarray(rng.integers(40, 255, (4, 4, 3), dtype=np.uint8)).resize(
+        size, Image.Resampling.BICUBIC)
+    ours = build_transform(False, 32, "letterbox")(smooth)
+    pillow = torch.from_numpy(np.array(ImageOps.pad(smooth, (32, 32)))).permute(2, 0, 1)
+    assert torch.equal(ours.sum(0) == 0, pillow.sum(0) == 0)  # the same black bars
+    assert (ours.float() - pillow.float()).abs().mean() < 3
+
+
 def test_pixels_normalised_on_the_device_match_the_normalising_transform():
     photo = Image.effect_noise((60, 40), 60).convert("RGB")
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
