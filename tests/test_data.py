@@ -293,6 +293,13 @@ def test_training_transform_augments():
     assert len(outs) > 1
 
 
+def test_grayscale_keeps_three_channels():
+    colour = Image.effect_noise((40, 30), 60).convert("RGB")
+    out = build_transform(True, 32, "letterbox", grayscale=1.0)(colour)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+    assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+
+
 # ----------------------------------------------------------------------------- loaders
 
 
