@@ -158,20 +158,20 @@ def main() -> None:
                     print(f"| {name} | {w} x {h} | {' | '.join(speeds)} |", flush=True)
         # (pipeline, photos, transform): the seed's way against the default, from the photos
         # and, at 224 px, from the 256 px copy
-        columns = [(name, photos_, way) for name in LOADER_PIPELINES
-                   for photos_, way in (("500 x 375", "seed's way"), ("500 x 375", "ours"),
+        columns = [(name, source, way) for name in LOADER_PIPELINES
+                   for source, way in (("500 x 375", "seed's way"), ("500 x 375", "ours"),
                                         *([("pre-resized to 256", "ours")]
                                           if PIPELINES[name]["image_size"] <= 224 else []))]
         print("\nDataLoader images/s, batch 32: the seed's way (Pillow, normalised floats) or "
               "ours (uint8 pixels, normalised on the device)\n\n| workers | "
-              + " | ".join(f"{name.split(':')[0]} {PIPELINES[name]['image_size']}, {photos_}: "
-                           f"{way}" for name, photos_, way in columns)
+              + " | ".join(f"{name.split(':')[0]} {PIPELINES[name]['image_size']}, {source}: "
+                           f"{way}" for name, source, way in columns)
               + " |\n|---|" + "---|" * len(columns))
         for workers in args.loader_workers:
             cells = []
-            for name, photos_, way in columns:
+            for name, source, way in columns:
                 settings = PIPELINES[name]
-                records = resized if photos_ == "pre-resized to 256" else sets[500, 375]
+                records = resized if source == "pre-resized to 256" else sets[500, 375]
                 dataset = (ImageDataset(records, pillow_transform(**settings))
                            if way == "seed's way" else
                            ImageDataset(records, build_transform(**settings), need_of(settings)))
