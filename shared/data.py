@@ -9,6 +9,7 @@ image loading, transforms and loaders.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -373,9 +374,15 @@ def build_transform(train: bool, image_size: int, resize_mode: str = "letterbox"
 def normalize(pixels: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """uint8 pixels (N, 3, H, W), a loader's batch on its device -> the model's float input
     ((x / 255 - mean) / std), in the pixels' memory format."""
-    scale = 255 * torch.tensor(std, device=pixels.device).view(1, 3, 1, 1)
-    shift = 255 * torch.tensor(mean, device=pixels.device).view(1, 3, 1, 1)
+    shift, scale = _shift_scale(tuple(mean), tuple(std), pixels.device)
     return pixels.float().sub_(shift).div_(scale)
+
+
+@functools.lru_cache
+def _shift_scale(mean: tuple, std: tuple, device: torch.device):
+    """255 x mean and std as (1, 3, 1, 1) tensors on the device, made once: a new tensor a
+    batch would be a blocking host-to-device copy on the training loop's path."""
+    return tuple(255 * torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (mean, std))
 
 
 class ImageDataset(Dataset):
@@ -510,10 +517,10 @@ def default_workers() -> int:
 
 def loader_workers(args, cuda: bool) -> int:
     """--workers, else a worker a core on CUDA and 0 on CPU. A GPU eats images faster than
-    the seed's fixed 8 workers decode them (ViT-B/16 trains at 2,200 img/s at 224 px on an
-    H200; one worker gives about 250: bench/RESULTS.md); CPU training needs every core for
-    the model (on 2 cores, loading in the main process trained lite0 at 16.4 img/s, one
-    worker process at 13.6)."""
+    the seed's fixed 8 workers decode them (ViT-B/16 trains at 2,214 img/s at 224 px on an
+    H200; 8 workers loaded 1,486-1,843 there, 16 workers 2,180-2,711: bench/RESULTS.md); CPU
+    training needs every core for the model (on 2 cores, loading in the main process trained
+    lite0 at 16.4 img/s, one worker process at 13.6)."""
     if args.workers is not None:
         return args.workers
     return default_workers() if cuda else 0
