@@ -1,66 +1,100 @@
-"""Training images/s: the seed's step (fp32, contiguous) against the engine's default (AMP and
-memory format as `--amp auto` and the CNN default pick on this machine), side by side in one
-run, on the seed's input (512 x 512 letterbox tensors).
+"""Training images/s: a faithful copy of the seed's step (fp32, contiguous) against the
+engine's own training loop (`shared.engine.train_epoch`) at its default AMP and memory
+format for this machine, side by side in one run, on the seed's input (512 x 512 letterbox
+tensors).
 
     python bench/train_speed.py --models resnet18 resnext101_32x8d --batch-sizes 16 4
     python bench/train_speed.py --models resnet18 --batch-sizes 16 --image-size 224 --bf16
     python bench/train_speed.py --models resnext101_32x8d --batch-sizes 32 --image-size 448 \
         --steps 10 --compile --peak-tflops 989   # on an H100: adds model FLOP utilisation
+
+The seed's column trains on float images already on the device; the engine's loop gets
+what its loaders give, uint8 pixels in host memory (pinned on CUDA), and does everything it
+does in a real run: the copy, normalisation, memory format, autocast, the finiteness check,
+the fused optimiser on CUDA, the schedule and the epoch's sums.
 """
 
 import argparse
+import contextlib
+import io
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from shared import engine  # noqa: E402
 from shared.engine import count_gflops, cpu_has_amx, peak_memory_mb, resolve_amp  # noqa: E402
 from shared.models import build_model  # noqa: E402
 
 
-def training_step(model_name, batch, size, amp_dtype, channels_last, device, engine=True,
-                  compile=False):
-    """One training step (SGD, momentum 0.9) of a fresh model on fixed data, warmed up. The
-    engine's steps use its fused optimizer on CUDA; the seed's the plain one."""
+def seed_steps(model_name, batch, size, device):
+    """run(count): `count` training steps as the seed wrote them (SGD momentum 0.9, fp32,
+    contiguous) of a fresh model on fixed data, warmed up."""
+    torch.manual_seed(0)
+    model, _ = build_model(model_name, 200, weights="none", image_size=size)
+    model.to(device).train()
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, 200, (batch,), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def run(count):
+        for _ in range(count):
+            loss = nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    run(1)  # warm-up: allocator, oneDNN / cuDNN kernel choice
+    return run
+
+
+def engine_steps(model_name, batch, size, amp_dtype, device, compile=False):
+    """run(count): the engine's training loop over `count` batches of a fresh model (SGD
+    momentum 0.9, the engine's memory format for the model), warmed up."""
     torch.manual_seed(0)
     model, spec = build_model(model_name, 200, weights="none", image_size=size)
     model.to(device).train()
-    channels_last = channels_last and spec.is_cnn  # as the engine: for convolutions only
-    images = torch.randn(batch, 3, size, size, device=device)
-    labels = torch.randint(0, 200, (batch,), device=device)
+    channels_last = spec.is_cnn  # the engine's default: for convolutions only
     if channels_last:
         model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
-                                fused=engine and device.type == "cuda")
+    args = SimpleNamespace(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=False, epochs=1,
+                           clip_grad=0.0)
+    rt = engine.Runtime(device, amp_dtype=amp_dtype)
+    optimizer = engine.make_optimizer(model.parameters(), args, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    labels = torch.randint(0, 200, (batch,))
+    if device.type == "cuda":  # as the engine's loaders on CUDA
+        pixels, labels = pixels.pin_memory(), labels.pin_memory()
     net = torch.compile(model) if compile else model
+    criterion = nn.CrossEntropyLoss()
 
-    def step():
-        with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
-            loss = nn.functional.cross_entropy(net(images).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def run(count):
+        with contextlib.redirect_stdout(io.StringIO()):  # its progress line, past 30 s
+            engine.train_epoch(net, model, spec, [(pixels, labels)] * count, optimizer,
+                               scheduler, scaler, criterion, args, rt, channels_last, 0,
+                               Path("last.pt"))
 
-    step()  # warm-up: allocator, oneDNN / cuDNN kernel choice, compilation
-    return step
+    run(1)  # warm-up: allocator, oneDNN / cuDNN kernel choice, compilation
+    return run
 
 
-def best_images_per_s(steps: dict, batch: int, count: int, rounds: int, device) -> dict:
-    """images/s of each step function, best of `rounds` rounds that take turns, so a slow
-    spell of a shared machine hits one round of every column, not one column."""
-    best = dict.fromkeys(steps, 0.0)
+def best_images_per_s(runs: dict, batch: int, count: int, rounds: int, device) -> dict:
+    """images/s of each column's `run(count)`, best of `rounds` rounds that take turns, so a
+    slow spell of a shared machine hits one round of every column, not one column."""
+    best = dict.fromkeys(runs, 0.0)
     for _ in range(rounds):
-        for name, step in steps.items():
+        for name, run in runs.items():
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            for _ in range(count):
-                step()
+            run(count)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             best[name] = max(best[name], batch * count / (time.perf_counter() - start))
@@ -100,13 +134,13 @@ def main():
     print("|---|---|---|---|---|" + "---|" * len(extra))
     for name, batch in zip(args.models, args.batch_sizes, strict=True):
         setup = (name, batch, args.image_size)
-        steps = {"seed": training_step(*setup, None, False, device, engine=False),
-                 "ours": training_step(*setup, default_amp, True, device)}
+        runs = {"seed": seed_steps(*setup, device),
+                "ours": engine_steps(*setup, default_amp, device)}
         if args.bf16:
-            steps["bf16"] = training_step(*setup, torch.bfloat16, True, device)
+            runs["bf16"] = engine_steps(*setup, torch.bfloat16, device)
         if args.compile:
-            steps["compiled"] = training_step(*setup, default_amp, True, device, compile=True)
-        speed = best_images_per_s(steps, batch, args.steps, args.rounds, device)
+            runs["compiled"] = engine_steps(*setup, default_amp, device, compile=True)
+        speed = best_images_per_s(runs, batch, args.steps, args.rounds, device)
         row = (f"| {name} | {batch} | {speed['seed']:.3f} | {speed['ours']:.3f} | "
                f"{speed['ours'] / speed['seed']:.2f}x |")
         if args.bf16:
@@ -119,7 +153,7 @@ def main():
             for key in ("ours", "compiled") if args.compile else ("ours",):
                 row += f" {3 * flops * speed[key] / (args.peak_tflops * 1e12):.1%} |"
         print(row, flush=True)
-        del steps
+        del runs
     print(f"\npeak memory of the process: {peak_memory_mb(device):.0f} MB")
 
 

@@ -181,8 +181,8 @@ def evaluate(model: nn.Module, spec: ModelSpec, loader: DataLoader, rt: Runtime,
             logits = model(images)
         correct = _correct(logits.float(), labels, k=5)
         loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-        sums += torch.stack([correct[0], correct[1], loss, labels.new_tensor(len(labels))]
-                            ).to(sums)
+        sums += torch.stack([correct[0], correct[1], loss,
+                             torch.full_like(loss, len(labels))]).to(sums)
     if rt.world_size > 1:
         dist.all_reduce(sums)
     n = int(sums[3])
@@ -197,12 +197,24 @@ def _correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor
     return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()]).float()
 
 
-def _to_device(pixels, labels, spec: ModelSpec, rt: Runtime, channels_last: bool):
+def use_channels_last(args, spec: ModelSpec) -> bool:
+    """--channels-last, else on for convolutional models (the fast layout for convolutions
+    in cuDNN and oneDNN)."""
+    return args.channels_last if args.channels_last is not None else spec.is_cnn
+
+
+def model_input(pixels: torch.Tensor, spec: ModelSpec, rt: Runtime,
+                channels_last: bool) -> torch.Tensor:
     """A loader's uint8 batch -> the model's normalised input on the device."""
     pixels = pixels.to(rt.device, non_blocking=True)
     if channels_last:  # on the uint8 pixels: a quarter of the bytes to reorder
         pixels = pixels.contiguous(memory_format=torch.channels_last)
-    return normalize(pixels, spec.mean, spec.std), labels.to(rt.device, non_blocking=True)
+    return normalize(pixels, spec.mean, spec.std)
+
+
+def _to_device(pixels, labels, spec: ModelSpec, rt: Runtime, channels_last: bool):
+    return (model_input(pixels, spec, rt, channels_last),
+            labels.to(rt.device, non_blocking=True))
 
 
 # ------------------------------------------------------------------------------ training
@@ -217,6 +229,33 @@ class RunState:
     best_epoch: int = -1
     train_seconds: float = 0.0
     train_images: int = 0
+
+
+class LossGuard:
+    """Stops a loop at its first non-finite loss without making the host wait for the device
+    every step: the first bad step and its loss are kept on the device and read every
+    `check_every` steps and at the end of the epoch (a read waits for the GPU to finish the
+    work queued so far, after which it idles while Python queues the next step). A bad step
+    is reported up to `check_every` - 1 steps late; no checkpoint is written in between."""
+
+    def __init__(self, device: torch.device, what: str, epoch: int, then: str,
+                 check_every: int = 20):
+        self.what, self.epoch, self.then, self.check_every = what, epoch, then, check_every
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.first_loss = torch.zeros((), device=device)
+
+    def update(self, step: int, last: bool, *losses: torch.Tensor) -> None:
+        """After step `step` (0-based) of an epoch whose last step is `last`."""
+        loss = torch.stack([x.detach().float() for x in losses]).sum()
+        new = (self.first_step < 0) & ~torch.isfinite(loss)
+        self.first_step = torch.where(new, step, self.first_step)
+        self.first_loss = torch.where(new, loss, self.first_loss)
+        if last or (step + 1) % self.check_every == 0:
+            bad_step = int(self.first_step)
+            if bad_step >= 0:
+                raise TrainingError(
+                    f"non-finite {self.what} ({self.first_loss.item()}) at epoch {self.epoch}, "
+                    f"step {bad_step + 1}; {self.then}")
 
 
 class Progress:
@@ -237,13 +276,15 @@ class Progress:
                   end="\r" if self.tty else "\n", flush=True)
 
 
-def _train_epoch(net, model, spec, loader, optimizer, scheduler, scaler, criterion, args,
+def train_epoch(net, model, spec, loader, optimizer, scheduler, scaler, criterion, args,
                  rt: Runtime, channels_last: bool, epoch: int, last_path: Path,
                  perturb=None) -> torch.Tensor:
     """One pass over the training loader; returns the summed loss, hits and images (over
     every process)."""
     sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss, correct, n
     progress = Progress(rt.main, f"epoch {epoch + 1}/{args.epochs}", len(loader))
+    guard = LossGuard(rt.device, "loss", epoch + 1,
+                      f"stopped. The last good checkpoint is {last_path}")
     for step, (images, labels) in enumerate(loader):
         images, labels = _to_device(images, labels, spec, rt, channels_last)
         if perturb is not None:  # e.g. adversarial examples made on the current model
@@ -251,10 +292,7 @@ def _train_epoch(net, model, spec, loader, optimizer, scheduler, scaler, criteri
         with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
             logits = net(images)
             loss = criterion(logits.float(), labels)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
-                f"stopped. The last good checkpoint is {last_path}")
+        guard.update(step, step + 1 == len(loader), loss)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if args.clip_grad > 0:
@@ -263,9 +301,11 @@ def _train_epoch(net, model, spec, loader, optimizer, scheduler, scaler, criteri
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        sums += torch.stack([loss.detach() * len(labels),
-                             _correct(logits.detach().float(), labels, 1)[0],
-                             torch.tensor(len(labels), device=rt.device)]).to(sums)
+        hits = _correct(logits.detach().float(), labels, 1)[0]
+        # full_like fills on the device; a tensor made from a host number would be a copy
+        # the host waits for
+        sums += torch.stack([loss.detach() * len(labels), hits,
+                             torch.full_like(hits, len(labels))]).to(sums)
         progress.update(step + 1, (step + 1) * len(labels), loss.detach())
     if rt.world_size > 1:
         dist.all_reduce(sums)
@@ -285,7 +325,7 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
                             "it, or choose another --out")
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
-    channels_last = args.channels_last if args.channels_last is not None else spec.is_cnn
+    channels_last = use_channels_last(args, spec)
     model.to(rt.device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -346,8 +386,8 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
             if name and fixed:
                 module.eval()
         start = time.perf_counter()
-        sums = _train_epoch(net, model, spec, loaders.train, optimizer, scheduler, scaler,
-                            criterion, args, rt, channels_last, epoch, last_path, perturb)
+        sums = train_epoch(net, model, spec, loaders.train, optimizer, scheduler, scaler,
+                           criterion, args, rt, channels_last, epoch, last_path, perturb)
         state.train_seconds += time.perf_counter() - start
         state.train_images += int(sums[2])
         record = {"epoch": epoch + 1, "train_loss": (sums[0] / sums[2]).item(),

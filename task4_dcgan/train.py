@@ -141,27 +141,28 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, args
     (out / "samples").mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(out / "tb")
     n, batch = len(images), min(args.gan_batch_size, len(images))
+    steps = n // batch  # the last partial batch is dropped (batch norm)
+    images, labels = images.to(device), labels.to(device)  # uint8, small: copied once
     for epoch in range(start_epoch, args.gan_epochs):
         G.train()
         D.train()
-        order = torch.randperm(n)
-        sums = torch.zeros(4)
+        order = torch.randperm(n).to(device)
+        sums = torch.zeros(4, device=device)
+        guard = engine.LossGuard(device, "GAN loss", epoch + 1,
+                                 f"the last good checkpoint is {last}")
         begin = time.perf_counter()
-        for step in range(n // batch):  # the last partial batch is dropped (batch norm)
+        for step in range(steps):
             index = order[step * batch:(step + 1) * batch]
-            real = to_unit(images[index]).to(device)
-            flip = torch.rand(len(index)) < 0.5
-            real[flip] = real[flip].flip(-1)
-            y = labels[index].to(device)
+            real, y = to_unit(images[index]), labels[index]
+            flip = (torch.rand(len(index)) < 0.5).to(device, non_blocking=True)
+            real = torch.where(flip[:, None, None, None], real.flip(-1), real)
             fake = G(torch.randn(len(index), args.z_dim, device=device), y)
             loss_d, d_real, d_fake = d_step(D, opt_d, real, fake, y)
             loss_g = g_step(D, opt_g, fake, y)
-            if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
-                raise engine.TrainingError(f"non-finite GAN loss at epoch {epoch + 1}, step "
-                                           f"{step + 1}; the last good checkpoint is {last}")
-            sums += torch.stack([loss_d, loss_g, d_real, d_fake]).cpu()
+            guard.update(step, step + 1 == steps, loss_d, loss_g)
+            sums += torch.stack([loss_d, loss_g, d_real, d_fake])
         record = dict(zip(("loss_d", "loss_g", "d_real", "d_fake"),
-                          (sums / max(1, n // batch)).tolist(), strict=True))
+                          (sums / max(1, steps)).tolist(), strict=True))
         record["epoch"], record["seconds"] = epoch + 1, time.perf_counter() - begin
         history.append(record)
         G.eval()

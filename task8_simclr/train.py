@@ -89,6 +89,9 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
 
     head = ProjectionHead(features, out_features=args.proj_dim)
     net = nn.Sequential(backbone, head).to(rt.device)
+    channels_last = engine.use_channels_last(args, spec)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
     need = data.decode_need(True, args.image_size, "random-resized-crop",
                             crop_scale=(0.08, 1.0))  # simclr_views' crops
     dataset = data.ImageDataset(train, simclr_views(args.image_size), need)
@@ -99,7 +102,8 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
     sampler = torch.utils.data.DistributedSampler(dataset, rt.world_size, rt.rank, seed=args.seed)
     workers = data.loader_workers(args, rt.device.type == "cuda")
     loader = torch.utils.data.DataLoader(dataset, batch, sampler=sampler, num_workers=workers,
-                                         drop_last=True, pin_memory=rt.device.type == "cuda")
+                                         persistent_workers=workers > 0, drop_last=True,
+                                         pin_memory=rt.device.type == "cuda")
     fused = rt.device.type == "cuda"  # one kernel for the whole update
     optimizer = (torch.optim.AdamW(net.parameters(), args.simclr_lr, weight_decay=1e-6,
                                    fused=fused)
@@ -111,6 +115,7 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: engine.lr_factor(step, schedule, len(loader)))
     ddp = (torch.nn.parallel.DistributedDataParallel(net) if rt.world_size > 1 else net)
+    ddp = torch.compile(ddp) if args.compile else ddp
     start, path = 0, out / "pretrain.pt"
     if args.resume and path.exists():
         state = engine.load_checkpoint(path)
@@ -123,21 +128,21 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
     for epoch in range(start, args.simclr_epochs):
         sampler.set_epoch(epoch)
         net.train()
-        sums, begin = torch.zeros(3), time.perf_counter()
-        for (view1, view2), _ in loader:
-            views = data.normalize(torch.cat([view1, view2]).to(rt.device, non_blocking=True),
-                                   spec.mean, spec.std)
+        sums, begin = torch.zeros(2, device=rt.device), time.perf_counter()  # loss, accuracy
+        guard = engine.LossGuard(rt.device, "SimCLR loss", epoch + 1,
+                                 f"the last good checkpoint is {path}")
+        for step, ((view1, view2), _) in enumerate(loader):
+            views = engine.model_input(torch.cat([view1, view2]), spec, rt, channels_last)
             with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
                 z1, z2 = ddp(views).float().chunk(2)
             loss, accuracy = nt_xent(gather(z1), gather(z2), args.temperature)
-            if not torch.isfinite(loss):
-                raise engine.TrainingError(f"non-finite SimCLR loss at epoch {epoch + 1}")
+            guard.update(step, step + 1 == len(loader), loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            sums += torch.stack([loss.detach().cpu(), accuracy.cpu(), torch.tensor(1.0)])
-        loss, accuracy = (sums[:2] / sums[2]).tolist()
+            sums += torch.stack([loss.detach(), accuracy])
+        loss, accuracy = (sums / len(loader)).tolist()
         if rt.main:
             writer.add_scalar("simclr/loss", loss, epoch + 1)
             writer.add_scalar("simclr/positive_acc", accuracy, epoch + 1)

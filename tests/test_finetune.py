@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import run_cli
+from torch.overrides import TorchFunctionMode
 
 from shared import data, engine, models
 from shared.engine import TrainingError
@@ -218,3 +219,51 @@ def test_learning_rate_schedules():
     args.scheduler, args.warmup_epochs = "step", 0
     assert [engine.lr_factor(s, args, 10) for s in (0, 9, 10, 25)] == \
         pytest.approx([1, 1, 0.1, 0.01])
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the calls that bring a tensor's value to the host or a host value to a tensor:
+    on a GPU each waits for the work queued so far, and a loop that makes one every step
+    cannot run ahead of the device."""
+
+    NAMES = {"item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__",
+             "__index__", "tensor", "new_tensor"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", "") in self.NAMES
+        return func(*args, **(kwargs or {}))
+
+
+def test_training_and_evaluation_read_the_device_per_epoch_not_per_step(tmp_path):
+    args = small_args(tmp_path, tmp_path / "run")
+    rt = engine.Runtime(torch.device("cpu"))
+    model, model_spec = models.build_model("resnet18", 4, "none")
+    model.to(memory_format=torch.channels_last)
+    optimizer = engine.make_optimizer(model.parameters(), args, rt.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    generator = torch.Generator().manual_seed(0)
+
+    def batches(count):  # what a loader gives: uint8 pixels and labels
+        return [(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=generator),
+                 torch.randint(0, 4, (4,), generator=generator)) for _ in range(count)]
+
+    def reads(run, steps):
+        with HostReads() as counter:
+            run(batches(steps))
+        return counter.count
+
+    def train(loader):
+        engine.train_epoch(model, model, model_spec, loader, optimizer, scheduler, scaler,
+                           torch.nn.CrossEntropyLoss(), args, rt, True, 0, tmp_path / "x")
+
+    def evaluate(loader):
+        engine.evaluate(model, model_spec, loader, rt, True)
+
+    # one finiteness check at the end of the epoch; four numbers read after evaluation
+    assert reads(train, 2) == reads(train, 12) == 1
+    assert reads(evaluate, 1) == reads(evaluate, 5) == 4
