@@ -60,22 +60,26 @@ def parse_args(argv=None) -> argparse.Namespace:
 def adversarial_batches(args):
     """The engine's `perturb`: FGSM examples on the current model, in pixel space."""
     mean, std = models.normalisation(args.model)
+    wrapped = {}  # the model with its normalisation, made once: no copy to the device a step
 
     def perturb(model, images, labels):
+        # which images are attacked is drawn on the host, so that picking them needs no
+        # wait for the device (a boolean mask on a GPU tensor would)
         if args.adv_mode == "batch":
-            chosen = torch.full((len(images),), bool(torch.rand(()) < args.adv_prob))
+            chosen = torch.arange(len(images) if torch.rand(()) < args.adv_prob else 0)
         else:
-            chosen = torch.rand(len(images)) < args.adv_prob
-        if not chosen.any():
+            chosen = (torch.rand(len(images)) < args.adv_prob).nonzero().squeeze(1)
+        if len(chosen) == 0:
             return images
-        chosen = chosen.to(images.device)
-        attacked = Normalized(model, mean, std).to(images.device)
-        pixels = (images[chosen] * attacked.std + attacked.mean).clamp(0, 1)
-        adversarial = fgsm(attacked, pixels, labels[chosen], args.adv_eps,
+        if model not in wrapped:
+            wrapped[model] = Normalized(model, mean, std).to(images.device)
+        attacked = wrapped[model]
+        chosen = chosen.to(images.device, non_blocking=True)
+        pixels = (images.index_select(0, chosen) * attacked.std + attacked.mean).clamp(0, 1)
+        adversarial = fgsm(attacked, pixels, labels.index_select(0, chosen), args.adv_eps,
                            random_start=args.fast)
-        images = images.clone()
-        images[chosen] = ((adversarial - attacked.mean) / attacked.std).to(images.dtype)
-        return images
+        return images.index_copy(0, chosen, ((adversarial - attacked.mean) / attacked.std
+                                             ).to(images.dtype))
 
     return perturb
 

@@ -120,6 +120,31 @@ def test_adversarial_training_raises_robust_accuracy():
         + 0.2
 
 
+def test_adversarial_training_replaces_the_chosen_images_by_fgsm_examples():
+    from types import SimpleNamespace
+
+    from task7_fgsm.train import adversarial_batches
+
+    g = torch.Generator().manual_seed(0)
+    pixels, labels = squares(16, g)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    images = (pixels - mean) / std
+    model = small_cnn()
+
+    def perturbed(mode, prob):
+        args = SimpleNamespace(model="resnet18", adv_mode=mode, adv_prob=prob, adv_eps=8.0,
+                               fast=False)  # resnet18: ImageNet's mean and std, as MEAN, STD
+        torch.manual_seed(0)
+        out = adversarial_batches(args)(model, images, labels)
+        return ((out - images) * std).flatten(1).abs().amax(1)  # each image's pixel change
+
+    assert torch.equal(perturbed("batch", 0.0), torch.zeros(16))
+    moved = perturbed("sample", 0.5)
+    assert 0 < (moved > 0).sum() < 16  # some images attacked, the others untouched
+    assert moved.max() <= 8 / 255 + 1e-5  # inside the budget, in pixels
+    assert (perturbed("batch", 1.0) > 4 / 255).all()
+
+
 def test_training_and_evaluation_from_the_command_line(sample, tmp_path):
     root, _ = sample
     common = ["--dataset", "bird", "--data-root", str(root), "--model", "resnet18",
