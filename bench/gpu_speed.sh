@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Issue 10's GPU figures in one go, each table also written to OUT_DIR: training images/s of
-# the seed's step against the engine's default, with and without torch.compile, and model
-# FLOP utilisation (PEAK_TFLOPS: 989 for an H100's or H200's dense bf16); peak memory and
-# the largest batch; the DataLoader's images/s at 8 workers (the seed's) and at the
-# engine's default of one a core. Each part has a time limit (seconds, first column below),
-# so that a short device lease gets every part it has time for; on an H200 all four took
-# 338 s.
+# the seed's step against the engine's training loop, with and without torch.compile, and
+# model FLOP utilisation (PEAK_TFLOPS: 989 for an H100's or H200's dense bf16); peak memory
+# and the largest batch; the DataLoader's images/s at 8 workers (the seed's) and at the
+# engine's default of one a core; task 1-2's own script with and without --compile on
+# generated photos (its loop, loaders and evaluation; images/s and accuracy from
+# metrics.json). Each part has a time limit (seconds, first column below), so that a short
+# device lease gets every part it has time for; on an H200 the first four took 338 s.
 #   bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]
 set -uo pipefail
 out=${1:?usage: bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]}
@@ -35,3 +36,23 @@ part 170 memory_448.md python bench/memory.py --models resnext101_32x8d vit_b_16
   --batch-sizes 16 64 --image-size 448
 part 50 loader.md python bench/data_speed.py --loader-only --images 800 --repeats 3 \
   --loader-workers 8 "$cores"
+
+# --compile in a task's own loop: 3 epochs of ResNet-50 at 448 px on 400 generated photos
+python -m shared.sample_data --out "$out/sample" --classes 10 --per-class 40 --size 448 \
+  > /dev/null
+for compile in "" --compile; do
+  part 200 "task1${compile:+_compiled}.txt" python task1_2_finetune/train.py --dataset bird \
+    --data-root "$out/sample" --model resnet50 --weights none --image-size 448 --epochs 3 \
+    --batch-size 32 --resize-mode random-resized-crop $compile --out "$out/task1${compile:+_compiled}"
+done
+python - "$out" <<'PY' | tee "$out/task1_compile.md"
+import json, sys
+from pathlib import Path
+print("| task 1-2 run | train img/s | test top-1 | train seconds |\n|---|---|---|---|")
+for name in ("task1", "task1_compiled"):
+    path = Path(sys.argv[1], name, "metrics.json")
+    if path.exists():
+        m = json.loads(path.read_text())
+        print(f"| {name} | {m['timing']['train_images_per_s']:.1f} | "
+              f"{m['metrics']['test_top1']:.4f} | {m['timing']['train_seconds']:.1f} |")
+PY
