@@ -277,8 +277,8 @@ class Progress:
 
 
 def train_epoch(net, model, spec, loader, optimizer, scheduler, scaler, criterion, args,
-                 rt: Runtime, channels_last: bool, epoch: int, last_path: Path,
-                 perturb=None) -> torch.Tensor:
+                rt: Runtime, channels_last: bool, epoch: int, last_path: Path,
+                perturb=None) -> torch.Tensor:
     """One pass over the training loader; returns the summed loss, hits and images (over
     every process)."""
     sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss, correct, n
