@@ -1,10 +1,11 @@
 """Data pipeline: decoded + augmented images/s of one loader process, side by side in one
 run, on JPEG photos of the real datasets' typical size (500 x 375) and of their large tail
 (1600 x 1200, a quarter as many), for the seed's training transform (letterbox 512, random
-grayscale, flip), the recipes' and the evaluation's. Columns: the transform as the seed
-(and this toolkit until the speed issue) wrote it, with Pillow, ending in normalised floats;
-ours (torch's uint8 resizing, uint8 pixels out: `shared.data.build_transform`) decoding the
-whole JPEG, in libjpeg's draft mode where the transform allows (the loaders' default,
+grayscale, flip), the recipes' and the evaluation's. Columns: the photo read and transformed
+as the seed (and this toolkit until the speed issue) did, `Image.open(path).convert("RGB")`
+and Pillow geometry ending in normalised floats; ours (`shared.data.load_rgb`, torch's uint8
+resizing, uint8 pixels out: `shared.data.build_transform`) decoding the whole JPEG, in
+libjpeg's draft mode where the transform allows (the loaders' default,
 `shared.data.decode_need`), and from a copy pre-resized to a short side of 256 (`python -m
 shared.data resize`). One process is what a worker gives, so the loader's rate is about
 this times `--workers`; the last table checks that with a real DataLoader (pinned memory
@@ -71,6 +72,13 @@ def pillow_transform(train, image_size, resize_mode, crop_scale, crop_ratio, gra
         [T.RandomHorizontalFlip()] if train else [])
     return T.Compose([*geometry, *augment, T.ToTensor(),
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+class SeedWayDataset(ImageDataset):
+    """Reads as the seed did: `Image.open(path).convert("RGB")`, a full decode and a copy."""
+
+    def load(self, record: Record) -> Image.Image:
+        return Image.open(record.path).convert("RGB")
 
 
 def need_of(settings: dict):
@@ -148,7 +156,7 @@ def main() -> None:
             for name, settings in PIPELINES.items():
                 transform, need = build_transform(**settings), need_of(settings)
                 for (w, h), records in sets.items():
-                    datasets = [ImageDataset(records, pillow_transform(**settings)),
+                    datasets = [SeedWayDataset(records, pillow_transform(**settings)),
                                 ImageDataset(records, transform),
                                 ImageDataset(records, transform, need)]
                     if settings["image_size"] <= 224 and w == 500:
@@ -172,7 +180,7 @@ def main() -> None:
             for name, source, way in columns:
                 settings = PIPELINES[name]
                 records = resized if source == "pre-resized to 256" else sets[500, 375]
-                dataset = (ImageDataset(records, pillow_transform(**settings))
+                dataset = (SeedWayDataset(records, pillow_transform(**settings))
                            if way == "seed's way" else
                            ImageDataset(records, build_transform(**settings), need_of(settings)))
                 cells.append(f"{loader_rate(dataset, workers, args.repeats):.1f}")

@@ -107,6 +107,7 @@ def _palette_with_transparency() -> Image.Image:
 
 
 @pytest.mark.parametrize("image, fmt, expected_pixel", [
+    (Image.new("RGB", (6, 4), (30, 200, 90)), "JPEG", (30, 200, 90)),  # no conversion
     (Image.new("L", (6, 4), 77), "JPEG", (77, 77, 77)),
     (Image.new("CMYK", (6, 4), (0, 0, 0, 0)), "JPEG", (255, 255, 255)),
     (Image.new("RGB", (6, 4), (250, 10, 10)), "PNG", (250, 10, 10)),  # PNG bytes behind .jpg
@@ -114,7 +115,7 @@ def _palette_with_transparency() -> Image.Image:
     (Image.new("LA", (6, 4), (90, 255)), "PNG", (90, 90, 90)),
     (_palette_with_transparency(), "PNG", (10, 20, 30)),
     (Image.new("1", (6, 4), 1), "PNG", (255, 255, 255)),
-], ids=["gray-jpeg", "cmyk-jpeg", "png-as-jpg", "rgba", "la", "palette", "bilevel"])
+], ids=["rgb-jpeg", "gray-jpeg", "cmyk-jpeg", "png-as-jpg", "rgba", "la", "palette", "bilevel"])
 def test_every_mode_loads_as_rgb(tmp_path, image, fmt, expected_pixel):
     path = tmp_path / "photo.jpg"
     path.write_bytes(_saved(image, fmt))
