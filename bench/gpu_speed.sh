@@ -7,10 +7,13 @@
 # generated photos (its loop, loaders and evaluation; images/s and accuracy from
 # metrics.json). Each part has a time limit (seconds, first column below), so that a short
 # device lease gets every part it has time for; on an H200 the first four took 338 s.
-#   bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]
+# PARTS picks some of them (train memory loader task), e.g. to split the script over two
+# commands of a time-limited machine.
+#   [PARTS="train loader"] bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]
 set -uo pipefail
-out=${1:?usage: bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]}
+out=${1:?usage: [PARTS="train memory loader task"] bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]}
 peak=${2:-989}
+parts=" ${PARTS:-train memory loader task} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
@@ -29,13 +32,20 @@ python -c "import os, torch; print('torch', torch.__version__, '| cores', len(os
   | tee -a "$out/machine.txt"
 cores=$(python -c "import os; print(len(os.sched_getaffinity(0)))")
 
-train=(bench/train_speed.py --image-size 448 --steps 8 --rounds 2 --compile --peak-tflops "$peak")
-part 150 train_vit_448.md python "${train[@]}" --models vit_b_16 --batch-sizes 64
-part 210 train_resnext_448.md python "${train[@]}" --models resnext101_32x8d --batch-sizes 32
-part 170 memory_448.md python bench/memory.py --models resnext101_32x8d vit_b_16 \
-  --batch-sizes 16 64 --image-size 448
-part 50 loader.md python bench/data_speed.py --loader-only --images 800 --repeats 3 \
-  --loader-workers 8 "$cores"
+if [[ $parts == *" train "* ]]; then
+  train=(bench/train_speed.py --image-size 448 --steps 8 --rounds 2 --compile --peak-tflops "$peak")
+  part 150 train_vit_448.md python "${train[@]}" --models vit_b_16 --batch-sizes 64
+  part 210 train_resnext_448.md python "${train[@]}" --models resnext101_32x8d --batch-sizes 32
+fi
+if [[ $parts == *" memory "* ]]; then
+  part 170 memory_448.md python bench/memory.py --models resnext101_32x8d vit_b_16 \
+    --batch-sizes 16 64 --image-size 448
+fi
+if [[ $parts == *" loader "* ]]; then
+  part 50 loader.md python bench/data_speed.py --loader-only --images 800 --repeats 3 \
+    --loader-workers 8 "$cores"
+fi
+[[ $parts == *" task "* ]] || exit 0
 
 # --compile in a task's own loop: 3 epochs of ResNet-50 at 448 px on 400 generated photos
 python -m shared.sample_data --out "$out/sample" --classes 10 --per-class 40 --size 448 \
