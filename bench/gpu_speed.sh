@@ -3,17 +3,18 @@
 # the seed's step against the engine's training loop, with and without torch.compile, and
 # model FLOP utilisation (PEAK_TFLOPS: 989 for an H100's or H200's dense bf16); peak memory
 # and the largest batch; the DataLoader's images/s at 8 workers (the seed's) and at the
-# engine's default of one a core; task 1-2's own script with and without --compile on
-# generated photos (its loop, loaders and evaluation; images/s and accuracy from
-# metrics.json). Each part has a time limit (seconds, first column below), so that a short
-# device lease gets every part it has time for; on an H200 the first four took 338 s.
-# PARTS picks some of them (train memory loader task), e.g. to split the script over two
-# commands of a time-limited machine.
+# engine's default of one a core; where a step's GPU time goes (bench/profile_step.py);
+# task 1-2's own script with and without --compile on generated photos (its loop, loaders
+# and evaluation; images/s and accuracy from metrics.json). Each part has a time limit
+# (seconds, first column below), so that a short device lease gets every part it has time
+# for; on an H200 the first three took 338 s. PARTS picks some of them (train memory loader
+# profile task), e.g. to split the script over two commands of a time-limited machine.
 #   [PARTS="train loader"] bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]
 set -uo pipefail
-out=${1:?usage: [PARTS="train memory loader task"] bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]}
+all="train memory loader profile task"
+out=${1:?usage: [PARTS="$all"] bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]}
 peak=${2:-989}
-parts=" ${PARTS:-train memory loader task} "
+parts=" ${PARTS:-$all} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
@@ -44,6 +45,13 @@ fi
 if [[ $parts == *" loader "* ]]; then
   part 50 loader.md python bench/data_speed.py --loader-only --images 800 --repeats 3 \
     --loader-workers 8 "$cores"
+fi
+if [[ $parts == *" profile "* ]]; then
+  for model_batch in "vit_b_16 64" "resnext101_32x8d 32"; do
+    read -r model batch <<<"$model_batch"
+    part 120 "profile_$model.md" python bench/profile_step.py --model "$model" \
+      --batch-size "$batch" --image-size 448 --steps 5 --rows 20
+  done
 fi
 [[ $parts == *" task "* ]] || exit 0
 

@@ -48,3 +48,16 @@ def test_memory_prints_both_steps_with_a_largest_batch():
         assert float(row[2].replace(",", "")) > 100  # MB: torch alone takes more
         assert float(row[4].replace(",", "")) > 0  # activations grow with the batch
         assert int(row[5].split()[0]) > 32
+
+
+def test_profile_step_lists_operators_and_the_matmul_share():
+    result = run_cli("bench/profile_step.py", "--model", "resnet18", "--batch-size", "2",
+                     "--image-size", "32", "--steps", "1", "--rows", "5")
+    assert result.returncode == 0, result.stderr
+    rows = [r for r in table_rows(result.stdout, "") if r[0] != "operator" and "---" not in r[0]]
+    assert len(rows) == 5
+    shares = [float(r[2].rstrip("%")) for r in rows]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.05
+    assert any(r[0].startswith("aten::convolution") for r in rows)  # a CNN's main cost
+    share = re.search(r"convolutions .*: (\d+\.\d)% of the self CPU time", result.stdout)
+    assert share and 0 < float(share.group(1)) <= 100
