@@ -50,8 +50,8 @@ class Runtime:
 
 
 def cpu_has_amx() -> bool:
-    """bf16 autocast pays on CPUs with AMX; elsewhere it is about 10x slower than fp32
-    (bench/RESULTS.md, an AMD EPYC without AVX-512: resnet18 6.69 img/s fp32, 0.63 bf16)."""
+    """bf16 autocast pays on CPUs with AMX; elsewhere it is over 10x slower than fp32
+    (bench/RESULTS.md, an AMD EPYC without AVX-512: resnet18 7.79 img/s fp32, 0.62 bf16)."""
     try:
         with open("/proc/cpuinfo") as f:
             return "amx_bf16" in f.read()
