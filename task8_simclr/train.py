@@ -172,15 +172,20 @@ def label_subset(records: list[Record], fraction: float, seed: int) -> list[Reco
 
 @torch.no_grad()
 def extract(backbone: nn.Module, spec, records: list[Record], transform, need, rt,
-            batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+            workers: int, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of every record, in order, on the host. Every DDP process extracts them
+    all (a loader sharded over processes would leave each with a part), so the probes see
+    the whole split in each."""
     backbone.eval()  # batch norm on its running statistics; nothing here updates it
-    loader = data.make_loader(data.ImageDataset(records, transform, need), batch, train=False)
+    cuda = rt.device.type == "cuda"
+    loader = torch.utils.data.DataLoader(data.ImageDataset(records, transform, need), batch,
+                                         num_workers=workers, pin_memory=cuda)
     feats, labels = [], []
     for pixels, y in loader:
-        images = data.normalize(pixels.to(rt.device), spec.mean, spec.std)
-        feats.append(backbone(images).float().cpu())
+        images = data.normalize(pixels.to(rt.device, non_blocking=True), spec.mean, spec.std)
+        feats.append(backbone(images).float())  # kept on the device: no wait a batch
         labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
+    return torch.cat(feats).cpu(), torch.cat(labels)
 
 
 def linear_probe(train_x, train_y, test_x, test_y, classes: int, epochs: int, seed: int
@@ -230,8 +235,9 @@ def main(args: argparse.Namespace) -> None:
 
     transform = data.build_transform(False, args.image_size, args.resize_mode)
     need = data.decode_need(False, args.image_size, args.resize_mode)
-    test_x, test_y = extract(backbone, spec, test, transform, need, rt)
-    all_x, all_y = extract(backbone, spec, train, transform, need, rt)  # each fraction indexes it
+    workers = data.loader_workers(args, rt.device.type == "cuda")
+    test_x, test_y = extract(backbone, spec, test, transform, need, rt, workers)
+    all_x, all_y = extract(backbone, spec, train, transform, need, rt, workers)  # all fractions'
     position = {r.key: i for i, r in enumerate(train)}
     for fraction in args.label_fractions:
         subset = label_subset(train, fraction, args.seed)

@@ -97,8 +97,10 @@ def test_linear_probe_and_knn_leave_the_backbone_bitwise_unchanged(sample):
     transform = data.build_transform(False, 32)
     need = data.decode_need(False, 32)
     rt = engine.Runtime(torch.device("cpu"))
-    train_x, train_y = simclr_train.extract(backbone, model_spec, index.train, transform, need, rt)
-    test_x, test_y = simclr_train.extract(backbone, model_spec, index.test, transform, need, rt)
+    train_x, train_y = simclr_train.extract(backbone, model_spec, index.train, transform, need,
+                                            rt, workers=0)
+    test_x, test_y = simclr_train.extract(backbone, model_spec, index.test, transform, need, rt,
+                                          workers=0)
     assert train_x.shape == (len(index.train), 512)
     linear = simclr_train.linear_probe(train_x, train_y, test_x, test_y, 4, 20, 0)
     knn = simclr_train.knn_accuracy(train_x, train_y, test_x, test_y, 4, 5)
@@ -169,6 +171,24 @@ def test_pipeline_from_the_command_line(sample, tmp_path):
             assert 0 <= metrics["metrics"][key] <= 1
     table = write_tables(tmp_path / "results").read_text().split("## Table 7")[1]
     assert table.count("| simclr |") == 2
+
+
+def test_two_processes_probe_the_whole_split_as_one_does(sample, tmp_path):
+    root, _ = sample
+    common = ["task8_simclr/train.py", "--dataset", "dog", "--data-root", str(root),
+              "--model", "resnet18", "--backbone", "random", "--image-size", "32",
+              "--label-fractions", "1", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+              "--device", "cpu"]
+    one = run_cli(*common, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                  *common, "--out", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    scores = [json.loads((tmp_path / run / "fraction-1" / "metrics.json").read_text())["metrics"]
+              for run in ("one", "two")]
+    # the same seeded random backbone: features of the same images give the same probes
+    for key in ("linear_top1", "knn_top1"):
+        assert scores[0][key] == pytest.approx(scores[1][key])
 
 
 def test_pretraining_resumes_to_the_same_weights(sample, tmp_path):
