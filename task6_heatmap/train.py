@@ -132,6 +132,9 @@ def main(args: argparse.Namespace) -> None:
         engine.train_classifier(TASK, "classifier", args_classifier, rt, index.classes,
                                 train, val, test)
         args.checkpoint = out / "classifier" / "best.pt"
+    if not rt.main:  # under torchrun the heatmaps are the main process's alone: the others
+        engine.shutdown(rt)  # would repeat its work and write the same files at once
+        return
     model, spec, meta = load_classifier(args.checkpoint, index.classes, rt.device)
     size = meta["image_size"]
     random_model, _ = models.build_model(meta["model_name"], len(index.classes), "none", size)
