@@ -20,6 +20,7 @@ trained weights, for --detector-weights) and mmdet/ (checkpoints, logs, TensorBo
 
 import argparse
 import json
+import os
 import pickle
 import sys
 import time
@@ -246,6 +247,9 @@ def main(args: argparse.Namespace) -> None:
     from mmdet.utils import register_all_modules
     from mmengine.runner import Runner, load_checkpoint
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would train its own
+        raise engine.TrainingError("task3_crop/detect.py runs in one process (one GPU); "
+                                   "start it without torchrun")
     register_all_modules()
     load_checkpoints_safely(args.out / "mmdet")
     index, train, val, test = data.prepare_splits(args)
