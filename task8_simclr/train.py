@@ -182,7 +182,7 @@ def extract(backbone: nn.Module, spec, records: list[Record], transform, need, r
                                          num_workers=workers, pin_memory=cuda)
     feats, labels = [], []
     for pixels, y in loader:
-        images = data.normalize(pixels.to(rt.device, non_blocking=True), spec.mean, spec.std)
+        images = engine.model_input(pixels, spec, rt, channels_last=False)
         feats.append(backbone(images).float())  # kept on the device: no wait a batch
         labels.append(y)
     return torch.cat(feats).cpu(), torch.cat(labels)
@@ -237,7 +237,7 @@ def main(args: argparse.Namespace) -> None:
     need = data.decode_need(False, args.image_size, args.resize_mode)
     workers = data.loader_workers(args, rt.device.type == "cuda")
     test_x, test_y = extract(backbone, spec, test, transform, need, rt, workers)
-    all_x, all_y = extract(backbone, spec, train, transform, need, rt, workers)  # all fractions'
+    all_x, all_y = extract(backbone, spec, train, transform, need, rt, workers)  # once, for all
     position = {r.key: i for i, r in enumerate(train)}
     for fraction in args.label_fractions:
         subset = label_subset(train, fraction, args.seed)
