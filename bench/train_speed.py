@@ -29,7 +29,15 @@ from torch import nn  # noqa: E402
 
 from shared import engine  # noqa: E402
 from shared.engine import count_gflops, cpu_has_amx, peak_memory_mb, resolve_amp  # noqa: E402
-from shared.models import build_model  # noqa: E402
+from shared.models import PackedSelfAttention, build_model  # noqa: E402
+
+
+def torchvision_attention(model):
+    """Undo build_model's batch-first ViT attention: nn.MultiheadAttention as torchvision
+    builds it (the seed's, and this toolkit's before the speed issue)."""
+    for module in model.modules():
+        if isinstance(module, PackedSelfAttention):
+            module.__class__ = nn.MultiheadAttention
 
 
 def seed_steps(model_name, batch, size, device):
@@ -37,6 +45,7 @@ def seed_steps(model_name, batch, size, device):
     contiguous) of a fresh model on fixed data, warmed up."""
     torch.manual_seed(0)
     model, _ = build_model(model_name, 200, weights="none", image_size=size)
+    torchvision_attention(model)
     model.to(device).train()
     images = torch.randn(batch, 3, size, size, device=device)
     labels = torch.randint(0, 200, (batch,), device=device)
@@ -53,11 +62,14 @@ def seed_steps(model_name, batch, size, device):
     return run
 
 
-def engine_steps(model_name, batch, size, amp_dtype, device, compile=False):
+def engine_steps(model_name, batch, size, amp_dtype, device, compile=False, packed=True):
     """run(count): the engine's training loop over `count` batches of a fresh model (SGD
-    momentum 0.9, the engine's memory format for the model), warmed up."""
+    momentum 0.9, the engine's memory format for the model), warmed up. `packed=False`: a ViT
+    with torchvision's own attention."""
     torch.manual_seed(0)
     model, spec = build_model(model_name, 200, weights="none", image_size=size)
+    if not packed:
+        torchvision_attention(model)
     model.to(device).train()
     channels_last = spec.is_cnn  # the engine's default: for convolutions only
     if channels_last:
@@ -114,6 +126,10 @@ def main():
                         help="add a column: bf16 autocast + channels_last")
     parser.add_argument("--compile", action="store_true",
                         help="add a column: the engine default under torch.compile")
+    parser.add_argument("--torchvision-attention", action="store_true",
+                        help="add columns (ViTs): the engine default, and with --compile the "
+                             "compiled one, with torchvision's nn.MultiheadAttention instead of "
+                             "the batch-first attention build_model gives ViTs")
     parser.add_argument("--peak-tflops", type=float,
                         help="the device's peak (e.g. 989 for an H100's dense bf16): adds the "
                              "engine default's model FLOP utilisation, 3 x forward FLOPs an "
@@ -124,8 +140,12 @@ def main():
     default_amp = resolve_amp("auto", device)
     print(f"device {device}, {torch.get_num_threads()} threads, AMX: {cpu_has_amx()}, "
           f"engine default: amp={default_amp}, channels_last for CNNs\n")
+    tv_attention = args.torchvision_attention
     extra = [name for name, wanted in (("bf16 + channels_last (img/s)", args.bf16),
                                        ("engine default + compile (img/s)", args.compile),
+                                       ("torchvision attention (img/s)", tv_attention),
+                                       ("torchvision attention + compile (img/s)",
+                                        tv_attention and args.compile),
                                        ("engine default MFU", args.peak_tflops),
                                        ("MFU with compile", args.peak_tflops and args.compile))
              if wanted]
@@ -140,6 +160,9 @@ def main():
             runs["bf16"] = engine_steps(*setup, torch.bfloat16, device)
         if args.compile:
             runs["compiled"] = engine_steps(*setup, default_amp, device, compile=True)
+        vit = tv_attention and name.startswith("vit")  # CNNs have no attention to swap
+        for compile in (False, True)[:1 + args.compile] if vit else ():
+            runs[f"tv{compile:d}"] = engine_steps(*setup, default_amp, device, compile, False)
         speed = best_images_per_s(runs, batch, args.steps, args.rounds, device)
         row = (f"| {name} | {batch} | {speed['seed']:.3f} | {speed['ours']:.3f} | "
                f"{speed['ours'] / speed['seed']:.2f}x |")
@@ -147,6 +170,12 @@ def main():
             row += f" {speed['bf16']:.3f} |"
         if args.compile:
             row += f" {speed['compiled']:.3f} ({speed['compiled'] / speed['ours']:.2f}x) |"
+        for compile, ours in ((0, "ours"), (1, "compiled"))[:1 + args.compile]:
+            if vit:  # ours against torchvision's attention, compiled against compiled
+                row += (f" {speed[f'tv{compile}']:.3f} (ours "
+                        f"{speed[ours] / speed[f'tv{compile}']:.2f}x) |")
+            elif tv_attention:
+                row += " |"
         if args.peak_tflops:
             model, _ = build_model(name, 200, weights="none", image_size=args.image_size)
             flops = 2 * count_gflops(model.to(device), args.image_size, device) * 1e9

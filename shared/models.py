@@ -42,6 +42,30 @@ class UsageError(ValueError):
     """A flag value that does not fit the model; the message names the flag."""
 
 
+class PackedSelfAttention(nn.MultiheadAttention):
+    """torchvision's ViT self-attention computed batch-first. nn.MultiheadAttention's training
+    path turns its input sequence-first, reorders the packed q/k/v projection with a copy and
+    permutes the output back: layout copies that took a fifth of ViT-B/16's step on an H200
+    (bench/RESULTS.md). Here q, k and v are strided views of one projection, passed as they
+    are to scaled_dot_product_attention. Same parameters and state-dict keys: ViTs get it by
+    a class swap in build_model."""
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
+                attn_mask=None, average_attn_weights=True, is_causal=False):
+        if (need_weights or key_padding_mask is not None or attn_mask is not None or is_causal
+                or not (query is key is value) or not self.batch_first or query.dim() != 3
+                or self.bias_k is not None or not self._qkv_same_embed_dim):
+            return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                   average_attn_weights, is_causal)
+        batch, length, dim = query.shape
+        qkv = nn.functional.linear(query, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(
+            2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, length, head_dim)
+        x = nn.functional.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(x.transpose(1, 2).reshape(batch, length, dim)), None
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -97,6 +121,9 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet",
                                   hidden_dim=64, mlp_dim=128, num_classes=num_classes)
     else:
         raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
+    if name.startswith("vit"):
+        for block in model.encoder.layers:
+            block.self_attention.__class__ = PackedSelfAttention
     spec = _spec(name, model)
     if weights == "imagenet":
         load_weights(model, spec, imagenet_state(name), f"ImageNet weights of {name}")

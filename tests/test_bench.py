@@ -14,14 +14,18 @@ def table_rows(text: str, first_cell: str) -> list[list[str]]:
 def test_train_speed_prints_a_row_per_model():
     result = run_cli("bench/train_speed.py", "--models", "vit_tiny", "resnet18",
                      "--batch-sizes", "2", "2", "--image-size", "32", "--steps", "1",
-                     "--rounds", "1", "--bf16", "--peak-tflops", "1")
+                     "--rounds", "1", "--bf16", "--torchvision-attention",
+                     "--peak-tflops", "1")
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stdout, "vit_tiny") + table_rows(result.stdout, "resnet18")
     assert [r[0] for r in rows] == ["vit_tiny", "resnet18"]
-    for row in rows:  # seed, ours, ratio, bf16, MFU
+    for row in rows:  # seed, ours, ratio, bf16, torchvision attention (ViTs), MFU
         seed, ours, bf16 = float(row[2]), float(row[3]), float(row[5])
         assert min(seed, ours, bf16) > 0 and row[4] == f"{ours / seed:.2f}x"
-        assert re.fullmatch(r"\d+\.\d%", row[6])
+        assert re.fullmatch(r"\d+\.\d%", row[7])
+    tv_speed, ratio = re.fullmatch(r"(\S+) \(ours (\S+)x\)", rows[0][6]).groups()
+    assert abs(float(ratio) - float(rows[0][3]) / float(tv_speed)) < 0.006  # printed rounded
+    assert rows[1][6] == ""  # a CNN has no attention to compare
 
 
 def test_data_speed_prints_every_pipeline_and_loader_row():

@@ -5,10 +5,11 @@ import json
 
 import pytest
 import torch
+import torchvision
 from conftest import run_cli
 
 from shared import engine, models
-from shared.models import UsageError, WeightsError, build_model
+from shared.models import PackedSelfAttention, UsageError, WeightsError, build_model
 from task5_vit import train as vit_train
 
 
@@ -97,3 +98,32 @@ def test_tiny_vit_trains_and_records_its_cost(sample, tmp_path):
     assert metrics["gflops"] == pytest.approx(engine.count_gflops(model, 32, torch.device("cpu")))
     for key in ("train_images_per_s", "infer_images_per_s", "peak_mem_mb", "train_seconds"):
         assert metrics[key] > 0
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_packed_attention_matches_torchvision_attention(training):
+    # build_model's ViTs compute attention batch-first (PackedSelfAttention, same parameters);
+    # outputs and every gradient must be torchvision's own, in training and in evaluation.
+    torch.manual_seed(0)
+    ours, _ = build_model("vit_tiny", 5, weights="none", image_size=32)
+    theirs = torchvision.models.vision_transformer.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128,
+        num_classes=5)
+    assert all(type(block.self_attention) is PackedSelfAttention for block in ours.encoder.layers)
+    assert list(theirs.state_dict()) == list(ours.state_dict())
+    torch.nn.init.normal_(ours.heads.head.weight)  # torchvision's zero head would hide all
+    theirs.load_state_dict(ours.state_dict())
+    images = torch.randn(3, 3, 32, 32)
+    outputs = []
+    for model in (ours, theirs):
+        model.train(training)
+        with torch.set_grad_enabled(training):
+            out = model(images)
+        if training:
+            out.square().sum().backward()
+        outputs.append(out.detach())
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    if training:
+        for (name, a), b in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+            scale = b.grad.abs().max().item()  # summation order differs: relative to the size
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
