@@ -141,8 +141,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in a DataLoader worker
     with tempfile.TemporaryDirectory() as tmp:
-        sets = {(500, 375): photos(Path(tmp, "500"), args.images, (500, 375)),
-                (1600, 1200): photos(Path(tmp, "1600"), args.images // 4, (1600, 1200))}
+        sets = {(500, 375): photos(Path(tmp, "500"), args.images, (500, 375))}
+        if not args.loader_only:  # the large tail is for the per-process table
+            sets[1600, 1200] = photos(Path(tmp, "1600"), args.images // 4, (1600, 1200))
         resized = []
         for record in sets[500, 375]:
             target = Path(tmp, "r256", record.key)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Issue 10's GPU figures in one go, each table also written to OUT_DIR: training images/s of
-# the seed's step against the engine's training loop, with and without torch.compile, and
-# model FLOP utilisation (PEAK_TFLOPS: 989 for an H100's or H200's dense bf16); peak memory
-# and the largest batch; the DataLoader's images/s at 8 workers (the seed's) and at the
+# the seed's step against the engine's training loop, with and without torch.compile (and
+# ViT-B/16 with torchvision's own attention), and model FLOP utilisation (PEAK_TFLOPS: 989
+# for an H100's or H200's dense bf16); peak memory and the largest batch; the DataLoader's images/s at 8 workers (the seed's) and at the
 # engine's default of one a core; where a step's GPU time goes (bench/profile_step.py);
 # task 1-2's own script with and without --compile on generated photos (its loop, loaders
 # and evaluation; images/s and accuracy from metrics.json). Each part has a time limit
 # (seconds, first column below), so that a short device lease gets every part it has time
-# for; on an H200 the first three took 338 s. PARTS picks some of them (train memory loader
+# for; on an H200 train, task and profile took about 6 minutes, train, memory and loader
+# 338 s (with fewer train columns). PARTS picks some of them (train memory loader
 # profile task), e.g. to split the script over two commands of a time-limited machine.
 #   [PARTS="train loader"] bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]
 set -uo pipefail
@@ -34,23 +35,26 @@ python -c "import os, torch; print('torch', torch.__version__, '| cores', len(os
 cores=$(python -c "import os; print(len(os.sched_getaffinity(0)))")
 
 if [[ $parts == *" train "* ]]; then
-  train=(bench/train_speed.py --image-size 448 --steps 8 --rounds 2 --compile --peak-tflops "$peak")
-  part 150 train_vit_448.md python "${train[@]}" --models vit_b_16 --batch-sizes 64
-  part 210 train_resnext_448.md python "${train[@]}" --models resnext101_32x8d --batch-sizes 32
+  train=(bench/train_speed.py --steps 8 --rounds 2 --compile --peak-tflops "$peak")
+  vit=(--torchvision-attention --models vit_b_16)
+  part 150 train_vit_448.md python "${train[@]}" --image-size 448 "${vit[@]}" --batch-sizes 64
+  part 150 train_vit_224.md python "${train[@]}" --image-size 224 "${vit[@]}" --batch-sizes 128
+  part 210 train_resnext_448.md python "${train[@]}" --image-size 448 \
+    --models resnext101_32x8d --batch-sizes 32
 fi
 if [[ $parts == *" memory "* ]]; then
   part 170 memory_448.md python bench/memory.py --models resnext101_32x8d vit_b_16 \
     --batch-sizes 16 64 --image-size 448
 fi
 if [[ $parts == *" loader "* ]]; then
-  part 50 loader.md python bench/data_speed.py --loader-only --images 800 --repeats 3 \
+  part 120 loader.md python bench/data_speed.py --loader-only --images 800 --repeats 3 \
     --loader-workers 8 "$cores"
 fi
 if [[ $parts == *" profile "* ]]; then
-  for model_batch in "vit_b_16 64" "resnext101_32x8d 32"; do
-    read -r model batch <<<"$model_batch"
-    part 120 "profile_$model.md" python bench/profile_step.py --model "$model" \
-      --batch-size "$batch" --image-size 448 --steps 5 --rows 20
+  for model_batch in "vit_b_16 64" "vit_b_16 64 --compile" "resnext101_32x8d 32"; do
+    read -r model batch compile <<<"$model_batch"
+    part 150 "profile_$model${compile:+_compiled}.md" python bench/profile_step.py \
+      --model "$model" --batch-size "$batch" --image-size 448 --steps 5 --rows 20 $compile
   done
 fi
 [[ $parts == *" task "* ]] || exit 0
