@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Issue 10's GPU figures in one go, each table also written to OUT_DIR: training images/s of
-# the seed's step against the engine's training loop, with and without torch.compile (and
-# ViT-B/16 with torchvision's own attention), and model FLOP utilisation (PEAK_TFLOPS: 989
-# for an H100's or H200's dense bf16); peak memory and the largest batch; the DataLoader's images/s at 8 workers (the seed's) and at the
-# engine's default of one a core; where a step's GPU time goes (bench/profile_step.py);
-# task 1-2's own script with and without --compile on generated photos (its loop, loaders
-# and evaluation; images/s and accuracy from metrics.json). Each part has a time limit
+# Issue 10's GPU figures in one go, each table also written to OUT_DIR: training images/s
+# of the seed's step against the engine's training loop, with and without torch.compile
+# (and ViT-B/16 with torchvision's own attention), and model FLOP utilisation (PEAK_TFLOPS:
+# 989 for an H100's or H200's dense bf16); peak memory and the largest batch; the
+# DataLoader's images/s at 8 workers (the seed's) and at the engine's default of one a
+# core; where a step's GPU time goes (bench/profile_step.py); task 1-2's own script with
+# and without --compile on generated photos (its loop, loaders and evaluation; images/s and
+# accuracy from metrics.json); the machine's CPU alone (train_speed with CUDA hidden: on an
+# AMX CPU the engine's bf16 default against the seed's fp32). Each part has a time limit
 # (seconds, first column below), so that a short device lease gets every part it has time
 # for; on an H200 train, task and profile took about 6 minutes, train, memory and loader
-# 338 s (with fewer train columns). PARTS picks some of them (train memory loader
-# profile task), e.g. to split the script over two commands of a time-limited machine.
+# 338 s (with fewer train columns). PARTS picks some of them (train memory loader profile
+# task cpu), e.g. to split the script over two commands of a time-limited machine.
 #   [PARTS="train loader"] bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]
 set -uo pipefail
-all="train memory loader profile task"
+all="train memory loader profile task cpu"
 out=${1:?usage: [PARTS="$all"] bash bench/gpu_speed.sh OUT_DIR [PEAK_TFLOPS]}
 peak=${2:-989}
 parts=" ${PARTS:-$all} "
@@ -56,6 +58,12 @@ if [[ $parts == *" profile "* ]]; then
     part 150 "profile_$model${compile:+_compiled}.md" python bench/profile_step.py \
       --model "$model" --batch-size "$batch" --image-size 448 --steps 5 --rows 20 $compile
   done
+fi
+if [[ $parts == *" cpu "* ]]; then
+  # the CPU goal (3x the seed's images/s) on the GPU machine's own CPU, which has AMX: the
+  # engine's default there is bf16 autocast + channels_last; CUDA hidden
+  CUDA_VISIBLE_DEVICES="" part 300 cpu_train.md python bench/train_speed.py \
+    --models resnet18 resnext101_32x8d --batch-sizes 16 4 --steps 2 --rounds 3
 fi
 [[ $parts == *" task "* ]] || exit 0
 
