@@ -49,8 +49,8 @@ if [[ $parts == *" memory "* ]]; then
     --batch-sizes 16 64 --image-size 448
 fi
 if [[ $parts == *" loader "* ]]; then
-  part 120 loader.md python bench/data_speed.py --loader-only --images 800 --repeats 3 \
-    --loader-workers 8 "$cores"
+  part 200 loader.md python bench/data_speed.py --loader-only --images 800 \
+    --epoch-images 5994 --repeats 2 --loader-workers 8 "$cores"
 fi
 if [[ $parts == *" profile "* ]]; then
   for model_batch in "vit_b_16 64" "vit_b_16 64 --compile" "resnext101_32x8d 32"; do
