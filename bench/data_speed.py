@@ -125,12 +125,17 @@ def rate(datasets: list[ImageDataset], repeats: int, rounds: int = 3) -> list[fl
 def loader_rate(dataset: ImageDataset, workers: int, repeats: int) -> float:
     loader = make_loader(dataset, 32, train=True, workers=workers,
                          pin_memory=torch.cuda.is_available())
-    next(iter(loader))  # start the workers
-    start, count = time.perf_counter(), 0
-    for epoch in range(repeats):
+    # An untimed epoch starts the workers, then `repeats` timed ones, each used up before the
+    # next begins, as in training. (A new iterator while batches are in flight first waits
+    # for them and throws them away; a clock started at the first batch would miss the
+    # other workers' head start.)
+    start, count = 0.0, 0
+    for epoch in range(repeats + 1):
         loader.sampler.set_epoch(epoch)
+        if epoch == 1:
+            start = time.perf_counter()
         for images, _ in loader:
-            count += len(images)
+            count += len(images) if epoch else 0
     return count / (time.perf_counter() - start)
 
 

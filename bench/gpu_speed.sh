@@ -50,7 +50,7 @@ if [[ $parts == *" memory "* ]]; then
 fi
 if [[ $parts == *" loader "* ]]; then
   part 200 loader.md python bench/data_speed.py --loader-only --images 800 \
-    --epoch-images 5994 --repeats 2 --loader-workers 8 "$cores"
+    --epoch-images 5994 --repeats 1 --loader-workers 8 "$cores"
 fi
 if [[ $parts == *" profile "* ]]; then
   for model_batch in "vit_b_16 64" "vit_b_16 64 --compile" "resnext101_32x8d 32"; do
