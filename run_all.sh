@@ -52,7 +52,9 @@ run() {  # run OUT SCRIPT ARGS...: skip a finished run, resume a killed one
     return
   fi
   echo "== $script $* -> $out"
+  local start=$SECONDS
   python "$script" --out "$out" --resume "${COMMON[@]}" "$@" "${EXTRA[@]}"
+  echo "== took $((SECONDS - start)) s: $out"
 }
 
 # Table 1: training tricks and transfer learning.
