@@ -125,17 +125,18 @@ def rate(datasets: list[ImageDataset], repeats: int, rounds: int = 3) -> list[fl
 def loader_rate(dataset: ImageDataset, workers: int, repeats: int) -> float:
     loader = make_loader(dataset, 32, train=True, workers=workers,
                          pin_memory=torch.cuda.is_available())
+
+    def images_of_epoch(epoch: int) -> int:
+        loader.sampler.set_epoch(epoch)
+        return sum(len(images) for images, _ in loader)
+
     # An untimed epoch starts the workers, then `repeats` timed ones, each used up before the
     # next begins, as in training. (A new iterator while batches are in flight first waits
     # for them and throws them away; a clock started at the first batch would miss the
     # other workers' head start.)
-    start, count = 0.0, 0
-    for epoch in range(repeats + 1):
-        loader.sampler.set_epoch(epoch)
-        if epoch == 1:
-            start = time.perf_counter()
-        for images, _ in loader:
-            count += len(images) if epoch else 0
+    images_of_epoch(0)
+    start = time.perf_counter()
+    count = sum(images_of_epoch(epoch) for epoch in range(1, repeats + 1))
     return count / (time.perf_counter() - start)
 
 
