@@ -32,7 +32,7 @@ def test_data_speed_prints_every_pipeline_and_loader_row():
     result = run_cli("bench/data_speed.py", "--images", "4", "--repeats", "1",
                      "--loader-workers", "0", "1", "--epoch-images", "40")
     assert result.returncode == 0, result.stderr
-    assert "epochs of 40 images" in result.stdout  # the 4 photos repeated
+    assert "epochs of 40 images" in result.stdout  # the flag reaches the loader table
     rows = [r for r in table_rows(result.stdout, "") if r[0] and not r[0].startswith("-")]
     pipelines = [r for r in rows if len(r) == 6 and r[1] in ("500 x 375", "1600 x 1200")]
     assert [r[1] for r in pipelines] == ["500 x 375", "1600 x 1200"] * 6
