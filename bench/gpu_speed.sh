@@ -61,9 +61,9 @@ if [[ $parts == *" profile "* ]]; then
 fi
 if [[ $parts == *" cpu "* ]]; then
   # the CPU goal (3x the seed's images/s) on the GPU machine's own CPU, which has AMX: the
-  # engine's default there is bf16 autocast + channels_last; CUDA hidden
+  # engine's default there is bf16 autocast + channels_last, against each alone; CUDA hidden
   CUDA_VISIBLE_DEVICES="" part 300 cpu_train.md python bench/train_speed.py \
-    --models resnet18 resnext101_32x8d --batch-sizes 16 4 --steps 2 --rounds 3
+    --models resnet18 resnext101_32x8d --batch-sizes 16 4 --steps 2 --rounds 3 --layouts
 fi
 [[ $parts == *" task "* ]] || exit 0
 

@@ -62,16 +62,18 @@ def seed_steps(model_name, batch, size, device):
     return run
 
 
-def engine_steps(model_name, batch, size, amp_dtype, device, compile=False, packed=True):
+def engine_steps(model_name, batch, size, amp_dtype, device, compile=False, packed=True,
+                 channels_last=None):
     """run(count): the engine's training loop over `count` batches of a fresh model (SGD
-    momentum 0.9, the engine's memory format for the model), warmed up. `packed=False`: a ViT
-    with torchvision's own attention."""
+    momentum 0.9, the engine's memory format for the model unless `channels_last` says),
+    warmed up. `packed=False`: a ViT with torchvision's own attention."""
     torch.manual_seed(0)
     model, spec = build_model(model_name, 200, weights="none", image_size=size)
     if not packed:
         torchvision_attention(model)
     model.to(device).train()
-    channels_last = spec.is_cnn  # the engine's default: for convolutions only
+    if channels_last is None:
+        channels_last = spec.is_cnn  # the engine's default: for convolutions only
     if channels_last:
         model.to(memory_format=torch.channels_last)
     args = SimpleNamespace(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=False, epochs=1,
@@ -122,8 +124,12 @@ def main():
     parser.add_argument("--steps", type=int, default=2, help="timed steps a round")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds, each timing every column in turn; the best counts")
-    parser.add_argument("--bf16", action="store_true",
-                        help="add a column: bf16 autocast + channels_last")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true",
+                           help="add a column: bf16 autocast + channels_last")
+    precision.add_argument("--layouts", action="store_true",
+                           help="add columns: the engine's loop in fp32 and in bf16 autocast, "
+                                "each contiguous and channels_last (what each default buys)")
     parser.add_argument("--compile", action="store_true",
                         help="add a column: the engine default under torch.compile")
     parser.add_argument("--torchvision-attention", action="store_true",
@@ -141,7 +147,11 @@ def main():
     print(f"device {device}, {torch.get_num_threads()} threads, AMX: {cpu_has_amx()}, "
           f"engine default: amp={default_amp}, channels_last for CNNs\n")
     tv_attention = args.torchvision_attention
-    extra = [name for name, wanted in (("bf16 + channels_last (img/s)", args.bf16),
+    layouts = [(amp, channels_last) for amp in (None, torch.bfloat16)
+               for channels_last in (False, True)] if args.layouts else []
+    extra = [f"{'bf16' if amp else 'fp32'} + {'channels_last' if last else 'contiguous'} (img/s)"
+             for amp, last in layouts]
+    extra += [name for name, wanted in (("bf16 + channels_last (img/s)", args.bf16),
                                        ("engine default + compile (img/s)", args.compile),
                                        ("torchvision attention (img/s)", tv_attention),
                                        ("torchvision attention + compile (img/s)",
@@ -156,6 +166,9 @@ def main():
         setup = (name, batch, args.image_size)
         runs = {"seed": seed_steps(*setup, device),
                 "ours": engine_steps(*setup, default_amp, device)}
+        for amp, channels_last in layouts:
+            runs[amp, channels_last] = engine_steps(*setup, amp, device,
+                                                    channels_last=channels_last)
         if args.bf16:
             runs["bf16"] = engine_steps(*setup, torch.bfloat16, device)
         if args.compile:
@@ -166,6 +179,7 @@ def main():
         speed = best_images_per_s(runs, batch, args.steps, args.rounds, device)
         row = (f"| {name} | {batch} | {speed['seed']:.3f} | {speed['ours']:.3f} | "
                f"{speed['ours'] / speed['seed']:.2f}x |")
+        row += "".join(f" {speed[layout]:.3f} |" for layout in layouts)
         if args.bf16:
             row += f" {speed['bf16']:.3f} |"
         if args.compile:

@@ -28,6 +28,19 @@ def test_train_speed_prints_a_row_per_model():
     assert rows[1][6] == ""  # a CNN has no attention to compare
 
 
+def test_train_speed_layouts_time_both_precisions_in_both_layouts():
+    result = run_cli("bench/train_speed.py", "--models", "resnet18", "--batch-sizes", "2",
+                     "--image-size", "32", "--steps", "1", "--rounds", "1", "--layouts")
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if line.startswith("| model"))
+    assert header.endswith("| fp32 + contiguous (img/s) | fp32 + channels_last (img/s) | "
+                           "bf16 + contiguous (img/s) | bf16 + channels_last (img/s) |")
+    [row] = table_rows(result.stdout, "resnet18")
+    assert len(row) == 9 and all(float(cell) > 0 for cell in row[5:])
+    both = run_cli("bench/train_speed.py", "--layouts", "--bf16")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
 def test_data_speed_prints_every_pipeline_and_loader_row():
     result = run_cli("bench/data_speed.py", "--images", "4", "--repeats", "1",
                      "--loader-workers", "0", "1", "--epoch-images", "40")
