@@ -522,7 +522,7 @@ def default_workers() -> int:
 def loader_workers(args, cuda: bool) -> int:
     """--workers, else a worker a core on CUDA and 0 on CPU. A GPU eats images faster than
     the seed's fixed 8 workers decode them (ViT-B/16 trains at 2,604 img/s at 224 px on an
-    H200; 8 workers loaded 1,699 there, 16 workers 2,386, by a timing that understated them:
+    H200; 8 workers loaded 2,893 there, 1.11x that, 16 workers 4,353, 1.67x:
     bench/RESULTS.md); CPU training needs every core for the model (on 2 cores, loading in
     the main process trained lite0 at 16.4 img/s, one worker process at 13.6)."""
     if args.workers is not None:
