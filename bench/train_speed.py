@@ -5,6 +5,7 @@ tensors).
 
     python bench/train_speed.py --models resnet18 resnext101_32x8d --batch-sizes 16 4
     python bench/train_speed.py --models resnet18 --batch-sizes 16 --image-size 224 --bf16
+    python bench/train_speed.py --models resnext101_32x8d --batch-sizes 4 --layouts
     python bench/train_speed.py --models resnext101_32x8d --batch-sizes 32 --image-size 448 \
         --steps 10 --compile --peak-tflops 989   # on an H100: adds model FLOP utilisation
 
