@@ -21,7 +21,6 @@ import io
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -77,10 +76,8 @@ def engine_steps(model_name, batch, size, amp_dtype, device, compile=False, pack
         channels_last = spec.is_cnn  # the engine's default: for convolutions only
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    args = SimpleNamespace(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=False, epochs=1,
-                           clip_grad=0.0)
     rt = engine.Runtime(device, amp_dtype=amp_dtype)
-    optimizer = engine.make_optimizer(model.parameters(), args, device)
+    optimizer = engine.make_optimizer(model.parameters(), device, "sgd", 0.01, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
@@ -93,7 +90,7 @@ def engine_steps(model_name, batch, size, amp_dtype, device, compile=False, pack
     def run(count):
         with contextlib.redirect_stdout(io.StringIO()):  # its progress line, past 30 s
             engine.train_epoch(net, model, spec, [(pixels, labels)] * count, optimizer,
-                               scheduler, scaler, criterion, args, rt, channels_last, 0,
+                               scheduler, scaler, criterion, rt, channels_last, 0, 1,
                                Path("last.pt"))
 
     run(1)  # warm-up: allocator, oneDNN / cuDNN kernel choice, compilation

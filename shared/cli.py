@@ -1,14 +1,42 @@
-"""The flags every task shares (one spelling everywhere) and the way a task script exits."""
+"""The flags every task shares (one spelling everywhere), their checks, and the way a task
+script exits. Imports nothing heavy: a script's --help answers before torch loads."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
-from shared.data import DataError, add_data_args
-from shared.engine import TrainingError
-from shared.models import MODELS, UsageError, WeightsError
+DATASETS = ("bird", "dog")
+RESIZE_MODES = ("letterbox", "random-resized-crop", "center-crop")
+MODELS = ("resnet18", "resnet50", "resnext101_32x8d", "vit_b_16", "vit_b_32", "vit_b_16_swag",
+          "tf_efficientnet_lite0", "vit_tiny")
+
+# ------------------------------------------------------------------------- value checks
+
+
+def _number(kind, test, expected):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+    parse.__name__ = expected  # argparse names the type in its message
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "an integer > 0")
+nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: v > 0, "a number > 0")
+nonnegative_float = _number(float, lambda v: v >= 0, "a number >= 0")
+fraction = _number(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+probability = _number(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+share = _number(float, lambda v: 0 < v <= 1, "a share in (0, 1]")
+
 
 # Training recipes: defaults a task script applies with `--recipe NAME` (flags still win).
 RECIPES = {
@@ -35,7 +63,8 @@ RECIPES = {
 def common_parser() -> argparse.ArgumentParser:
     """Parent parser: data, model, optimisation, runtime and output flags."""
     parser = argparse.ArgumentParser(add_help=False)
-    add_data_args(parser)
+    add_dataset_args(parser)
+    add_transform_args(parser)
     group = parser.add_argument_group("model")
     group.add_argument("--model", choices=MODELS, default="resnext101_32x8d")
     group.add_argument("--weights", default="imagenet",
@@ -47,33 +76,33 @@ def common_parser() -> argparse.ArgumentParser:
     group.add_argument("--recipe", choices=tuple(RECIPES), default="seed",
                        help="seed: the seed study's settings (the flags' defaults); strong: "
                             "the recipe meant to reach 90%% on CUB (README); vit: for ViTs")
-    group.add_argument("--epochs", type=int, default=25)
-    group.add_argument("--batch-size", type=int, default=16,
+    group.add_argument("--epochs", type=positive_int, default=25)
+    group.add_argument("--batch-size", type=positive_int, default=16,
                        help="global batch size (split across DDP processes)")
-    group.add_argument("--lr", type=float, default=0.01)
+    group.add_argument("--lr", type=positive_float, default=0.01)
     group.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    group.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum")
     group.add_argument("--nesterov", action="store_true",
                        help="Nesterov momentum (the seed used plain momentum)")
-    group.add_argument("--weight-decay", type=float, default=0.0)
+    group.add_argument("--weight-decay", type=nonnegative_float, default=0.0)
     group.add_argument("--scheduler", choices=("step", "cosine", "constant"), default="step")
-    group.add_argument("--step-size", type=int, default=7, help="StepLR: epochs per decay")
-    group.add_argument("--gamma", type=float, default=0.1, help="StepLR: decay factor")
-    group.add_argument("--warmup-epochs", type=float, default=0.0)
-    group.add_argument("--label-smoothing", type=float, default=0.0)
-    group.add_argument("--head-lr-mult", type=float, default=1.0,
+    group.add_argument("--step-size", type=positive_int, default=7, help="StepLR: epochs per decay")
+    group.add_argument("--gamma", type=positive_float, default=0.1, help="StepLR: decay factor")
+    group.add_argument("--warmup-epochs", type=nonnegative_float, default=0.0)
+    group.add_argument("--label-smoothing", type=fraction, default=0.0)
+    group.add_argument("--head-lr-mult", type=positive_float, default=1.0,
                        help="learning-rate multiplier of the new classifier head")
-    group.add_argument("--head-only-epochs", type=int, default=0,
+    group.add_argument("--head-only-epochs", type=nonnegative_int, default=0,
                        help="train only the new head for the first N epochs (linear probe, "
                             "then fine-tune)")
     group.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=False,
                        help="keep every batch norm in eval mode (its pre-trained statistics); "
                             "its scale and shift still train")
-    group.add_argument("--layer-decay", type=float, default=1.0,
+    group.add_argument("--layer-decay", type=positive_float, default=1.0,
                        help="each stage below the head learns this factor slower (1: off)")
-    group.add_argument("--drop-path", type=float, default=0.0,
+    group.add_argument("--drop-path", type=fraction, default=0.0,
                        help="stochastic depth rate, for models that have it (lite0)")
-    group.add_argument("--clip-grad", type=float, default=0.0,
+    group.add_argument("--clip-grad", type=nonnegative_float, default=0.0,
                        help="clip the gradient norm to this value (0: off)")
     group = parser.add_argument_group("runtime")
     group.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
@@ -90,18 +119,84 @@ def common_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# -------------------------------------------------------------------------------- flags
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The script's docstring as written, and every flag's default (also of flags without
+    a help text, which argparse's ArgumentDefaultsHelpFormatter leaves out)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if (action.option_strings and action.default is not argparse.SUPPRESS
+                and "%(default)" not in (action.help or "")
+                and not isinstance(action, argparse._HelpAction)):
+            action = copy.copy(action)
+            action.help = f"{action.help or ''} (default: %(default)s)".lstrip()
+        return super()._format_action(action)
+
+
+def add_dataset_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Which images: the dataset, its splits and the loader processes."""
+    parser.add_argument("--dataset", choices=DATASETS, default="bird",
+                        help="bird = CUB-200-2011, dog = Stanford Dogs")
+    parser.add_argument("--data-root", default="data",
+                        help="folder holding CUB_200_2011/ or StanfordDogs/")
+    parser.add_argument("--val-fraction", type=fraction, default=0.1,
+                        help="share of each class of train held out for model selection (at "
+                             "least one image a class when > 0)")
+    parser.add_argument("--workers", type=nonnegative_int, default=None,
+                        help="loader processes (None: 0 for CPU training, whose model "
+                             "needs every core; else one a core of this process's share)")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="at most this many images per split (smoke runs)")
+    return parser
+
+
+def add_transform_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """How a classifier sees them: size, geometry and augmentation."""
+    parser.add_argument("--image-size", type=positive_int, default=512)
+    parser.add_argument("--resize-mode", choices=RESIZE_MODES, default="letterbox",
+                        help="letterbox (keep aspect, pad; the seed's), random-resized-crop "
+                             "(train; resize + center crop at eval) or center-crop")
+    parser.add_argument("--crop-scale", type=share, default=0.25,
+                        help="random-resized-crop: smallest share of the image area kept")
+    parser.add_argument("--crop-ratio", type=share, default=0.875,
+                        help="center crops: image-size / resized short side")
+    parser.add_argument("--hflip", type=fraction, default=0.5,
+                        help="probability of a horizontal flip in training")
+    parser.add_argument("--grayscale", type=fraction, default=0.1,
+                        help="probability of random grayscale in training")
+    return parser
+
+
 def parse_with_recipes(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """`--recipe NAME` sets defaults; flags given on the command line still win."""
-    known, _ = parser.parse_known_args(argv)
-    parser.set_defaults(**RECIPES[known.recipe])
+    """`--recipe NAME` sets defaults; flags given on the command line still win. The recipe
+    is read first, so `--recipe strong --help` shows the recipe's values."""
+    recipe = parser.get_default("recipe")
+    if recipe is not None:
+        peek = argparse.ArgumentParser(add_help=False)
+        peek.add_argument("--recipe", choices=tuple(RECIPES), default=recipe)
+        recipe = peek.parse_known_args(argv)[0].recipe
+        parser.set_defaults(**RECIPES[recipe], recipe=recipe)
     return parser.parse_args(argv)
+
+
+def task_parser(doc: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """A task script's parser: its docstring, the common flags (or `parents`), defaults shown."""
+    return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter,
+                                   parents=list(parents) or [common_parser()])
 
 
 def run(main, args) -> None:
     """Run a task's main; a known failure ends with one readable line and a non-zero exit."""
+    from shared.checkpoint import CheckpointError
+    from shared.data import DataError
+    from shared.engine import TrainingError
+    from shared.models import UsageError, WeightsError
+
     try:
         main(args)
-    except (DataError, WeightsError, TrainingError, UsageError) as e:
+    except (DataError, WeightsError, TrainingError, UsageError, CheckpointError) as e:
         # An error raised in a DataLoader worker arrives with the worker's traceback in its
         # message; its last line is the original message.
         message = str(e).strip().splitlines()[-1]

@@ -26,11 +26,11 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-DATASETS = ("bird", "dog")
+from shared.cli import DATASETS, RESIZE_MODES, fraction
+
 FOLDERS = {"bird": "CUB_200_2011", "dog": "StanfordDogs"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE_MODES = ("letterbox", "random-resized-crop", "center-crop")
 CUB_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt",
              "images")
 DOGS_FILES = ("train_list.mat", "test_list.mat", "Images")
@@ -89,7 +89,9 @@ def dataset_folder(name: str, data_root: str | os.PathLike) -> Path:
 
 def load_dataset(name: str, data_root: str | os.PathLike) -> DatasetIndex:
     folder = dataset_folder(name, data_root)
-    return read_cub(folder) if name == "bird" else read_dogs(folder)
+    if name == "bird":
+        return _every_class_trains(read_cub(folder), folder / "classes.txt")
+    return _every_class_trains(read_dogs(folder), folder / "train_list.mat")
 
 
 def _read_table(path: Path, fields: str, types: tuple) -> dict:
@@ -129,6 +131,7 @@ def read_cub(folder: Path) -> DatasetIndex:
     class_ids = _read_table(files["classes.txt"], "<class_id> <class_name>", (int, str))
     label_of = {cid: i for i, cid in enumerate(class_ids)}
     paths = _read_table(files["images.txt"], "<image_id> <path>", (int, str))
+    _no_repeated_paths(files["images.txt"], paths)
     labels = _read_table(files["image_class_labels.txt"], "<image_id> <class_id>", (int, int))
     is_train = _read_table(files["train_test_split.txt"],
                            "<image_id> <is_training_image: 1 or 0>", (int, _split_flag))
@@ -155,6 +158,33 @@ def read_cub(folder: Path) -> DatasetIndex:
                         boxes.get(image_id, ()))
         (train if is_train[image_id] else test).append(record)
     return DatasetIndex("bird", folder, list(class_ids.values()), train, test)
+
+
+def _no_repeated_paths(path: Path, paths: dict[int, str]) -> None:
+    """One photo listed under two image ids would sit in two splits or count twice."""
+    first_id: dict[str, int] = {}
+    for image_id, key in paths.items():
+        if key in first_id:
+            lines = {}
+            with open(path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    parts = line.split(maxsplit=1)
+                    if parts and parts[0] in (str(first_id[key]), str(image_id)):
+                        lines.setdefault(parts[0], lineno)
+            raise DataError(f"{path}, lines {lines.get(str(first_id[key]))} and "
+                            f"{lines.get(str(image_id))}: {key} is listed twice (image ids "
+                            f"{first_id[key]} and {image_id})")
+        first_id[key] = image_id
+
+
+def _every_class_trains(index: DatasetIndex, source: Path) -> DatasetIndex:
+    """A class without training photos would be a head output no image teaches."""
+    counts = np.bincount([r.label for r in index.train], minlength=len(index.classes))
+    empty = [name for name, n in zip(index.classes, counts, strict=True) if n == 0]
+    if empty:
+        raise DataError(f"{source}: {len(empty)} class(es) have no training photos: "
+                        f"{', '.join(empty[:5])}; remove them or add their photos")
+    return index
 
 
 def _mat_list(path: Path) -> list[tuple[str, str, int]]:
@@ -230,7 +260,8 @@ def _existing(path: Path) -> Path:
 def split_train_val(records: list[Record], val_fraction: float, seed: int = 0
                     ) -> tuple[list[Record], list[Record]]:
     """Seeded, stratified validation split carved from train (never from test). Each class
-    gives round(n * val_fraction) images, keeping at least one for training."""
+    gives round(n * val_fraction) images, at least one when val_fraction > 0 (else 4 photos
+    a class at 0.1 would leave validation empty), and keeps at least one for training."""
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     by_class = defaultdict(list)
@@ -240,10 +271,33 @@ def split_train_val(records: list[Record], val_fraction: float, seed: int = 0
     val = set()
     for label in sorted(by_class):
         members = by_class[label]
-        n_val = min(round(len(members) * val_fraction), len(members) - 1)
+        n_val = round(len(members) * val_fraction)
+        n_val = min(max(n_val, 1 if val_fraction > 0 else 0), len(members) - 1)
         val.update(rng.permutation(members)[:n_val].tolist())
     return ([r for i, r in enumerate(records) if i not in val],
             [r for i, r in enumerate(records) if i in val])
+
+
+def check_images(records: list[Record]) -> None:
+    """Every listed photo opens (its header only: cheap), before a run spends hours and
+    finds a bad one at its test; one over PIL's decompression-bomb size is named too."""
+    def size(record: Record) -> tuple[Record, int]:
+        try:
+            with Image.open(record.path) as image:
+                return record, image.width * image.height
+        except FileNotFoundError:
+            raise DataError(f"{record.path}: image file is missing") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"{record.path}: cannot read the image ({e})") from None
+        except Image.DecompressionBombError:
+            return record, Image.MAX_IMAGE_PIXELS + 1
+
+    with ThreadPoolExecutor(default_workers()) as pool:
+        for record, pixels in pool.map(size, records):
+            if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+                raise DataError(f"{record.path}: {pixels} pixels, over PIL's "
+                                f"decompression-bomb limit of {Image.MAX_IMAGE_PIXELS}; shrink "
+                                "it (python -m shared.data resize) or remove it")
 
 
 def limit_per_split(records: list[Record], limit: int | None, seed: int = 0) -> list[Record]:
@@ -263,8 +317,10 @@ def load_rgb(path: str | os.PathLike, region: Box | None = None,
     palette, PNG behind a .jpg name), cropped to `region` (pixels of the full image, clipped
     to it) when given. With `need` (`decode_need`), a JPEG at least twice the size the
     transform needs decodes at 1/2, 1/4 or 1/8 scale (libjpeg's draft mode: 1.5-2.3x the
-    images/s from 1600 x 1200 photos, bench/RESULTS.md), never below that size. Errors name
-    the file."""
+    images/s from 1600 x 1200 photos, bench/RESULTS.md), never below that size. 16-bit
+    grayscale becomes 8-bit (value / 257). The EXIF orientation tag is ignored, as
+    torchvision's readers ignore it: pixels stay as stored, which is the frame CUB's and
+    Stanford Dogs' boxes are given in. Errors name the file."""
     try:
         with Image.open(path) as image:
             full_w, full_h = image.size
@@ -280,6 +336,11 @@ def load_rgb(path: str | os.PathLike, region: Box | None = None,
             image.load()
             if image.mode in ("P", "PA"):  # palette transparency must go through RGBA
                 image = image.convert("RGBA")
+            if image.mode.startswith("I"):  # 16-bit PNGs: convert("RGB") would clip to white
+                image = _eight_bit(image, path)
+            elif image.mode == "F":
+                raise DataError(f"{path}: a floating-point image (mode F); expected 8- or "
+                                "16-bit pixels")
             if image.mode != "RGB":  # convert would copy an RGB image: 1/6 of its read time
                 image = image.convert("RGB")
     except FileNotFoundError:
@@ -290,6 +351,16 @@ def load_rgb(path: str | os.PathLike, region: Box | None = None,
         return image
     scale = image.width / full_w  # < 1 after a draft-mode decode
     return image.crop(tuple(v * scale for v in region))
+
+
+def _eight_bit(image: Image.Image, path) -> Image.Image:
+    """A 16-bit grayscale image (modes I;16*, or I holding 16-bit values) as 8-bit L, each
+    value divided by 257 (65535 -> 255), as a 16-bit viewer shows it."""
+    pixels = np.asarray(image).astype(np.int64)
+    if pixels.min() < 0 or pixels.max() > 65535:
+        raise DataError(f"{path}: {image.mode} pixels outside 0..65535; expected an 8- or "
+                        "16-bit image")
+    return Image.fromarray(np.round(pixels / 257).astype(np.uint8), mode="L")
 
 
 def decode_need(train: bool, image_size: int, resize_mode: str = "letterbox", *,
@@ -483,11 +554,13 @@ class Loaders:
 
 
 def prepare_splits(args) -> tuple[DatasetIndex, list[Record], list[Record], list[Record]]:
-    """The dataset, then train / val (carved from train) / test, each capped by --limit."""
+    """The dataset, then train / val (carved from train) / test, each capped by --limit;
+    every photo of the three is checked to open before anything trains."""
     index = load_dataset(args.dataset, args.data_root)
     train, val = split_train_val(index.train, args.val_fraction, args.seed)
     train, val, test = (limit_per_split(r, args.limit, args.seed)
                         for r in (train, val, index.test))
+    check_images(train + val + test)
     return index, train, val, test
 
 
@@ -528,41 +601,6 @@ def loader_workers(args, cuda: bool) -> int:
     if args.workers is not None:
         return args.workers
     return default_workers() if cuda else 0
-
-
-def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The data flags every task shares (one spelling everywhere)."""
-    parser.add_argument("--dataset", choices=DATASETS, default="bird",
-                        help="bird = CUB-200-2011, dog = Stanford Dogs")
-    parser.add_argument("--data-root", default="data",
-                        help="folder holding CUB_200_2011/ or StanfordDogs/")
-    parser.add_argument("--val-fraction", type=fraction, default=0.1,
-                        help="share of each class of train held out for model selection")
-    parser.add_argument("--image-size", type=int, default=512)
-    parser.add_argument("--resize-mode", choices=RESIZE_MODES, default="letterbox",
-                        help="letterbox (keep aspect, pad; the seed's), random-resized-crop "
-                             "(train; resize + center crop at eval) or center-crop")
-    parser.add_argument("--crop-scale", type=float, default=0.25,
-                        help="random-resized-crop: smallest share of the image area kept")
-    parser.add_argument("--crop-ratio", type=float, default=0.875,
-                        help="center crops: image-size / resized short side")
-    parser.add_argument("--hflip", type=fraction, default=0.5,
-                        help="probability of a horizontal flip in training")
-    parser.add_argument("--grayscale", type=fraction, default=0.1,
-                        help="probability of random grayscale in training")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="loader processes (default: 0 for CPU training, whose model "
-                             "needs every core; else one a core of this process's share)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="at most this many images per split (smoke runs)")
-    return parser
-
-
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
-    return value
 
 
 # ------------------------------------------------------------------------- command line

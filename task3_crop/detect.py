@@ -21,20 +21,13 @@ trained weights, for --detector-weights) and mmdet/ (checkpoints, logs, TensorBo
 import argparse
 import json
 import os
-import pickle
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from shared import cli, data, engine, models, results  # noqa: E402
-from shared.data import DataError  # noqa: E402
-from task3_crop import boxes as boxes_io  # noqa: E402
-from task3_crop import mmcv_ext  # noqa: E402, F401  (registers mmcv._ext before mmdet loads)
+from shared import cli  # noqa: E402  (argparse only)
 
 TASK = "task3_crop"
 SEED_CONFIG = "faster_rcnn/faster-rcnn_r101_fpn_2x_coco.py"
@@ -48,22 +41,29 @@ SCORE_THRESHOLD = 0.05  # mmdet's default; below it an image has no detection
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    data.add_data_args(parser)
+    parser = cli.task_parser(__doc__, cli.add_dataset_args(argparse.ArgumentParser(
+        add_help=False)))
+    per_detector = {key: ", ".join(f"{name} {values[key]}" for name, values in DETECTORS.items())
+                    for key in ("image_scale", "epochs", "batch_size", "lr")}
     parser.add_argument("--detector", choices=tuple(DETECTORS), default="seed")
     parser.add_argument("--backbone-weights", choices=("imagenet", "none"), default="imagenet",
                         help="ImageNet torchvision ResNet weights for the backbone, or none")
     parser.add_argument("--detector-weights", type=Path,
                         help="start from this MMDetection checkpoint instead")
-    parser.add_argument("--image-scale", type=int, nargs=2, metavar=("LONG", "SHORT"),
-                        help="resize to fit LONG x SHORT, keeping the aspect ratio")
-    parser.add_argument("--epochs", type=int, help="0: only predict (needs --detector-weights "
-                                                   "of a one-class detector)")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float, help="SGD learning rate")
+    parser.add_argument("--image-scale", type=cli.positive_int, nargs=2,
+                        metavar=("LONG", "SHORT"), default=argparse.SUPPRESS,
+                        help="resize to fit LONG x SHORT, keeping the aspect ratio (default "
+                             f"per --detector: {per_detector['image_scale']})")
+    parser.add_argument("--epochs", type=cli.nonnegative_int, default=argparse.SUPPRESS,
+                        help="0: only predict (needs --detector-weights of a one-class "
+                             f"detector) (default per --detector: {per_detector['epochs']})")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=argparse.SUPPRESS,
+                        help=f"(default per --detector: {per_detector['batch_size']})")
+    parser.add_argument("--lr", type=cli.positive_float, default=argparse.SUPPRESS,
+                        help=f"SGD learning rate (default per --detector: {per_detector['lr']})")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path,
+                        help="run folder (None: results/task3_crop/<dataset>/detector)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the training in <out>/mmdet from its last checkpoint")
     args = parser.parse_args(argv)
@@ -74,6 +74,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--epochs 0 predicts with --detector-weights, which is missing")
     args.out = args.out or Path("results", TASK, args.dataset, "detector")
     return args
+
+
+if __name__ == "__main__":  # --help and bad flags answer before torch loads below
+    ARGS = parse_args()
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from shared import checkpoint, data, engine, models, results  # noqa: E402
+from shared.data import DataError  # noqa: E402
+from task3_crop import boxes as boxes_io  # noqa: E402
+from task3_crop import mmcv_ext  # noqa: E402, F401  (registers mmcv._ext before mmdet loads)
 
 
 def coco_json(records: list[data.Record], path: Path) -> None:
@@ -172,36 +184,49 @@ def detector_config(args, images: Path, ann_file: Path, train_images: int):
     return cfg
 
 
-def load_checkpoints_safely(own_dir: Path) -> None:
-    """mmengine 0.10.7 loads checkpoints with torch.load's default, which is weights_only=True
-    since torch 2.6, and its training checkpoints hold more than tensors. Files in this run's
-    own folder (`own_dir`, for --resume) may hold its training state: numpy arrays and
-    HistoryBuffers whose bound methods pickle through getattr. Any other file (--detector-weights)
-    may hold tensors and plain numpy only."""
-    import numpy as np
-    from mmengine.logging import HistoryBuffer
+def load_checkpoints_safely() -> None:
+    """Every checkpoint mmengine loads (--detector-weights, the backbone, --resume) goes
+    through shared.checkpoint.load: tensors, containers and plain numpy (which published
+    MMDetection checkpoints hold in their meta), nothing that can run code."""
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    multiarray = getattr(np, "_core", None) or np.core
-    plain = [np.ndarray, np.dtype, multiarray.multiarray._reconstruct,
-             multiarray.multiarray.scalar, *{type(np.dtype(c)) for c in np.typecodes["All"]}]
-    own_dir = own_dir.resolve()
-
     def load_local(filename, map_location):
-        path = Path(filename).expanduser().resolve()
-        if not path.is_file():
-            raise DataError(f"checkpoint {filename} not found")
-        own = path.is_relative_to(own_dir)
-        with torch.serialization.safe_globals(plain + ([HistoryBuffer, getattr] if own else [])):
-            try:
-                return torch.load(path, map_location=map_location, weights_only=True)
-            except pickle.UnpicklingError as e:
-                why = [line for line in str(e).splitlines() if "global" in line or "got" in line]
-                raise DataError(f"{path} holds more than weights ({' '.join(why[-1:])}); "
-                                "pass a published checkpoint (state_dict and meta), e.g. the "
-                                "detector.pth that detect.py writes") from None
+        return checkpoint.load(Path(filename).expanduser(), "checkpoint",
+                               checkpoint.numpy_globals())
 
     CheckpointLoader.register_scheme(prefixes="", loader=load_local, force=True)
+
+
+def plain_checkpoints_hook():
+    """mmengine's training checkpoints hold its message hub's HistoryBuffers, whose bound
+    methods pickle through builtins.getattr, which no safe loader may allow. This hook saves
+    them (and any numpy value) as tensors and plain values, and rebuilds them on --resume."""
+    import numpy as np
+    from mmengine.hooks import Hook
+    from mmengine.logging import HistoryBuffer
+    from mmengine.utils import apply_to
+
+    class PlainCheckpoints(Hook):
+        def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+            hub = checkpoint["message_hub"]
+            hub["log_scalars"] = {
+                key: {"log": torch.from_numpy(buffer._log_history),
+                      "count": torch.from_numpy(buffer._count_history),
+                      "max_length": buffer.max_length}
+                for key, buffer in hub["log_scalars"].items()}
+            checkpoint.update(apply_to(
+                checkpoint, lambda x: isinstance(x, np.ndarray | np.generic),
+                lambda x: torch.from_numpy(x) if isinstance(x, np.ndarray) else x.item()))
+
+        def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+            hub = checkpoint.get("message_hub")
+            if hub is not None:
+                hub["log_scalars"] = {
+                    key: HistoryBuffer(saved["log"].numpy(), saved["count"].numpy(),
+                                       saved["max_length"])
+                    for key, saved in hub["log_scalars"].items()}
+
+    return PlainCheckpoints()
 
 
 class PipelineDataset(torch.utils.data.Dataset):
@@ -250,10 +275,10 @@ def main(args: argparse.Namespace) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would train its own
         raise engine.TrainingError("task3_crop/detect.py runs in one process (one GPU); "
                                    "start it without torchrun")
+    checkpoint.claim_run_folder(args.out, args.resume)
     register_all_modules()
-    load_checkpoints_safely(args.out / "mmdet")
+    load_checkpoints_safely()
     index, train, val, test = data.prepare_splits(args)
-    args.out.mkdir(parents=True, exist_ok=True)
     ann_file = args.out / "coco_train.json"
     coco_json(train, ann_file)
     cfg = detector_config(args, index.folder / ("images" if args.dataset == "bird" else "Images"),
@@ -262,6 +287,7 @@ def main(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     if args.epochs > 0:
         runner = Runner.from_cfg(cfg)
+        runner.register_hook(plain_checkpoints_hook())
         model = runner.train()
     else:
         model = MODELS.build(cfg.model)
@@ -274,8 +300,9 @@ def main(args: argparse.Namespace) -> None:
         model.to("cuda" if torch.cuda.is_available() else "cpu")
     train_seconds = time.perf_counter() - start
     # The trained weights alone, as MMDetection publishes checkpoints: --detector-weights
-    torch.save({"state_dict": model.state_dict(),
-                "meta": {"dataset_meta": {"classes": ("object",)}}}, args.out / "detector.pth")
+    checkpoint.save_atomic({"state_dict": model.state_dict(),
+                            "meta": {"dataset_meta": {"classes": ("object",)}}},
+                           args.out / "detector.pth")
 
     every = train + val + test
     start = time.perf_counter()
@@ -310,4 +337,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, parse_args())
+    cli.run(main, ARGS)

@@ -24,19 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
 
-from shared import cli, data, engine  # noqa: E402
-from shared.data import DataError  # noqa: E402
-from task3_crop import boxes as boxes_io  # noqa: E402
+from shared import cli  # noqa: E402  (argparse only)
 
 TASK = "task3_crop"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.task_parser(__doc__)
     group = parser.add_argument_group("crop")
-    group.add_argument("--crop", choices=boxes_io.CROPS, default="box")
-    group.add_argument("--margin", type=float, default=0.0,
+    group.add_argument("--crop", choices=("none", "box", "square"), default="box")
+    group.add_argument("--margin", type=cli.nonnegative_float, default=0.0,
                        help="grow the box by this share of its width and height on every side")
     group.add_argument("--train-boxes", choices=("gt", "pred"), default="gt",
                        help="boxes that crop the training images")
@@ -46,11 +43,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="the detector's boxes file (default "
                             "results/task3_crop/<dataset>/detector/boxes.json)")
     args = cli.parse_with_recipes(parser, argv)
-    if args.margin < 0:
-        parser.error(f"--margin {args.margin}: expected a share >= 0")
     args.boxes = args.boxes or Path("results", TASK, args.dataset, "detector", "boxes.json")
     args.out = args.out or Path("results", TASK, args.dataset, variant(args))
     return args
+
+
+if __name__ == "__main__":  # --help and bad flags answer before torch loads below
+    ARGS = parse_args()
+
+from shared import checkpoint, data, engine  # noqa: E402
+from shared.data import DataError  # noqa: E402
+from task3_crop import boxes as boxes_io  # noqa: E402
 
 
 def variant(args) -> str:
@@ -62,6 +65,7 @@ def variant(args) -> str:
 
 def main(args: argparse.Namespace) -> None:
     rt = engine.init_runtime(args)
+    checkpoint.claim_run_folder(args.out, args.resume)
     index, train, val, test = data.prepare_splits(args)
 
     uses_predictions = args.crop != "none" and "pred" in (args.train_boxes, args.test_boxes)
@@ -93,4 +97,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, parse_args())
+    cli.run(main, ARGS)

@@ -29,38 +29,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from shared import cli, data, engine, models  # noqa: E402
-from shared.data import DataError, Record  # noqa: E402
-from task4_dcgan.dcgan import SIZES, Discriminator, Generator  # noqa: E402
+from shared import cli  # noqa: E402  (argparse only)
 
 TASK = "task4_dcgan"
 FID_SIZE = 224
+GAN_SIZES = (32, 64, 128)  # dcgan.SIZES (a test checks), here so that --help needs no torch
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.task_parser(__doc__)
     group = parser.add_argument_group("GAN")
-    group.add_argument("--gan-size", type=int, choices=SIZES, default=32,
+    group.add_argument("--gan-size", type=int, choices=GAN_SIZES, default=32,
                        help="the generated images' side in pixels")
-    group.add_argument("--gan-epochs", type=int, default=100)
-    group.add_argument("--gan-batch-size", type=int, default=100)
-    group.add_argument("--gan-lr", type=float, default=2e-4)
-    group.add_argument("--z-dim", type=int, default=100)
-    group.add_argument("--gan-width", type=int, default=64,
+    group.add_argument("--gan-epochs", type=cli.positive_int, default=100)
+    group.add_argument("--gan-batch-size", type=cli.positive_int, default=100)
+    group.add_argument("--gan-lr", type=cli.positive_float, default=2e-4)
+    group.add_argument("--z-dim", type=cli.positive_int, default=100)
+    group.add_argument("--gan-width", type=cli.positive_int, default=64,
                        help="channels of G's last and D's first layer")
-    group.add_argument("--synthetic-per-class", type=int, default=10, metavar="K")
+    group.add_argument("--synthetic-per-class", type=cli.nonnegative_int, default=10, metavar="K")
     group.add_argument("--judge", type=Path,
                        help="task 1-2's best.pt, for gen_class_acc (default "
                             "results/task1_2_finetune/<dataset>/pretrained/best.pt)")
     args = cli.parse_with_recipes(parser, argv)
-    if args.synthetic_per_class < 0:
-        parser.error("--synthetic-per-class must be >= 0")
     args.judge = args.judge or Path("results", "task1_2_finetune", args.dataset, "pretrained",
                                     "best.pt")
     args.out = args.out or Path("results", TASK, args.dataset, "dcgan")
@@ -68,6 +59,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------- GAN
+
+
+if __name__ == "__main__":  # --help and bad flags answer before torch loads below
+    ARGS = parse_args()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from shared import checkpoint, data, engine, models  # noqa: E402
+from shared.data import Record  # noqa: E402
+from task4_dcgan.dcgan import Discriminator, Generator  # noqa: E402
 
 
 def load_images(records: list[Record], size: int, workers: int) -> torch.Tensor:
@@ -126,18 +130,12 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, args
     seed = torch.Generator().manual_seed(args.seed)
     fixed_z = torch.randn(num_classes * 8, args.z_dim, generator=seed).to(device)
     fixed_y = torch.arange(num_classes).repeat_interleave(8).to(device)  # a row per class
-    start_epoch, history = 0, []
     last = out / "last.pt"
-    if args.resume and last.exists():
-        state = engine.load_checkpoint(last)
-        for module, key in ((G, "G"), (D, "D"), (opt_g, "opt_g"), (opt_d, "opt_d")):
-            module.load_state_dict(state[key])
-        start_epoch, history = state["epoch"], state["history"]
-        torch.set_rng_state(state["rng_cpu"])
+    resumable = checkpoint.Resumable(last, G=G, D=D, opt_g=opt_g, opt_d=opt_d)
+    saved = resumable.restore() if args.resume else None
+    start_epoch, history = (saved["epoch"], saved["history"]) if saved else (0, [])
+    if saved:
         print(f"GAN resumed from {last} at epoch {start_epoch}", flush=True)
-    elif last.exists():
-        raise engine.TrainingError(f"{out} already holds a GAN run (last.pt): pass --resume "
-                                   "to continue it, or choose another --out")
     (out / "samples").mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(out / "tb")
     n, batch = len(images), min(args.gan_batch_size, len(images))
@@ -174,10 +172,7 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, args
             writer.add_scalar(tag, record[key], epoch + 1)
         writer.add_images("gan/samples", grid, epoch + 1)
         writer.flush()
-        engine.save_atomic({"G": G.state_dict(), "D": D.state_dict(),
-                            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                            "epoch": epoch + 1, "history": history,
-                            "rng_cpu": torch.get_rng_state()}, last)
+        resumable.save(epoch=epoch + 1, history=history)
         print(f"GAN epoch {epoch + 1}/{args.gan_epochs} loss_D {record['loss_d']:.3f} "
               f"loss_G {record['loss_g']:.3f} D(x) {record['d_real']:.3f} "
               f"D(G(z)) {record['d_fake']:.3f}", flush=True)
@@ -252,21 +247,24 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
                  - 2 * trace_root)
 
 
-@torch.no_grad()
-def class_accuracy(judge_path: Path, classes: list[str], images: torch.Tensor,
-                   labels: torch.Tensor, device) -> float | None:
-    """Accuracy of a trained classifier (best.pt) on generated images; None, said aloud, when
-    there is none."""
-    if not judge_path.is_file():
-        print(f"gen_class_acc not measured: no task 1-2 classifier at {judge_path} (train one "
+def load_judge(path: Path, classes: list[str]):
+    """Task 1-2's classifier (its best.pt) that judges the generated images, loaded before
+    the GAN trains so that a bad file stops the run at once; None, said aloud, without one."""
+    if not path.is_file():
+        print(f"gen_class_acc not measured: no task 1-2 classifier at {path} (train one "
               "with task1_2_finetune/train.py, or pass --judge PATH)", flush=True)
         return None
-    meta = engine.load_checkpoint(judge_path)
-    if meta.get("classes") != classes:
-        raise DataError(f"--judge {judge_path} was trained on other classes than this dataset")
-    net, _ = models.build_model(meta["model_name"], len(classes), str(judge_path),
-                                meta["image_size"])
-    net.eval().to(device)
+    return models.load_classifier(path, classes, "--judge")
+
+
+@torch.no_grad()
+def class_accuracy(judge, images: torch.Tensor, labels: torch.Tensor, device) -> float | None:
+    """Accuracy of the judge (`load_judge`) on generated images against the class each was
+    generated for; None without a judge."""
+    if judge is None:
+        return None
+    net, _, meta = judge
+    net.to(device)
     mean = torch.tensor(meta["mean"], device=device)[:, None, None]
     std = torch.tensor(meta["std"], device=device)[:, None, None]
     correct = 0
@@ -282,8 +280,9 @@ def main(args: argparse.Namespace) -> None:
     if rt.world_size > 1:
         raise engine.TrainingError("task4_dcgan runs in one process (the GAN is small); "
                                    "start it without torchrun")
+    out = checkpoint.claim_run_folder(args.out, args.resume)
     index, train, val, test = data.prepare_splits(args)
-    out = Path(args.out)
+    judge = load_judge(args.judge, index.classes)
     workers = data.loader_workers(args, rt.device.type == "cuda")
     real = load_images(train, args.gan_size, workers)  # the train split alone
     real_labels = torch.tensor([r.label for r in train])
@@ -298,15 +297,14 @@ def main(args: argparse.Namespace) -> None:
     synthetic = write_synthetic(fake[keep], fake_labels[keep], args.image_size,
                                 out / "synthetic")
     quality = {"fid": frechet_distance(*lite0_features([real, fake], rt.device)),
-               "gen_class_acc": class_accuracy(args.judge, index.classes, fake, fake_labels,
-                                               rt.device)}
+               "gen_class_acc": class_accuracy(judge, fake, fake_labels, rt.device)}
     print(f"FID {quality['fid']:.2f} (lite0 features, {len(real)} real, {len(fake)} "
           f"generated); gen_class_acc {quality['gen_class_acc']}", flush=True)
     engine.train_classifier(TASK, "dcgan", args, rt, index.classes, train + synthetic, val,
                             test, {"real_train": len(train), "synthetic": len(synthetic)},
-                            **quality)
+                            claim=False, **quality)  # out holds the GAN: claimed above
     engine.shutdown(rt)
 
 
 if __name__ == "__main__":
-    cli.run(main, parse_args())
+    cli.run(main, ARGS)

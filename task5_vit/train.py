@@ -24,18 +24,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
 
-from shared import cli, data, engine  # noqa: E402
+from shared import cli  # noqa: E402  (argparse only)
 
 TASK = "task5_vit"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.set_defaults(model="vit_b_16", recipe=None)
-    known, _ = parser.parse_known_args(argv)
+    parser = cli.task_parser(__doc__)
+    # The recipe follows the model unless --recipe says otherwise (read before --help, so
+    # that it shows the values that apply).
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--model", default="vit_b_16")
+    peek.add_argument("--recipe")
+    known = peek.parse_known_args(argv)[0]
     recipe = known.recipe or ("vit" if known.model.startswith("vit") else "strong")
-    parser.set_defaults(**cli.RECIPES[recipe], recipe=recipe)
+    parser.set_defaults(model="vit_b_16", **cli.RECIPES[recipe], recipe=recipe)
     if known.model == "vit_b_16_swag":
         parser.set_defaults(image_size=384)  # the SWAG weights' own resolution
     args = parser.parse_args(argv)
@@ -43,8 +46,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+if __name__ == "__main__":  # --help and bad flags answer before torch loads below
+    ARGS = parse_args()
+
+from shared import checkpoint, data, engine  # noqa: E402
+
+
 def main(args: argparse.Namespace) -> None:
     rt = engine.init_runtime(args)
+    checkpoint.claim_run_folder(args.out, args.resume)
     index, train, val, test = data.prepare_splits(args)
     engine.train_classifier(TASK, args.model, args, rt, index.classes, train, val, test,
                             measure_cost=True)
@@ -52,4 +62,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, parse_args())
+    cli.run(main, ARGS)

@@ -28,22 +28,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
 
-import numpy as np  # noqa: E402
-import scipy.stats  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from shared import cli, data, engine, models, results  # noqa: E402
-from shared.data import DataError  # noqa: E402
-from task6_heatmap import heatmaps  # noqa: E402
+from shared import cli  # noqa: E402  (argparse only)
 
 TASK = "task6_heatmap"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.task_parser(__doc__)
     group = parser.add_argument_group("heatmaps")
     group.add_argument("--checkpoint", type=Path,
                        help="a best.pt of task 1-2 or 5; without one, a classifier is trained "
@@ -53,23 +44,28 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="default: gradcam and gradcam++ for a CNN, rollout and gradcam "
                             "for a ViT")
     group.add_argument("--layer", help="the layer Grad-CAM reads (default: the last stage)")
-    group.add_argument("--target", type=int, help="class index for every image (default: "
-                                                  "the predicted class)")
+    group.add_argument("--target", type=cli.nonnegative_int,
+                       help="class index for every image (None: the predicted class)")
     group.add_argument("--images", type=Path, nargs="+", help="photos for the figure "
                                                               "(default: the first test images)")
-    group.add_argument("--figure-images", type=int, default=6)
+    group.add_argument("--figure-images", type=cli.positive_int, default=6)
     args = cli.parse_with_recipes(parser, argv)
     args.out = args.out or Path("results", TASK, args.dataset, args.model)
     return args
 
 
-def load_classifier(path: Path, classes: list[str], device) -> tuple:
-    meta = engine.load_checkpoint(path)
-    if meta.get("classes") != classes:
-        raise DataError(f"--checkpoint {path} was trained on other classes than this dataset")
-    model, spec = models.build_model(meta["model_name"], len(classes), str(path),
-                                     meta["image_size"])
-    return model.to(device).eval(), spec, meta
+if __name__ == "__main__":  # --help and bad flags answer before torch loads below
+    ARGS = parse_args()
+
+import numpy as np  # noqa: E402
+import scipy.stats  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from shared import checkpoint, data, engine, models, results  # noqa: E402
+from shared.data import DataError  # noqa: E402
+from task6_heatmap import heatmaps  # noqa: E402
 
 
 def letterbox_boxes(record: data.Record, image: Image.Image, size: int
@@ -125,8 +121,8 @@ def colour(image: np.ndarray, heat: np.ndarray) -> Image.Image:
 
 def main(args: argparse.Namespace) -> None:
     rt = engine.init_runtime(args)
+    out = checkpoint.claim_run_folder(args.out, args.resume)
     index, train, val, test = data.prepare_splits(args)
-    out = Path(args.out)
     if args.checkpoint is None:  # no classifier given: train one with the common flags
         args_classifier = argparse.Namespace(**{**vars(args), "out": out / "classifier"})
         engine.train_classifier(TASK, "classifier", args_classifier, rt, index.classes,
@@ -135,7 +131,8 @@ def main(args: argparse.Namespace) -> None:
     if not rt.main:  # under torchrun the heatmaps are the main process's alone: the others
         engine.shutdown(rt)  # would repeat its work and write the same files at once
         return
-    model, spec, meta = load_classifier(args.checkpoint, index.classes, rt.device)
+    model, spec, meta = models.load_classifier(args.checkpoint, index.classes)
+    model.to(rt.device)
     size = meta["image_size"]
     random_model, _ = models.build_model(meta["model_name"], len(index.classes), "none", size)
     for name, param in random_model.named_parameters():
@@ -238,4 +235,4 @@ def write_figures(model, spec, records, methods, layer, target, transform, meta,
 
 
 if __name__ == "__main__":
-    cli.run(main, parse_args())
+    cli.run(main, ARGS)

@@ -24,37 +24,40 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
 
-import torch  # noqa: E402
-
-from shared import cli, data, engine, models, results  # noqa: E402
-from shared.data import DataError  # noqa: E402
-from task7_fgsm.fgsm import Normalized, fgsm, pgd  # noqa: E402
+from shared import cli  # noqa: E402  (argparse only)
 
 TASK = "task7_fgsm"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.task_parser(__doc__)
     group = parser.add_argument_group("adversarial")
-    group.add_argument("--adv-eps", type=float, default=4.0, help="training budget, in 1/255")
-    group.add_argument("--adv-prob", type=float, default=0.5,
+    group.add_argument("--adv-eps", type=cli.positive_float, default=4.0,
+                       help="training budget, in 1/255")
+    group.add_argument("--adv-prob", type=cli.probability, default=0.5,
                        help="probability of replacing a batch (or a sample) by FGSM examples")
     group.add_argument("--adv-mode", choices=("batch", "sample"), default="batch")
     group.add_argument("--fast", action="store_true",
                        help="FGSM from a random start, step 1.25 eps (Wong et al. 2020)")
-    group.add_argument("--robust-eps", type=float, nargs="+", default=[1, 2, 4, 8],
+    group.add_argument("--robust-eps", type=cli.positive_float, nargs="+", default=[1, 2, 4, 8],
                        help="test budgets, in 1/255")
-    group.add_argument("--pgd-steps", type=int, default=10)
+    group.add_argument("--pgd-steps", type=cli.positive_int, default=10)
     group.add_argument("--evaluate", type=Path,
                        help="only evaluate this checkpoint (a best.pt), clean and robust")
     args = cli.parse_with_recipes(parser, argv)
-    if not 0 <= args.adv_prob <= 1:
-        parser.error(f"--adv-prob {args.adv_prob}: expected a probability in [0, 1]")
     variant = "standard" if args.evaluate else ("fast-fgsm" if args.fast else "fgsm")
     args.variant = variant
     args.out = args.out or Path("results", TASK, args.dataset, variant)
     return args
+
+
+if __name__ == "__main__":  # --help and bad flags answer before torch loads below
+    ARGS = parse_args()
+
+import torch  # noqa: E402
+
+from shared import checkpoint, data, engine, models, results  # noqa: E402
+from task7_fgsm.fgsm import Normalized, fgsm, pgd  # noqa: E402
 
 
 def adversarial_batches(args):
@@ -112,13 +115,10 @@ def robust_accuracy(model, spec, loader, args, rt) -> dict:
 
 def main(args: argparse.Namespace) -> None:
     rt = engine.init_runtime(args)
+    checkpoint.claim_run_folder(args.out, args.resume)
     index, train, val, test = data.prepare_splits(args)
     if args.evaluate:  # a trained checkpoint: clean and robust accuracy only
-        meta = engine.load_checkpoint(args.evaluate)
-        if meta.get("classes") != index.classes:
-            raise DataError(f"--evaluate {args.evaluate} was trained on other classes")
-        model, spec = models.build_model(meta["model_name"], len(index.classes),
-                                         str(args.evaluate), meta["image_size"])
+        model, spec, meta = models.load_classifier(args.evaluate, index.classes, "--evaluate")
         args.model, args.image_size = meta["model_name"], meta["image_size"]
         loaders = data.make_loaders(args, train, val, test, cuda=rt.device.type == "cuda")
         scores = robust_accuracy(model.to(rt.device), spec, loaders.test, args, rt)
@@ -126,7 +126,6 @@ def main(args: argparse.Namespace) -> None:
             record = results.task_record(TASK, args.variant, args, rt,
                                          {"test_top1": scores["clean_top1"], **scores},
                                          {"test": len(test)}, weights=args.evaluate)
-            Path(args.out).mkdir(parents=True, exist_ok=True)
             results.write_json(record, Path(args.out) / "metrics.json")
             print(f"clean {scores['clean_top1']:.4f} robust {scores['robust_top1']}")
     else:
@@ -139,4 +138,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, parse_args())
+    cli.run(main, ARGS)

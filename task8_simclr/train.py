@@ -4,11 +4,12 @@
     python task8_simclr/train.py --dataset bird --backbone random      # the same protocol on
     python task8_simclr/train.py --dataset bird --backbone imagenet    #   other initialisations
 
-Pre-training (`--backbone simclr`): the common --model (random init; `--weights imagenet`
-continues from ImageNet) plus a projection head, trained with NT-Xent (simclr.py) on two
-strong views of every train-split image (labels unused): --simclr-epochs, --simclr-batch-size
-(negatives come from the batch: 2N - 2 of them; under torchrun the embeddings are gathered
-from every process), AdamW (or SGD, --simclr-optimizer) with warmup and cosine.
+Pre-training (`--backbone simclr`): the common --model (from random initialisation by
+default; `--weights imagenet` or a file continues from those weights) plus a projection
+head, trained with NT-Xent (simclr.py) on two strong views of every train-split image
+(labels unused): --simclr-epochs, --simclr-batch-size (negatives come from the batch: 2N - 2
+of them; under torchrun the embeddings are gathered from every process), AdamW (or SGD,
+--simclr-optimizer) with warmup and cosine.
 `<out>/pretrain.pt` each epoch for --resume; TensorBoard simclr/loss and
 simclr/positive_acc; the backbone goes to `<out>/backbone.pt`.
 
@@ -27,38 +28,49 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from shared import cli, data, engine, models, results  # noqa: E402
-from shared.data import Record  # noqa: E402
-from task8_simclr.simclr import ProjectionHead, nt_xent, simclr_views  # noqa: E402
+from shared import cli  # noqa: E402  (argparse only)
 
 TASK = "task8_simclr"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.task_parser(__doc__)
     group = parser.add_argument_group("SimCLR")
     group.add_argument("--backbone", choices=("simclr", "random", "imagenet"), default="simclr")
-    group.add_argument("--simclr-epochs", type=int, default=100)
-    group.add_argument("--simclr-batch-size", type=int, default=256)
+    group.add_argument("--simclr-epochs", type=cli.positive_int, default=100)
+    group.add_argument("--simclr-batch-size", type=cli.positive_int, default=256)
     group.add_argument("--simclr-optimizer", choices=("adamw", "sgd"), default="adamw")
-    group.add_argument("--simclr-lr", type=float, default=1e-3,
+    group.add_argument("--simclr-lr", type=cli.positive_float, default=1e-3,
                        help="AdamW: 1e-3; SGD (momentum 0.9): about 0.3 x batch / 256")
-    group.add_argument("--simclr-warmup-epochs", type=float, default=5.0)
-    group.add_argument("--temperature", type=float, default=0.5)
-    group.add_argument("--proj-dim", type=int, default=128)
-    group.add_argument("--label-fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
-    group.add_argument("--probe-epochs", type=int, default=100)
-    group.add_argument("--knn", type=int, default=20)
+    group.add_argument("--simclr-warmup-epochs", type=cli.nonnegative_float, default=5.0)
+    group.add_argument("--temperature", type=cli.positive_float, default=0.5)
+    group.add_argument("--proj-dim", type=cli.positive_int, default=128)
+    group.add_argument("--label-fractions", type=cli.share, nargs="+", default=[0.01, 0.1, 1.0])
+    group.add_argument("--probe-epochs", type=cli.positive_int, default=100)
+    group.add_argument("--knn", type=cli.positive_int, default=20)
+    parser.set_defaults(weights=None)
     args = cli.parse_with_recipes(parser, argv)
-    if any(not 0 < f <= 1 for f in args.label_fractions):
-        parser.error("--label-fractions must lie in (0, 1]")
+    # The backbone names the starting weights: SimCLR pre-trains from random unless
+    # --weights says otherwise; the other two are their names.
+    start = {"simclr": args.weights or "none", "random": "none", "imagenet": "imagenet"}
+    if args.weights not in (None, start[args.backbone]):
+        parser.error(f"--backbone {args.backbone} starts from {start[args.backbone]} weights; "
+                     f"--weights {args.weights} applies to --backbone simclr only")
+    args.weights = start[args.backbone]
     args.out = args.out or Path("results", TASK, args.dataset, args.backbone)
     return args
+
+
+if __name__ == "__main__":  # --help and bad flags answer before torch loads below
+    ARGS = parse_args()
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from shared import checkpoint, data, engine, models, results  # noqa: E402
+from shared.data import Record  # noqa: E402
+from task8_simclr.simclr import ProjectionHead, nt_xent, simclr_views  # noqa: E402
 
 
 def split_head(model: nn.Module, spec: models.ModelSpec) -> int:
@@ -110,20 +122,14 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
                  if args.simclr_optimizer == "adamw" else
                  torch.optim.SGD(net.parameters(), args.simclr_lr, momentum=0.9,
                                  weight_decay=1e-6, fused=fused))
-    schedule = argparse.Namespace(warmup_epochs=args.simclr_warmup_epochs, scheduler="cosine",
-                                  epochs=args.simclr_epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: engine.lr_factor(step, schedule, len(loader)))
+    scheduler = engine.Schedule(args.simclr_epochs, len(loader), "cosine",
+                                args.simclr_warmup_epochs).scheduler_for(optimizer)
     ddp = (torch.nn.parallel.DistributedDataParallel(net) if rt.world_size > 1 else net)
     ddp = torch.compile(ddp) if args.compile else ddp
-    start, path = 0, out / "pretrain.pt"
-    if args.resume and path.exists():
-        state = engine.load_checkpoint(path)
-        net.load_state_dict(state["net"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"])
-        start = state["epoch"]
+    path = out / "pretrain.pt"
+    resumable = checkpoint.Resumable(path, net=net, optimizer=optimizer, scheduler=scheduler)
+    saved = resumable.restore() if args.resume else None
+    start = saved["epoch"] if saved else 0
     writer = SummaryWriter(out / "tb") if rt.main else None
     for epoch in range(start, args.simclr_epochs):
         sampler.set_epoch(epoch)
@@ -147,9 +153,7 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
             writer.add_scalar("simclr/loss", loss, epoch + 1)
             writer.add_scalar("simclr/positive_acc", accuracy, epoch + 1)
             writer.flush()
-            engine.save_atomic({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                                "rng_cpu": torch.get_rng_state()}, path)
+            resumable.save(epoch=epoch + 1)
             print(f"SimCLR epoch {epoch + 1}/{args.simclr_epochs} loss {loss:.4f} positive "
                   f"acc {accuracy:.3f} ({time.perf_counter() - begin:.0f} s)", flush=True)
     if writer:
@@ -216,11 +220,9 @@ def knn_accuracy(train_x, train_y, test_x, test_y, classes: int, k: int) -> floa
 
 def main(args: argparse.Namespace) -> None:
     rt = engine.init_runtime(args)
+    out = checkpoint.claim_run_folder(args.out, args.resume)
     index, train, val, test = data.prepare_splits(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    weights = "imagenet" if args.backbone == "imagenet" else \
-        args.weights if args.backbone == "simclr" else "none"
+    weights = args.weights
     backbone, spec = models.build_model(args.model, len(index.classes), weights,
                                         args.image_size)
     features = split_head(backbone, spec)
@@ -228,8 +230,8 @@ def main(args: argparse.Namespace) -> None:
         pretrain(backbone, features, spec, train, args, rt, out)
     backbone.to(rt.device)
     if rt.main:  # the backbone alone, loadable by build_model (the head is left out)
-        engine.save_atomic({"model": backbone.state_dict(), "model_name": args.model},
-                           out / "backbone.pt")
+        checkpoint.save_atomic({"model": backbone.state_dict(), "model_name": args.model},
+                               out / "backbone.pt")
     if rt.world_size > 1:
         torch.distributed.barrier()
 
@@ -270,4 +272,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, parse_args())
+    cli.run(main, ARGS)

@@ -430,3 +430,83 @@ def test_cli_errors_are_one_readable_line(sample, tmp_path):
         assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert named in result.stderr
+
+
+# ------------------------------------------------------------- input that must not pass
+
+
+def test_sixteen_bit_png_scales_to_eight_bits(tmp_path):
+    path = tmp_path / "deep.jpg"  # 16-bit PNG bytes behind a .jpg name
+    values = np.array([[0, 257 * 40], [257 * 128, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(path, "PNG")
+    assert Image.open(path).mode == "I;16"
+    loaded = np.asarray(load_rgb(path))
+    assert loaded.shape == (2, 2, 3) and loaded[..., 0].tolist() == [[0, 40], [128, 255]]
+
+
+def test_exif_orientation_is_ignored_so_boxes_keep_the_stored_frame(tmp_path):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    Image.new("RGB", (60, 20), (200, 30, 30)).save(path, exif=exif.tobytes())
+    assert Image.open(path).getexif()[0x0112] == 6
+    assert load_rgb(path).size == (60, 20)  # as stored, the frame of the dataset's boxes
+
+
+def test_a_class_without_training_photos_is_named(sample, tmp_path):
+    folder = _copy(sample, tmp_path, "bird")
+    labels = dict(line.split() for line in (folder / "image_class_labels.txt").read_text()
+                  .splitlines())
+    split = (folder / "train_test_split.txt").read_text().splitlines()
+    (folder / "train_test_split.txt").write_text("\n".join(
+        f"{i} 0" if labels[i] == "3" else f"{i} {flag}"
+        for i, flag in (line.split() for line in split)) + "\n")
+    with pytest.raises(DataError, match=r"classes.txt: 1 class\(es\) have no training photos: "
+                                        r"003\."):
+        load_dataset("bird", tmp_path)
+
+
+def test_a_photo_listed_twice_names_both_lines(sample, tmp_path):
+    folder = _copy(sample, tmp_path, "bird")
+    lines = (folder / "images.txt").read_text().splitlines()
+    lines[4] = f"{lines[4].split()[0]} {lines[1].split()[1]}"
+    (folder / "images.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"images.txt, lines 2 and 5: .* is listed twice"):
+        load_dataset("bird", tmp_path)
+
+
+def test_a_small_class_still_gives_one_validation_photo(sample):
+    root, _ = sample
+    few = []
+    index = load_dataset("bird", root)
+    for label in range(4):
+        few += [r for r in index.train if r.label == label][:4]
+    train, val = split_train_val(few, 0.1)  # round(0.4) would be none
+    assert np.bincount([r.label for r in val]).tolist() == [1, 1, 1, 1]
+    assert len(train) == 12
+
+
+def test_an_unreadable_photo_stops_the_run_before_training(sample, tmp_path):
+    from task1_2_finetune import train as finetune
+
+    folder = _copy(sample, tmp_path, "bird")
+    index = load_dataset("bird", tmp_path)
+    broken = index.test[-1].path  # found today only when the test split is evaluated
+    broken.write_bytes(b"not a photo")
+    args = finetune.parse_args(["--data-root", str(tmp_path), "--model", "resnet18",
+                                "--variant", "baseline", "--out", str(tmp_path / "run")])
+    with pytest.raises(DataError, match=f"{broken}: cannot read the image"):
+        finetune.main(args)
+    assert not (tmp_path / "run" / "last.pt").exists() and folder.is_dir()
+
+
+def test_a_decompression_bomb_is_named_before_training(sample, tmp_path, monkeypatch):
+    from shared.data import check_images
+
+    records = load_dataset("bird", sample[0]).train
+    largest = max(np.prod(Image.open(r.path).size) for r in records)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(largest) - 1)
+    with pytest.raises(DataError, match="decompression-bomb limit"):
+        check_images(records)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(largest))
+    check_images(records)

@@ -2,14 +2,14 @@
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import run_cli
 from torch.overrides import TorchFunctionMode
 
-from shared import data, engine, models
+from shared import checkpoint, data, engine, models
+from shared.checkpoint import CheckpointError
 from shared.engine import TrainingError
 from task1_2_finetune import train as finetune
 
@@ -17,7 +17,7 @@ from task1_2_finetune import train as finetune
 def small_args(root, out, *extra):
     return finetune.parse_args([
         "--dataset", "bird", "--data-root", str(root), "--out", str(out), "--model", "resnet18",
-        "--weights", "none", "--image-size", "32", "--batch-size", "8", "--epochs", "2",
+        "--variant", "baseline", "--image-size", "32", "--batch-size", "8", "--epochs", "2",
         "--val-fraction", "0.25", "--workers", "0", "--device", "cpu", *extra])
 
 
@@ -98,17 +98,17 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(sample, tmp_path, monke
              "--optimizer", "adamw", "--lr", "0.001", "--head-only-epochs", "1"]
     finetune.main(small_args(root, tmp_path / "whole", *extra))
 
-    real_save = engine.save_atomic
+    real_save = checkpoint.save_atomic
 
     def save_then_die(obj, path):
         real_save(obj, path)
         if path.name == "last.pt":
             raise Killed  # killed right after epoch 1 was checkpointed
 
-    monkeypatch.setattr(engine, "save_atomic", save_then_die)
+    monkeypatch.setattr(checkpoint, "save_atomic", save_then_die)
     with pytest.raises(Killed):
         finetune.main(small_args(root, tmp_path / "cut", *extra))
-    monkeypatch.setattr(engine, "save_atomic", real_save)
+    monkeypatch.setattr(checkpoint, "save_atomic", real_save)
     assert not (tmp_path / "cut" / "metrics.json").exists()
     finetune.main(small_args(root, tmp_path / "cut", *extra, "--resume"))
 
@@ -116,14 +116,15 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(sample, tmp_path, monke
                   for n in ("whole", "cut"))
     assert cut["history"] == whole["history"]
     assert cut["metrics"] == whole["metrics"]
-    a, b = (engine.load_checkpoint(tmp_path / n / "last.pt")["model"] for n in ("whole", "cut"))
+    a, b = (checkpoint.load(tmp_path / n / "last.pt")["parts"]["model"]
+            for n in ("whole", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_run_folder_is_not_overwritten_without_resume(sample, tmp_path):
     root, _ = sample
     finetune.main(small_args(root, tmp_path / "run", "--epochs", "1"))
-    with pytest.raises(TrainingError, match="already holds a run"):
+    with pytest.raises(CheckpointError, match="already holds a run"):
         finetune.main(small_args(root, tmp_path / "run", "--epochs", "1"))
 
 
@@ -149,9 +150,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(sample, tmp_pa
     monkeypatch.setattr(models, "build_model", build_with_a_fault)
     with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at epoch 2, step 1"):
         finetune.main(small_args(root, tmp_path / "run", "--epochs", "3"))
-    last = engine.load_checkpoint(tmp_path / "run" / "last.pt")
-    assert last["state"]["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    last = checkpoint.load(tmp_path / "run" / "last.pt")
+    assert last["values"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["parts"]["model"].values()
+               if v.is_floating_point())
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
@@ -187,7 +189,7 @@ def test_frozen_batch_norm_keeps_its_statistics_but_learns_its_affine(sample, tm
 def test_a_bad_flag_value_is_one_readable_line(sample, tmp_path):
     root, _ = sample
     result = run_cli("task1_2_finetune/train.py", "--dataset", "bird", "--data-root", str(root),
-                     "--model", "resnet18", "--weights", "none", "--freeze-stages", "9",
+                     "--model", "resnet18", "--variant", "baseline", "--freeze-stages", "9",
                      "--out", str(tmp_path / "run"))
     assert result.returncode != 0
     assert result.stderr == "error: --freeze-stages must be in -5..5 for resnet18 (5 stages)\n"
@@ -198,7 +200,7 @@ def test_two_process_gloo_run_counts_every_test_image_once(sample, tmp_path):
     out = tmp_path / "ddp"
     result = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                      "task1_2_finetune/train.py", "--dataset", "dog", "--data-root", str(root),
-                     "--model", "resnet18", "--weights", "none", "--image-size", "32",
+                     "--model", "resnet18", "--variant", "baseline", "--image-size", "32",
                      "--batch-size", "8", "--epochs", "1", "--val-fraction", "0.25",
                      "--limit", "19", "--workers", "0", "--device", "cpu", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -209,16 +211,15 @@ def test_two_process_gloo_run_counts_every_test_image_once(sample, tmp_path):
 
 
 def test_learning_rate_schedules():
-    args = SimpleNamespace(warmup_epochs=1.0, scheduler="cosine", epochs=3, step_size=1,
-                           gamma=0.1)
-    factors = [engine.lr_factor(s, args, 10) for s in range(30)]
+    schedule = engine.Schedule(epochs=3, steps_per_epoch=10, scheduler="cosine",
+                               warmup_epochs=1.0, step_size=1, gamma=0.1)
+    factors = [schedule.factor(s) for s in range(30)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert factors[10] == pytest.approx(1.0)
     assert factors[20] == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 20)))
     assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
-    args.scheduler, args.warmup_epochs = "step", 0
-    assert [engine.lr_factor(s, args, 10) for s in (0, 9, 10, 25)] == \
-        pytest.approx([1, 1, 0.1, 0.01])
+    schedule = engine.Schedule(3, 10, "step", 0, step_size=1, gamma=0.1)
+    assert [schedule.factor(s) for s in (0, 9, 10, 25)] == pytest.approx([1, 1, 0.1, 0.01])
 
 
 class HostReads(TorchFunctionMode):
@@ -239,11 +240,10 @@ class HostReads(TorchFunctionMode):
 
 
 def test_training_and_evaluation_read_the_device_per_epoch_not_per_step(tmp_path):
-    args = small_args(tmp_path, tmp_path / "run")
     rt = engine.Runtime(torch.device("cpu"))
     model, model_spec = models.build_model("resnet18", 4, "none")
     model.to(memory_format=torch.channels_last)
-    optimizer = engine.make_optimizer(model.parameters(), args, rt.device)
+    optimizer = engine.make_optimizer(model.parameters(), rt.device, "sgd", 0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     generator = torch.Generator().manual_seed(0)
@@ -259,7 +259,7 @@ def test_training_and_evaluation_read_the_device_per_epoch_not_per_step(tmp_path
 
     def train(loader):
         engine.train_epoch(model, model, model_spec, loader, optimizer, scheduler, scaler,
-                           torch.nn.CrossEntropyLoss(), args, rt, True, 0, tmp_path / "x")
+                           torch.nn.CrossEntropyLoss(), rt, True, 0, 1, tmp_path / "x")
 
     def evaluate(loader):
         engine.evaluate(model, model_spec, loader, rt, True)

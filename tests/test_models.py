@@ -5,6 +5,7 @@ import torch
 from conftest import run_cli
 
 from shared import models
+from shared.checkpoint import CheckpointError
 from shared.models import WeightsError, build_model, freeze_stages
 
 
@@ -96,7 +97,7 @@ def test_weights_that_do_not_fit_are_an_error(tmp_path):
     with pytest.raises(WeightsError, match="vit.pth does not fit resnet18"):
         build_model("resnet18", 5, weights=str(tmp_path / "vit.pth"))
     (tmp_path / "notes.txt").write_text("not weights")
-    with pytest.raises(WeightsError, match="notes.txt: cannot load a state dict"):
+    with pytest.raises(CheckpointError, match="notes.txt is truncated or not a PyTorch file"):
         build_model("resnet18", 5, weights=str(tmp_path / "notes.txt"))
     with pytest.raises(WeightsError, match="no such file"):
         build_model("resnet18", 5, weights=str(tmp_path / "missing.pth"))

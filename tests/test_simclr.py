@@ -193,7 +193,7 @@ def test_two_processes_probe_the_whole_split_as_one_does(sample, tmp_path):
 
 def test_pretraining_resumes_to_the_same_weights(sample, tmp_path):
     root, _ = sample
-    from shared import data, engine
+    from shared import checkpoint, data, engine
     from shared.models import build_model
 
     train = data.load_dataset("bird", root).train
@@ -208,7 +208,7 @@ def test_pretraining_resumes_to_the_same_weights(sample, tmp_path):
         features = simclr_train.split_head(backbone, model_spec)
         rt = engine.Runtime(torch.device("cpu"))
         simclr_train.pretrain(backbone, features, model_spec, train, args, rt, out)
-        return engine.load_checkpoint(out / "pretrain.pt")["net"]
+        return checkpoint.load(out / "pretrain.pt")["parts"]["net"]
 
     whole = run(tmp_path / "whole", 2, False)
     run(tmp_path / "split", 1, False)
