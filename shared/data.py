@@ -54,6 +54,7 @@ class Record:
     label: int  # 0..K-1
     boxes: tuple[Box, ...] = ()
     crop: Box | None = None  # when set, the loader sees only this region (task 3)
+    image_id: str = ""  # the dataset's own key: CUB's images.txt id, the Dogs file path
 
 
 @dataclass
@@ -155,7 +156,7 @@ def read_cub(folder: Path) -> DatasetIndex:
             raise DataError(f"{files['image_class_labels.txt']}: image {image_id} has class "
                             f"{labels[image_id]}, which {files['classes.txt']} does not list")
         record = Record(key, _existing(folder / "images" / key), label_of[labels[image_id]],
-                        boxes.get(image_id, ()))
+                        boxes.get(image_id, ()), image_id=str(image_id))
         (train if is_train[image_id] else test).append(record)
     return DatasetIndex("bird", folder, list(class_ids.values()), train, test)
 
@@ -242,7 +243,8 @@ def read_dogs(folder: Path) -> DatasetIndex:
                                 f"other images of {breed} have {mat_label_of[breed]}")
             boxes = _voc_boxes(annotations / annotation) if annotations.is_dir() else ()
             records[split].append(
-                Record(file, _existing(folder / "Images" / file), label_of[breed], boxes))
+                Record(file, _existing(folder / "Images" / file), label_of[breed], boxes,
+                       image_id=file))
     if len(set(mat_label_of.values())) != len(breeds):
         raise DataError(f"{folder}: the .mat labels do not give each breed folder its own label")
     return DatasetIndex("dog", folder, breeds, records["train"], records["test"])

@@ -17,21 +17,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from shared import checkpoint, models, results
+from shared import checkpoint, figures, models, results, stats
 from shared.data import Loaders, Record, make_loaders, normalize
 from shared.models import ModelSpec
 
 BATCH_NORM = nn.modules.batchnorm._BatchNorm
+PREDICTIONS = "test_predictions.npz"  # beside metrics.json: every test image's logits
 
 
 class TrainingError(Exception):
-    """A run that cannot go on (non-finite loss, a run folder in the way)."""
+    """A run that cannot go on (a non-finite loss, a split smaller than a batch)."""
 
 
 # ------------------------------------------------------------------------------- runtime
@@ -175,11 +177,13 @@ class Schedule:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, spec: ModelSpec, loader: DataLoader, rt: Runtime,
-             channels_last: bool) -> dict:
+             channels_last: bool, outputs: bool = False) -> dict:
     """Top-1, top-5 and loss over every image of the loader's split, summed across
-    processes (the loader's ShardSampler gives each image to exactly one process)."""
+    processes (the loader's ShardSampler gives each image to exactly one process). With
+    `outputs`, also `logits`: every image's, in the dataset's order, on every process."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=rt.device)  # correct1, correct5, loss, n
+    kept = []
     for images, labels in loader:
         images, labels = _to_device(images, labels, spec, rt, channels_last)
         with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
@@ -188,11 +192,30 @@ def evaluate(model: nn.Module, spec: ModelSpec, loader: DataLoader, rt: Runtime,
         loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
         sums += torch.stack([correct[0], correct[1], loss,
                              torch.full_like(loss, len(labels))]).to(sums)
+        if outputs:
+            kept.append(logits.float())  # on the device: no wait a batch
     if rt.world_size > 1:
         dist.all_reduce(sums)
     n = int(sums[3])
-    return {"top1": (sums[0] / max(n, 1)).item(), "top5": (sums[1] / max(n, 1)).item(),
-            "loss": (sums[2] / max(n, 1)).item(), "count": n}
+    result = {"top1": (sums[0] / max(n, 1)).item(), "top5": (sums[1] / max(n, 1)).item(),
+              "loss": (sums[2] / max(n, 1)).item(), "count": n}
+    if outputs:
+        result["logits"] = gather_in_order(torch.cat(kept), len(loader.dataset), rt).cpu()
+    return result
+
+
+def gather_in_order(rows: torch.Tensor, total: int, rt: Runtime) -> torch.Tensor:
+    """Rows made on each process's ShardSampler share (rank r: items r, r + W, ...), put
+    back in the dataset's order on every process."""
+    if rt.world_size == 1:
+        return rows
+    per_rank = -(-total // rt.world_size)
+    padded = rows.new_zeros((per_rank, *rows.shape[1:]))
+    padded[:len(rows)] = rows
+    gathered = [torch.empty_like(padded) for _ in range(rt.world_size)]
+    dist.all_gather(gathered, padded)
+    # item j * W + r is row j of rank r
+    return torch.stack(gathered, dim=1).flatten(0, 1)[:total]
 
 
 def _correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -420,15 +443,27 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
     if rt.world_size > 1:
         dist.barrier()  # best.pt is written by the main process
     model.load_state_dict(checkpoint.load(best_path, "best.pt")["model"])
-    test = evaluate(model, spec, loaders.test, rt, channels_last)
+    test = evaluate(model, spec, loaders.test, rt, channels_last, outputs=True)
+    # the figures come from the predictions file's own float16 logits: it reproduces them
+    records = loaders.test.dataset.records
+    labels = np.array([r.label for r in records], dtype=np.int64)
+    logits = test["logits"].numpy().astype(np.float16)
+    if rt.main:
+        results.save_predictions(out / PREDICTIONS, [r.image_id or r.key for r in records],
+                                 labels, logits)
+    scores = results.merge(
+        results.scored("test_top1", results.hits(logits, labels, 1), PREDICTIONS),
+        results.scored("test_top5", results.hits(logits, labels, 5), PREDICTIONS),
+        {"metrics": {"test_ece": stats.expected_calibration_error(logits, labels),
+                     "best_val_top1": state.best_val_top1 if loaders.val is not None else None,
+                     "best_epoch": state.best_epoch}})
     if writer is not None:
-        writer.add_scalar("test/top1", test["top1"], state.best_epoch)
+        writer.add_scalar("test/top1", scores["metrics"]["test_top1"], state.best_epoch)
         writer.close()
     return {
-        "metrics": {"test_top1": test["top1"], "test_top5": test["top5"],
-                    "best_val_top1": state.best_val_top1 if loaders.val is not None else None,
-                    "best_epoch": state.best_epoch},
+        **scores,
         "test_count": test["count"],
+        "test_logits": logits, "test_labels": labels,
         "history": state.history,
         "timing": {"train_seconds": state.train_seconds,
                    "train_images_per_s": state.train_images / max(state.train_seconds, 1e-9),
@@ -488,7 +523,9 @@ def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[s
     `<out>/metrics.json` (with `counts` and `task_metrics` added) and prints the test score.
     `measure_cost` adds params_m, gflops, infer_images_per_s and the training cost
     (train_images_per_s, peak_mem_mb, train_seconds) to the metrics; `perturb` goes to `fit`;
-    `after(model, spec, loaders)`, called with the tested model, returns more metrics.
+    `after(model, spec, loaders)`, called with the tested model, returns more scores
+    (`results.merge` of `results.scored` ones: metrics, intervals and predictions files).
+    Also writes the test split's confusions (per_class.csv and figures, `shared.figures`).
     `claim`: refuse an `--out` that holds a run (False: the caller claimed it and wrote
     there already)."""
     if claim:
@@ -501,7 +538,7 @@ def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[s
                  meta={"classes": classes, "image_size": args.image_size,
                        "mean": spec.mean, "std": spec.std}, perturb=perturb)
     if after is not None:
-        task_metrics |= after(model, spec, loaders)
+        result |= results.merge(result, after(model, spec, loaders))
     if measure_cost:
         timing = result["timing"]
         task_metrics |= {
@@ -515,6 +552,8 @@ def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[s
         data = {"classes": len(classes), "train": len(train), "val": len(val),
                 "test": len(test), "test_evaluated": result["test_count"], **(counts or {})}
         record = results.make_record(task, variant, args, rt, data, result, **task_metrics)
+        figures.write_confusions(Path(args.out), classes, test, result["test_labels"],
+                                 result["test_logits"])
         results.write_json(record, Path(args.out) / "metrics.json")
         print(f"test_top1 {result['metrics']['test_top1']:.4f} "
               f"test_top5 {result['metrics']['test_top5']:.4f} -> {args.out}/metrics.json")

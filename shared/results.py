@@ -1,6 +1,7 @@
 """Run records (`<out>/metrics.json`) and the Markdown tables built only from them.
 
-    python -m shared.results results/        # writes results/TABLES.md
+    python -m shared.results results/                 # writes results/TABLES.md
+    python -m shared.results compare RUN_A RUN_B      # B - A, paired over the test images
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ import os
 import platform
 import posixpath
 import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from shared import stats
 
 
 def git_commit() -> str | None:
@@ -60,9 +65,57 @@ def make_record(task: str, variant: str, args, rt, data: dict, fit_result: dict,
                 **task_metrics) -> dict:
     """The metrics.json of a training run (`fit`'s result). Accuracies are fractions."""
     record = task_record(task, variant, args, rt, {**fit_result["metrics"], **task_metrics},
-                         data, history=fit_result["history"], timing=fit_result["timing"])
+                         data, ci95=fit_result["ci95"], predictions=fit_result["predictions"],
+                         history=fit_result["history"], timing=fit_result["timing"])
     record["env"]["channels_last"] = fit_result["channels_last"]
     return record
+
+
+# ---------------------------------------------------------------------------- predictions
+
+
+def hits(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> np.ndarray:
+    """Whether each image's true class is among its k highest scores: fewer than k classes
+    score strictly higher (ties count for the true class; the same rule wherever a figure
+    is recomputed, so it equals the one reported)."""
+    logits = np.asarray(logits, np.float32)
+    own = logits[np.arange(len(labels)), labels]
+    return (logits > own[:, None]).sum(axis=1) < k
+
+
+def save_predictions(path: Path, keys: list[str], labels, logits) -> np.ndarray:
+    """`<path>.npz`: `index` (the dataset's image keys), `label` (int64) and `logits`
+    (float16, N x classes). Returns the saved float16 logits: the figures reported are
+    computed from them, so that the file reproduces them exactly."""
+    logits = np.asarray(logits, np.float32).astype(np.float16)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, index=np.asarray(keys, dtype=str), label=np.asarray(labels, np.int64),
+             logits=logits)
+    os.replace(tmp, path)
+    return logits
+
+
+def load_predictions(path: Path) -> dict[str, np.ndarray]:
+    """A predictions file as arrays (no pickled objects: it cannot run code)."""
+    with np.load(path, allow_pickle=False) as saved:
+        return {key: saved[key] for key in ("index", "label", "logits")}
+
+
+def scored(name: str, correct: np.ndarray, file: str) -> dict:
+    """The entries of one accuracy: its value, 95% Wilson interval and predictions file."""
+    low, high = stats.wilson_interval(int(np.sum(correct)), len(correct))
+    return {"metrics": {name: float(np.mean(correct)) if len(correct) else 0.0},
+            "ci95": {name: [low, high]}, "predictions": {name: file}}
+
+
+def merge(*parts: dict) -> dict:
+    """The metrics, ci95 and predictions of `scored` entries (or of any dicts holding some
+    of them: a fit result, {"metrics": ...}) merged key by key."""
+    merged: dict = {"metrics": {}, "ci95": {}, "predictions": {}}
+    for part in parts:
+        for key, values in merged.items():
+            values.update(part.get(key, {}))
+    return merged
 
 
 def write_json(record: dict, path: Path) -> None:
@@ -72,8 +125,10 @@ def write_json(record: dict, path: Path) -> None:
 
 
 def load_records(root: Path) -> list[dict]:
-    """Every metrics.json under `root`, each with `_dir`, its folder relative to `root`."""
-    return [{**json.loads(p.read_text()), "_dir": p.parent.relative_to(root).as_posix()}
+    """Every metrics.json under `root`, each with `_dir`, its folder relative to `root`, and
+    `_path`, the folder itself."""
+    return [{**json.loads(p.read_text()), "_dir": p.parent.relative_to(root).as_posix(),
+             "_path": str(p.parent)}
             for p in sorted(Path(root).rglob("metrics.json"))]
 
 
@@ -96,9 +151,26 @@ def _split_counts(r):
     return f"{r['data']['train']} / {r['data']['val']} / {r['data']['test']}"
 
 
+def metric(r: dict, name: str):
+    """A metric by name; `key:subkey` reads a nested one (robust_top1:fgsm@4/255)."""
+    key, _, sub = name.partition(":")
+    value = r["metrics"].get(key)
+    return value.get(sub) if sub and isinstance(value, dict) else value
+
+
+def _acc(name: str):
+    """A column's cell: the accuracy in % with its 95% interval, `89.8 (88.2–91.2)`."""
+    def cell(r):
+        value, interval = metric(r, name), r.get("ci95", {}).get(name)
+        if value is None or interval is None:
+            return _pct(value)
+        return f"{100 * value:.1f} ({100 * interval[0]:.1f}–{100 * interval[1]:.1f})"
+    return cell
+
+
 ACCURACY = [
-    ("Accuracy (test top-1, %)", lambda r: _pct(r["metrics"]["test_top1"])),
-    ("Top-5 (%)", lambda r: _pct(r["metrics"]["test_top5"])),
+    ("Test top-1 (%, 95% CI)", _acc("test_top1")),
+    ("Top-5 (%, 95% CI)", _acc("test_top5")),
     ("Best val top-1 (%)", lambda r: _pct(r["metrics"]["best_val_top1"])),
     ("Best epoch", lambda r: f"{r['metrics']['best_epoch']}/{r['args']['epochs']}"),
 ]
@@ -229,9 +301,8 @@ STUDIES = [
         ("Training", lambda r: r["variant"] if r["variant"] == "standard" else
             f"{r['variant']} eps {r['args']['adv_eps']:g}/255, p {r['args']['adv_prob']:g} "
             f"per {r['args']['adv_mode']}"),
-        ("Clean", lambda r: _pct(r["metrics"]["clean_top1"])),
-        *((f"{attack.upper()} {eps}", lambda r, key=f"{attack}@{eps}/255":
-           _pct(r["metrics"]["robust_top1"].get(key)))
+        ("Clean", _acc("clean_top1")),
+        *((f"{attack.upper()} {eps}", _acc(f"robust_top1:{attack}@{eps}/255"))
           for attack in ("fgsm", "pgd10") for eps in (1, 2, 4, 8)),
         ("Device", lambda r: r["env"]["device"]),
     ]),
@@ -246,14 +317,142 @@ STUDIES = [
                              f"({r['data']['train_labelled']} images)"),
         ("Backbone", lambda r: r["variant"]),
         ("Start weights", lambda r: r["weights"]),
-        ("Linear probe", lambda r: _pct(r["metrics"]["linear_top1"])),
-        ("kNN", lambda r: _pct(r["metrics"]["knn_top1"])),
-        ("Fine-tune", lambda r: _pct(r["metrics"]["finetune_top1"])),
+        ("Linear probe", _acc("linear_top1")),
+        ("kNN", _acc("knn_top1")),
+        ("Fine-tune", _acc("finetune_top1")),
         ("SimCLR epochs / batch", lambda r: f"{r['args']['simclr_epochs']} / "
             f"{r['args']['simclr_batch_size']}" if r["variant"] == "simclr" else "–"),
         ("Device", lambda r: r["env"]["device"]),
     ]),
 ]
+
+
+# ----------------------------------------------------------------------- paired comparisons
+
+
+def _first(rows, test):
+    return next((o for o in rows if test(o)), None)
+
+
+def _same_setting(r, o) -> bool:
+    return r["dataset"] == o["dataset"] and r["model"] == o["model"]
+
+
+def _table1_reference(r, rows):
+    """pretrained against baseline, strong against the seed recipe's pretrained."""
+    if r["variant"] == "baseline":
+        return None
+    if r["args"].get("recipe", "seed") == "seed":
+        return _first(rows, lambda o: _same_setting(r, o) and o["variant"] == "baseline")
+    return _first(rows, lambda o: _same_setting(r, o) and _is_baseline(o))
+
+
+def _baseline_reference(r, rows):
+    """Tables 2 and 3: every row against task 1-2's pretrained run of its dataset."""
+    return None if _is_baseline(r) else _first(
+        rows, lambda o: _is_baseline(o) and o["dataset"] == r["dataset"])
+
+
+def _first_of_dataset(r, rows):
+    first = _first(rows, lambda o: o["dataset"] == r["dataset"])
+    return None if first is r else first
+
+
+def _standard_reference(r, rows):
+    return None if r["variant"] == "standard" else _first(
+        rows, lambda o: o["variant"] == "standard" and o["dataset"] == r["dataset"])
+
+
+def _imagenet_reference(r, rows):
+    return None if r["variant"] == "imagenet" else _first(
+        rows, lambda o: o["variant"] == "imagenet" and o["dataset"] == r["dataset"]
+        and o["metrics"]["label_fraction"] == r["metrics"]["label_fraction"])
+
+
+# Per table (by the start of its title): each row's reference row, the compared accuracies
+# (column label, metric name) and what the reference is called in the header.
+COMPARISONS = {
+    "Table 1": (_table1_reference, [("top-1", "test_top1")], "its reference"),
+    "Table 2": (_baseline_reference, [("top-1", "test_top1")], "the whole photo"),
+    "Table 3": (_baseline_reference, [("top-1", "test_top1")], "no DCGAN images"),
+    "Table 4": (_first_of_dataset, [("top-1", "test_top1")], "the first model"),
+    "Table 6": (_standard_reference,
+                [("clean", "clean_top1"), *((f"{a.upper()} {e}", f"robust_top1:{a}@{e}/255")
+                                            for a in ("fgsm", "pgd10") for e in (2, 8))],
+                "standard"),
+    "Table 7": (_imagenet_reference, [("linear", "linear_top1"), ("kNN", "knn_top1"),
+                                      ("fine-tune", "finetune_top1")], "ImageNet"),
+}
+
+
+class TestSetMismatch(ValueError):
+    """Two runs compared on different test images."""
+
+
+def _correct_of(run: dict, name: str, cache: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """(image keys, whether each was right) for one accuracy of a run, from its predictions
+    file; None for a run that has none (an older one)."""
+    file = run.get("predictions", {}).get(name)
+    if file is None:
+        return None
+    path = Path(run["_path"]) / file
+    if path not in cache:
+        cache[path] = load_predictions(path)
+    saved = cache[path]
+    key, _, sub = name.partition(":")
+    k = 5 if key.endswith("top5") else 1
+    return saved["index"], hits(saved["logits"], saved["label"], k)
+
+
+def paired_difference(run: dict, reference: dict, name: str, cache: dict | None = None,
+                      resamples: int = 2000, seed: int = 0) -> dict | None:
+    """`run` minus `reference` on `name`, over the same test images: the difference in
+    points with a paired bootstrap 95% interval, and McNemar's exact p. Different test
+    images are an error naming both runs."""
+    cache = {} if cache is None else cache
+    a, b = _correct_of(reference, name, cache), _correct_of(run, name, cache)
+    if a is None or b is None:
+        return None
+    if len(a[0]) != len(b[0]) or not np.array_equal(a[0], b[0]):
+        raise TestSetMismatch(
+            f"{run['_dir']} and {reference['_dir']} were tested on different images "
+            f"({len(b[0])} and {len(a[0])}): {name} cannot be compared")
+    difference, low, high = stats.paired_bootstrap(a[1], b[1], resamples, seed)
+    return {"name": name, "difference": 100 * difference, "ci95": [100 * low, 100 * high],
+            "mcnemar_p": stats.mcnemar_p(a[1], b[1]), "images": len(a[1])}
+
+
+def _difference_cell(found: dict | None) -> str:
+    if found is None:
+        return "–"
+    low, high = found["ci95"]
+    return f"{found['difference']:+.1f} ({low:+.1f}–{high:+.1f}), p {found['mcnemar_p']:.2g}"
+
+
+def comparison_columns(title: str, rows: list[dict], cache: dict) -> list:
+    """The paired-difference columns of a study, if it has a reference."""
+    if title.split(":")[0] not in COMPARISONS:
+        return []
+    reference_of, compared, called = COMPARISONS[title.split(":")[0]]
+
+    def column(label, name):
+        def cell(r):
+            reference = reference_of(r, rows)
+            return "–" if reference is None else _difference_cell(
+                paired_difference(r, reference, name, cache))
+        return (f"Δ {label} vs {called} (points, 95% CI; McNemar p)", cell)
+    return [column(label, name) for label, name in compared]
+
+
+def _figures_cell(r) -> str:
+    folder = Path(r["_path"])
+    links = [f"[{label}]({posixpath.join(r['_dir'], file)})"
+             for label, file in (("pairs", "confusions.png"), ("matrix", "confusion_matrix.png"),
+                                 ("per class", "per_class.csv")) if (folder / file).exists()]
+    return ", ".join(links) or "–"
+
+
+FIGURED = ("Table 1", "Table 2", "Table 3", "Table 4")  # classifier tables: confusion links
 
 
 def markdown_table(records: list[dict], columns) -> str:
@@ -265,13 +464,22 @@ def markdown_table(records: list[dict], columns) -> str:
 
 
 def write_tables(root: Path) -> Path:
-    """`<root>/TABLES.md`: one table per study, rows sorted by dataset, model and variant."""
+    """`<root>/TABLES.md`: one table per study, rows sorted by dataset, model and variant,
+    accuracies with their 95% Wilson intervals and, where a table has a reference row, the
+    paired difference from it."""
     records = load_records(root)
     parts = [f"# Results\n\nBuilt from the `metrics.json` files under `{root}` by "
              "`python -m shared.results`. Test accuracy is measured once, with the "
-             "best-on-validation weights and deterministic transforms."]
+             "best-on-validation weights and deterministic transforms. Intervals are 95% "
+             "Wilson score intervals; a difference from a reference row is paired over the "
+             "same test images (bootstrap over images, 2,000 resamples, seeded) with the "
+             "exact McNemar p-value."]
+    cache: dict = {}
     for title, select, order, columns in STUDIES:
         rows = sorted(filter(select, records), key=order)
+        columns = [*columns, *comparison_columns(title, rows, cache)]
+        if title.split(":")[0] in FIGURED:
+            columns.append(("Confusions", _figures_cell))
         parts.append(f"## {title}\n\n" + (markdown_table(rows, columns) if rows
                                           else "No runs yet."))
     path = Path(root) / "TABLES.md"
@@ -279,7 +487,45 @@ def write_tables(root: Path) -> Path:
     return path
 
 
+def compare(run_a: Path, run_b: Path) -> list[dict]:
+    """Every accuracy the two runs share, B minus A, paired over their test images."""
+    a, b = (_record_of(Path(run)) for run in (run_a, run_b))
+    names = [n for n in a.get("predictions", {}) if n in b.get("predictions", {})]
+    if not names:
+        raise TestSetMismatch(f"{run_a} and {run_b} share no accuracy with a predictions file")
+    cache: dict = {}
+    return [paired_difference(b, a, name, cache) for name in names]
+
+
+def _record_of(folder: Path) -> dict:
+    path = folder / "metrics.json"
+    if not path.is_file():
+        raise TestSetMismatch(f"{folder}: no metrics.json (expected a run folder)")
+    return {**json.loads(path.read_text()), "_dir": str(folder), "_path": str(folder)}
+
+
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:
+        parser = argparse.ArgumentParser(
+            prog="python -m shared.results compare",
+            description="B minus A on every accuracy both runs report, paired over their "
+                        "test images: the difference in points, its paired bootstrap 95% "
+                        "interval and McNemar's exact p")
+        parser.add_argument("run_a", type=Path)
+        parser.add_argument("run_b", type=Path)
+        args = parser.parse_args(argv[1:])
+        try:
+            found = compare(args.run_a, args.run_b)
+        except (TestSetMismatch, OSError, KeyError, ValueError) as e:
+            sys.exit(f"error: {e}")
+        print(f"B = {args.run_b} minus A = {args.run_a}\n")
+        print("| accuracy | images | B - A (points) | 95% CI | McNemar p |\n|---|---|---|---|---|")
+        for row in found:
+            low, high = row["ci95"]
+            print(f"| {row['name']} | {row['images']} | {row['difference']:+.2f} | "
+                  f"{low:+.2f} – {high:+.2f} | {row['mcnemar_p']:.3g} |")
+        return
     parser = argparse.ArgumentParser(prog="python -m shared.results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path, nargs="?", default=Path("results"))

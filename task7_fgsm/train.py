@@ -54,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 if __name__ == "__main__":  # --help and bad flags answer before torch loads below
     ARGS = parse_args()
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from shared import checkpoint, data, engine, models, results  # noqa: E402
@@ -87,14 +88,16 @@ def adversarial_batches(args):
     return perturb
 
 
-def robust_accuracy(model, spec, loader, args, rt) -> dict:
+def robust_accuracy(model, spec, loader, args, rt, out: Path) -> dict:
     """Clean top-1 and top-1 under FGSM and PGD at every test budget, over the loader's
-    split (summed over DDP processes)."""
+    split (every DDP process's share gathered), each backed by a predictions file in `out`
+    (written by the main process). Returns `results.merge`d scores: metrics
+    `clean_top1` and `robust_top1` {"fgsm@4/255": .., ...}, intervals and files keyed
+    `clean_top1` and `robust_top1:<attack>`."""
     attacked = Normalized(model, spec.mean, spec.std).to(rt.device).eval()
     names = ["clean"] + [f"{attack}@{eps:g}/255" for eps in args.robust_eps
                          for attack in ("fgsm", f"pgd{args.pgd_steps}")]
-    correct = torch.zeros(len(names), dtype=torch.float64, device=rt.device)
-    count = torch.zeros((), dtype=torch.float64, device=rt.device)
+    kept = []  # per batch: logits (attacks, images, classes), on the device
     for images, labels in loader:
         pixels, labels = images.to(rt.device).float() / 255, labels.to(rt.device)
         batch = [pixels]
@@ -102,15 +105,24 @@ def robust_accuracy(model, spec, loader, args, rt) -> dict:
             batch.append(fgsm(attacked, pixels, labels, eps))
             batch.append(pgd(attacked, pixels, labels, eps, steps=args.pgd_steps))
         with torch.no_grad():
-            correct += torch.stack([(attacked(x).argmax(1) == labels).sum() for x in batch]
-                                   ).to(correct)
-        count += len(labels)
-    if rt.world_size > 1:
-        torch.distributed.all_reduce(correct)
-        torch.distributed.all_reduce(count)
-    accuracy = (correct / count.clamp_min(1)).tolist()
-    return {"clean_top1": accuracy[0], "robust_top1": dict(zip(names[1:], accuracy[1:],
-                                                                strict=True))}
+            kept.append(torch.stack([attacked(x).float() for x in batch]))
+    records = loader.dataset.records
+    logits = engine.gather_in_order(torch.cat(kept, dim=1).transpose(0, 1), len(records), rt)
+    labels = np.array([r.label for r in records], dtype=np.int64)
+    keys = [r.image_id or r.key for r in records]
+    parts = []
+    for name, attack_logits in zip(names, logits.transpose(0, 1).cpu().numpy(), strict=True):
+        file = f"predictions_{name.replace('@', '_').replace('/', '_')}.npz"
+        if rt.main:
+            attack_logits = results.save_predictions(out / file, keys, labels, attack_logits)
+        correct = results.hits(attack_logits.astype(np.float16), labels)
+        key = "clean_top1" if name == "clean" else f"robust_top1:{name}"
+        parts.append(results.scored(key, correct, file))
+    scores = results.merge(*parts)
+    robust = {name.split(":", 1)[1]: scores["metrics"].pop(name)
+              for name in list(scores["metrics"]) if name.startswith("robust_top1:")}
+    scores["metrics"]["robust_top1"] = robust
+    return scores
 
 
 def main(args: argparse.Namespace) -> None:
@@ -121,19 +133,24 @@ def main(args: argparse.Namespace) -> None:
         model, spec, meta = models.load_classifier(args.evaluate, index.classes, "--evaluate")
         args.model, args.image_size = meta["model_name"], meta["image_size"]
         loaders = data.make_loaders(args, train, val, test, cuda=rt.device.type == "cuda")
-        scores = robust_accuracy(model.to(rt.device), spec, loaders.test, args, rt)
+        scores = robust_accuracy(model.to(rt.device), spec, loaders.test, args, rt,
+                                 Path(args.out))
+        for key in ("metrics", "ci95", "predictions"):  # the clean figure is the test's
+            scores[key]["test_top1"] = scores[key]["clean_top1"]
         if rt.main:
-            record = results.task_record(TASK, args.variant, args, rt,
-                                         {"test_top1": scores["clean_top1"], **scores},
-                                         {"test": len(test)}, weights=args.evaluate)
+            record = results.task_record(TASK, args.variant, args, rt, scores["metrics"],
+                                         {"test": len(test)}, weights=args.evaluate,
+                                         ci95=scores["ci95"],
+                                         predictions=scores["predictions"])
             results.write_json(record, Path(args.out) / "metrics.json")
-            print(f"clean {scores['clean_top1']:.4f} robust {scores['robust_top1']}")
+            metrics = scores["metrics"]
+            print(f"clean {metrics['clean_top1']:.4f} robust {metrics['robust_top1']}")
     else:
         engine.train_classifier(
             TASK, args.variant, args, rt, index.classes, train, val, test,
             perturb=adversarial_batches(args),
             after=lambda model, spec, loaders: robust_accuracy(model, spec, loaders.test,
-                                                               args, rt))
+                                                               args, rt, Path(args.out)))
     engine.shutdown(rt)
 
 

@@ -64,6 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 if __name__ == "__main__":  # --help and bad flags answer before torch loads below
     ARGS = parse_args()
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
@@ -192,9 +193,10 @@ def extract(backbone: nn.Module, spec, records: list[Record], transform, need, r
     return torch.cat(feats).cpu(), torch.cat(labels)
 
 
-def linear_probe(train_x, train_y, test_x, test_y, classes: int, epochs: int, seed: int
-                 ) -> float:
-    """A softmax classifier on standardised frozen features (full-batch AdamW)."""
+def linear_probe(train_x, train_y, test_x, classes: int, epochs: int, seed: int
+                 ) -> torch.Tensor:
+    """A softmax classifier on standardised frozen features (full-batch AdamW); returns its
+    logits for the test features."""
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     torch.manual_seed(seed)
@@ -206,16 +208,18 @@ def linear_probe(train_x, train_y, test_x, test_y, classes: int, epochs: int, se
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        return (probe(test_x).argmax(1) == test_y).float().mean().item()
+        return probe(test_x)
 
 
-def knn_accuracy(train_x, train_y, test_x, test_y, classes: int, k: int) -> float:
-    """Cosine-similarity kNN, votes weighted by exp(similarity / 0.07) (Wu et al. 2018)."""
+def knn_scores(train_x, train_y, test_x, classes: int, k: int) -> torch.Tensor:
+    """Cosine-similarity kNN, votes weighted by exp(similarity / 0.07) (Wu et al. 2018);
+    returns the log of each class's votes for the test features (-inf: none), scores whose
+    argmax is the vote and which fit a float16 predictions file."""
     train_x, test_x = F.normalize(train_x, dim=1), F.normalize(test_x, dim=1)
     similarity, index = (test_x @ train_x.T).topk(min(k, len(train_x)), dim=1)
-    votes = torch.zeros(len(test_x), classes).scatter_add_(
-        1, train_y[index], (similarity / 0.07).exp())
-    return (votes.argmax(1) == test_y).float().mean().item()
+    votes = torch.zeros(len(test_x), classes, dtype=torch.float64).scatter_add_(
+        1, train_y[index], (similarity.double() / 0.07).exp())
+    return votes.log()
 
 
 def main(args: argparse.Namespace) -> None:
@@ -241,29 +245,43 @@ def main(args: argparse.Namespace) -> None:
     test_x, test_y = extract(backbone, spec, test, transform, need, rt, workers)
     all_x, all_y = extract(backbone, spec, train, transform, need, rt, workers)  # once, for all
     position = {r.key: i for i, r in enumerate(train)}
+    test_keys = [r.image_id or r.key for r in test]
     for fraction in args.label_fractions:
         subset = label_subset(train, fraction, args.seed)
         chosen = torch.tensor([position[r.key] for r in subset])
         train_x, train_y = all_x[chosen], all_y[chosen]
-        scores = {"label_fraction": fraction,
-                  "linear_top1": linear_probe(train_x, train_y, test_x, test_y,
-                                              len(index.classes), args.probe_epochs, args.seed),
-                  "knn_top1": knn_accuracy(train_x, train_y, test_x, test_y,
-                                           len(index.classes), args.knn)}
         folder = out / f"fraction-{fraction:g}"
+        checkpoint.claim_run_folder(folder, args.resume)
+        probes = {"linear": linear_probe(train_x, train_y, test_x, len(index.classes),
+                                         args.probe_epochs, args.seed),
+                  "knn": knn_scores(train_x, train_y, test_x, len(index.classes), args.knn)}
+        parts = [{"metrics": {"label_fraction": fraction}}]
+        for name, logits in probes.items():
+            logits = logits.numpy().astype(np.float16)
+            if rt.main:
+                results.save_predictions(folder / f"{name}_predictions.npz", test_keys,
+                                         test_y.numpy(), logits)
+            parts.append(results.scored(f"{name}_top1", results.hits(logits, test_y.numpy()),
+                                        f"{name}_predictions.npz"))
         tuned = copy.copy(args)
         tuned.weights, tuned.out = str(out / "backbone.pt"), folder / "finetune"
         result = engine.train_classifier(TASK, "finetune", tuned, rt, index.classes, subset,
                                          val, test)
-        scores["finetune_top1"] = result["metrics"]["test_top1"]
+        parts.append({key: {"finetune_top1": result[key]["test_top1"]}
+                      for key in ("metrics", "ci95")})
+        parts.append({"predictions": {
+            "finetune_top1": f"finetune/{result['predictions']['test_top1']}"}})
+        scores = results.merge(*parts)
         if rt.main:
             record = results.task_record(
-                TASK, args.backbone, args, rt, scores,
+                TASK, args.backbone, args, rt, scores["metrics"],
                 {"train_labelled": len(subset), "train": len(train), "val": len(val),
-                 "test": len(test)}, weights=weights)
+                 "test": len(test)}, weights=weights, ci95=scores["ci95"],
+                predictions=scores["predictions"])
             results.write_json(record, folder / "metrics.json")
-            print(f"{args.backbone} @ {fraction:g} labels: linear {scores['linear_top1']:.4f}"
-                  f" kNN {scores['knn_top1']:.4f} fine-tune {scores['finetune_top1']:.4f}")
+            m = scores["metrics"]
+            print(f"{args.backbone} @ {fraction:g} labels: linear {m['linear_top1']:.4f}"
+                  f" kNN {m['knn_top1']:.4f} fine-tune {m['finetune_top1']:.4f}")
     if rt.main:  # the run's own record, last: run_all.sh takes it to mean "finished"
         results.write_json({"task": TASK, "variant": "summary", "dataset": args.dataset,
                             "backbone": args.backbone, "fractions": args.label_fractions},

@@ -23,3 +23,26 @@ def run_cli(*args: str, cwd=REPO, env_extra: dict | None = None) -> subprocess.C
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600, env=env)
+
+
+def assert_predictions_reproduce(run: Path) -> dict:
+    """Every accuracy of a run's metrics.json is backed by its predictions file, recomputes
+    from it exactly, and carries a 95% interval around it. Returns the record."""
+    import json
+
+    import numpy as np
+
+    from shared import results
+
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["predictions"] and record["predictions"].keys() == record["ci95"].keys()
+    for name, file in record["predictions"].items():
+        saved = results.load_predictions(run / file)
+        assert saved["logits"].dtype == np.float16 and saved["label"].dtype == np.int64
+        assert saved["index"].dtype.kind == "U" and len(set(saved["index"])) == len(saved["index"])
+        k = 5 if name.endswith("top5") else 1
+        recomputed = float(np.mean(results.hits(saved["logits"], saved["label"], k)))
+        assert recomputed == results.metric(record, name), name
+        low, high = record["ci95"][name]
+        assert low <= recomputed <= high
+    return record

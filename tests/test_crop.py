@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, assert_predictions_reproduce, run_cli
 from PIL import Image
 
 from shared import checkpoint, data
@@ -194,6 +194,7 @@ def test_crop_classifier_records_detector_quality(detector_run, tmp_path):
                      "--out", str(oracle))  # true boxes everywhere: no boxes file needed
     assert result.returncode == 0, result.stderr[-3000:]
     assert "detector_corloc" not in json.loads((oracle / "metrics.json").read_text())["metrics"]
+    assert_predictions_reproduce(oracle)
     tables = write_tables(tmp_path / "results").read_text()
     table2 = tables.split("## Table 2:")[1].split("## Table 2b")[0]
     assert "| square | gt | gt (oracle) |" in table2 and "| box | gt | detector |" in table2

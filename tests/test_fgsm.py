@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_cli
+from conftest import assert_predictions_reproduce, run_cli
 from torch import nn
 
 from task7_fgsm.fgsm import Normalized, fgsm, pgd
@@ -167,3 +167,6 @@ def test_training_and_evaluation_from_the_command_line(sample, tmp_path):
     again = json.loads((out / "standard" / "metrics.json").read_text())
     assert again["variant"] == "standard"
     assert again["metrics"]["clean_top1"] == pytest.approx(record["metrics"]["clean_top1"])
+    for run in (out / "fgsm", out / "standard"):  # clean and every attack has its file
+        backed = assert_predictions_reproduce(run)["predictions"]
+        assert {"clean_top1", "robust_top1:fgsm@2/255", "robust_top1:pgd3@8/255"} <= set(backed)

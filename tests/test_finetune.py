@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import assert_predictions_reproduce, run_cli
 from torch.overrides import TorchFunctionMode
 
-from shared import checkpoint, data, engine, models
+from shared import checkpoint, data, engine, models, results
 from shared.checkpoint import CheckpointError
 from shared.engine import TrainingError
 from task1_2_finetune import train as finetune
@@ -82,7 +82,14 @@ def test_metrics_json_tensorboard_and_table(sample, tmp_path):
     table = (tmp_path / "results" / "TABLES.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| resnet18"))
     assert "CUB-200-2011" in row and "baseline" in row
-    assert f"{100 * metrics['test_top1']:.2f}" in row
+    assert f"| {100 * metrics['test_top1']:.1f} (" in row  # with its interval
+    record = assert_predictions_reproduce(out)
+    assert record["predictions"] == {"test_top1": "test_predictions.npz",
+                                     "test_top5": "test_predictions.npz"}
+    assert 0 <= record["metrics"]["test_ece"] <= 1
+    per_class = (out / "per_class.csv").read_text().splitlines()
+    assert per_class[0].startswith("class,test_images,correct") and len(per_class) == 1 + 4
+    assert (out / "confusion_matrix.png").is_file() and (out / "confusions.png").is_file()
 
 
 class Killed(Exception):
@@ -204,10 +211,16 @@ def test_two_process_gloo_run_counts_every_test_image_once(sample, tmp_path):
                      "--batch-size", "8", "--epochs", "1", "--val-fraction", "0.25",
                      "--limit", "19", "--workers", "0", "--device", "cpu", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((out / "metrics.json").read_text())
+    record = assert_predictions_reproduce(out)
     assert record["env"]["world_size"] == 2
     assert record["data"]["test"] == 19  # odd: a padding sampler would count 20
     assert record["data"]["test_evaluated"] == 19
+    # every test image once, in the dataset's order, gathered from both processes
+    saved = results.load_predictions(out / "test_predictions.npz")
+    index = data.load_dataset("dog", root)
+    test = data.limit_per_split(index.test, 19, 0)
+    assert saved["index"].tolist() == [r.image_id for r in test]
+    assert saved["label"].tolist() == [r.label for r in test]
 
 
 def test_learning_rate_schedules():

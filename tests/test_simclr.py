@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import run_cli
+from conftest import assert_predictions_reproduce, run_cli
 from PIL import Image
 from torch import nn
 
@@ -102,13 +102,15 @@ def test_linear_probe_and_knn_leave_the_backbone_bitwise_unchanged(sample):
     test_x, test_y = simclr_train.extract(backbone, model_spec, index.test, transform, need, rt,
                                           workers=0)
     assert train_x.shape == (len(index.train), 512)
-    linear = simclr_train.linear_probe(train_x, train_y, test_x, test_y, 4, 20, 0)
-    knn = simclr_train.knn_accuracy(train_x, train_y, test_x, test_y, 4, 5)
-    assert 0 <= linear <= 1 and 0 <= knn <= 1
+    linear = simclr_train.linear_probe(train_x, train_y, test_x, 4, 20, 0)
+    knn = simclr_train.knn_scores(train_x, train_y, test_x, 4, 5)
+    assert linear.shape == knn.shape == (len(test_y), 4)
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
-    # kNN on features equal to one-hot labels is perfect
+    # kNN on features equal to one-hot labels is perfect, and a class without votes scores
+    # -inf
     onehot = torch.eye(4)[train_y]
-    assert simclr_train.knn_accuracy(onehot, train_y, onehot, train_y, 4, 3) == 1.0
+    knn = simclr_train.knn_scores(onehot, train_y, onehot, 4, 3)
+    assert torch.equal(knn.argmax(1), train_y) and torch.isinf(knn).any()
 
 
 def test_label_subsets_are_class_balanced_seeded_and_never_empty(sample):
@@ -169,6 +171,9 @@ def test_pipeline_from_the_command_line(sample, tmp_path):
         assert metrics["metrics"]["label_fraction"] == float(fraction)
         for key in ("linear_top1", "knn_top1", "finetune_top1"):
             assert 0 <= metrics["metrics"][key] <= 1
+        assert assert_predictions_reproduce(out / f"fraction-{fraction}")["predictions"] == {
+            "linear_top1": "linear_predictions.npz", "knn_top1": "knn_predictions.npz",
+            "finetune_top1": "finetune/test_predictions.npz"}
     table = write_tables(tmp_path / "results").read_text().split("## Table 7")[1]
     assert table.count("| simclr |") == 2
 

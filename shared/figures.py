@@ -1,0 +1,95 @@
+"""What a fine-grained classifier confuses, from its test predictions: per-class accuracy
+(`per_class.csv`), the confusion matrix (`confusion_matrix.png`, readable at 200 classes:
+no text in the cells, counts on a log scale) and the most-confused class pairs with a test
+photo of each (`confusions.png`)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from shared.data import Record, load_rgb
+
+FILES = {"per_class": "per_class.csv", "matrix": "confusion_matrix.png",
+         "pairs": "confusions.png"}
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """counts[true, predicted]."""
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(counts, (labels, predicted), 1)
+    return counts
+
+
+def confused_pairs(counts: np.ndarray, top: int = 10) -> list[tuple[int, int, int, int]]:
+    """The `top` class pairs (a, b), a < b, with the most images of one called the other:
+    (a, b, a called b, b called a), most confused first."""
+    both = np.triu(counts + counts.T, k=1)
+    order = np.argsort(-both, axis=None, kind="stable")[:top]
+    pairs = [divmod(int(i), len(counts)) for i in order]
+    return [(a, b, int(counts[a, b]), int(counts[b, a])) for a, b in pairs if both[a, b] > 0]
+
+
+def write_confusions(out: Path, classes: list[str], records: list[Record], labels: np.ndarray,
+                     logits: np.ndarray) -> dict[str, str]:
+    """The three files in `out`; returns their names."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    predicted = np.asarray(logits, np.float32).argmax(axis=1)
+    counts = confusion_matrix(labels, predicted, len(classes))
+    with open(out / FILES["per_class"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "test_images", "correct", "accuracy", "most_called",
+                         "times"])
+        for c, name in enumerate(classes):
+            wrong = counts[c].copy()
+            wrong[c] = 0
+            other = int(wrong.argmax())
+            total = int(counts[c].sum())
+            writer.writerow([name, total, int(counts[c, c]),
+                             f"{counts[c, c] / total:.4f}" if total else "",
+                             classes[other] if wrong[other] else "", int(wrong[other])])
+
+    figure, axes = plt.subplots(figsize=(7, 6), dpi=100)
+    shown = np.ma.masked_equal(counts, 0)  # empty cells stay white
+    image = axes.imshow(shown, cmap="viridis", interpolation="nearest",
+                        norm=LogNorm(vmin=1, vmax=max(2, counts.max())))
+    figure.colorbar(image, ax=axes, label="test images (log scale)")
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(f"Confusion matrix, {len(labels)} test images, {len(classes)} classes")
+    figure.tight_layout()
+    figure.savefig(out / FILES["matrix"])
+    plt.close(figure)
+
+    pairs = confused_pairs(counts)
+    figure, grid = plt.subplots(max(1, len(pairs)), 2, figsize=(5, 2.4 * max(1, len(pairs))),
+                                dpi=72, squeeze=False)
+    for row, (a, b, a_as_b, b_as_a) in enumerate(pairs):
+        for column, (c, d) in enumerate(((a, b), (b, a))):
+            # a photo of c taken for d if there is one, else any photo of c
+            chosen = np.flatnonzero((labels == c) & (predicted == d))
+            chosen = chosen if len(chosen) else np.flatnonzero(labels == c)
+            axes = grid[row, column]
+            if len(chosen):
+                record = records[int(chosen[0])]
+                photo = load_rgb(record.path, record.crop)
+                photo.thumbnail((160, 160))
+                axes.imshow(np.asarray(photo))
+            axes.set_title(f"{classes[c][:28]}\ncalled {classes[d][:20]}: "
+                           f"{a_as_b if column == 0 else b_as_a}", fontsize=7)
+            axes.axis("off")
+    if not pairs:
+        grid[0, 0].set_title("no confusions", fontsize=8)
+        for axes in grid[0]:
+            axes.axis("off")
+    figure.tight_layout()
+    figure.savefig(out / FILES["pairs"])
+    plt.close(figure)
+    return dict(FILES)

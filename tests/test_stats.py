@@ -1,0 +1,117 @@
+"""Intervals, paired tests and the tables built with them."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from shared import results, stats
+
+
+@pytest.mark.parametrize("correct, total", [(8, 10), (0, 20), (20, 20), (1347, 1500)])
+def test_wilson_interval_solves_its_quadratic(correct, total):
+    """The Wilson bounds are the p0 with (p - p0)^2 = z^2 p0 (1 - p0) / n: solve that
+    quadratic directly."""
+    z, p = 1.959963984540054, correct / total
+    a, b, c = 1 + z * z / total, -(2 * p + z * z / total), p * p
+    roots = sorted(np.roots([a, b, c]).real)
+    low, high = stats.wilson_interval(correct, total)
+    assert low == pytest.approx(max(0.0, roots[0]), abs=1e-9)
+    assert high == pytest.approx(min(1.0, roots[1]), abs=1e-9)
+    assert low <= p <= high
+
+
+def test_mcnemar_is_the_exact_binomial_on_discordant_pairs():
+    # 2x2 table: both right 50, only A right 9, only B right 2, both wrong 39
+    a = np.array([1] * 50 + [1] * 9 + [0] * 2 + [0] * 39, bool)
+    b = np.array([1] * 50 + [0] * 9 + [1] * 2 + [0] * 39, bool)
+    n, k = 11, 2
+    expected = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    assert stats.mcnemar_p(a, b) == pytest.approx(expected, rel=1e-12)
+    assert stats.mcnemar_p(a, a) == 1.0
+
+
+def test_paired_bootstrap_covers_the_true_difference_at_about_the_nominal_rate():
+    rng = np.random.default_rng(0)
+    covered, trials, n = 0, 200, 400
+    for _ in range(trials):  # B is right where A is, plus on 5% more of the images
+        a = rng.random(n) < 0.70
+        b = a | (rng.random(n) < 0.05 / 0.30)
+        truth = 0.05  # P(b) - P(a) = 0.3 * (0.05 / 0.3)
+        _, low, high = stats.paired_bootstrap(a, b, resamples=500, seed=int(rng.integers(1e9)))
+        covered += low <= truth <= high
+    assert 0.88 <= covered / trials <= 0.99
+
+
+def test_expected_calibration_error():
+    labels = np.array([0, 0, 1, 1])
+    sure_and_right = np.array([[10.0, -10], [10, -10], [-10, 10], [-10, 10]])
+    assert stats.expected_calibration_error(sure_and_right, labels) == pytest.approx(0, abs=1e-6)
+    sure_and_wrong = -sure_and_right
+    assert stats.expected_calibration_error(sure_and_wrong, labels) == pytest.approx(1, abs=1e-6)
+
+
+def test_hits_count_ties_for_the_true_class_and_respect_k():
+    logits = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0], [3.0, 2.0, 1.0]], np.float16)
+    labels = np.array([1, 2, 2])
+    assert results.hits(logits, labels, 1).tolist() == [True, False, False]
+    assert results.hits(logits, labels, 2).tolist() == [True, True, False]
+
+
+def _run(root, name, variant, keys, correct, classes=3):
+    """A Table 1 run folder: its metrics.json and predictions file."""
+    folder = root / "task1_2_finetune" / "bird" / name
+    folder.mkdir(parents=True)
+    labels = np.zeros(len(keys), np.int64)
+    logits = np.where(np.asarray(correct)[:, None], np.eye(classes)[0], np.eye(classes)[1])
+    logits = results.save_predictions(folder / "test_predictions.npz", keys, labels, logits)
+    scores = results.merge(results.scored("test_top1", results.hits(logits, labels),
+                                          "test_predictions.npz"))
+    scores["metrics"] |= {"test_top5": 1.0, "best_val_top1": 0.5, "best_epoch": 1}
+    record = {"task": "task1_2_finetune", "variant": variant, "dataset": "bird",
+              "model": "resnet18", "weights": "none", "metrics": scores["metrics"],
+              "ci95": scores["ci95"], "predictions": scores["predictions"],
+              "data": {"train": 1, "val": 1, "test": len(keys)},
+              "timing": {"train_seconds": 1.0}, "env": {"device": "cpu"},
+              "args": {"recipe": "seed", "epochs": 1, "image_size": 32}}
+    (folder / "metrics.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_tables_show_intervals_and_paired_differences(tmp_path):
+    keys = [str(i) for i in range(200)]
+    rng = np.random.default_rng(1)
+    a = rng.random(200) < 0.6
+    b = a | (rng.random(200) < 0.3)
+    baseline = _run(tmp_path, "baseline", "baseline", keys, a)
+    pretrained = _run(tmp_path, "pretrained", "pretrained", keys, b)
+    table = results.write_tables(tmp_path).read_text().split("## Table 1")[1].split("## ")[0]
+    found = results.paired_difference(json.loads((pretrained / "metrics.json").read_text())
+                                      | {"_dir": "p", "_path": str(pretrained)},
+                                      json.loads((baseline / "metrics.json").read_text())
+                                      | {"_dir": "b", "_path": str(baseline)}, "test_top1")
+    assert found["difference"] == pytest.approx(100 * (b.mean() - a.mean()))
+    low, high = stats.wilson_interval(int(b.sum()), 200)
+    row = next(line for line in table.splitlines() if "| pretrained |" in line)
+    assert f"{100 * b.mean():.1f} ({100 * low:.1f}–{100 * high:.1f})" in row
+    assert f"{found['difference']:+.1f} (" in row and f"p {found['mcnemar_p']:.2g}" in row
+
+    compared = run_cli("-m", "shared.results", "compare", str(baseline), str(pretrained))
+    assert compared.returncode == 0, compared.stderr
+    assert f"| test_top1 | 200 | {found['difference']:+.2f} |" in compared.stdout
+
+
+def test_tables_refuse_runs_tested_on_different_images(tmp_path):
+    _run(tmp_path, "baseline", "baseline", [str(i) for i in range(50)], np.ones(50, bool))
+    _run(tmp_path, "pretrained", "pretrained", [str(i) for i in range(1, 51)],
+         np.ones(50, bool))
+    with pytest.raises(results.TestSetMismatch,
+                       match="pretrained and task1_2_finetune/bird/baseline were tested on "
+                             "different images"):
+        results.write_tables(tmp_path)
+    compared = run_cli("-m", "shared.results", "compare",
+                       str(tmp_path / "task1_2_finetune" / "bird" / "baseline"),
+                       str(tmp_path / "task1_2_finetune" / "bird" / "pretrained"))
+    assert compared.returncode == 1 and "different images" in compared.stderr
