@@ -369,17 +369,28 @@ def _imagenet_reference(r, rows):
         and o["metrics"]["label_fraction"] == r["metrics"]["label_fraction"])
 
 
+def _attacks_compared(rows) -> list[tuple[str, str]]:
+    """Table 6: clean and every attack that a row has predictions for."""
+    attacks = {name for r in rows for name in r.get("predictions", {})
+               if name.startswith("robust_top1:")}
+
+    def order(name):
+        attack, eps = name.removeprefix("robust_top1:").split("@")
+        return attack, float(eps.removesuffix("/255"))
+    return [("clean", "clean_top1"),
+            *((name.removeprefix("robust_top1:").upper(), name) for name in sorted(attacks,
+                                                                                   key=order))]
+
+
 # Per table (by the start of its title): each row's reference row, the compared accuracies
-# (column label, metric name) and what the reference is called in the header.
+# (column label, metric name; or a function of the rows giving them) and what the reference
+# is called in the header.
 COMPARISONS = {
     "Table 1": (_table1_reference, [("top-1", "test_top1")], "its reference"),
     "Table 2": (_baseline_reference, [("top-1", "test_top1")], "the whole photo"),
     "Table 3": (_baseline_reference, [("top-1", "test_top1")], "no DCGAN images"),
     "Table 4": (_first_of_dataset, [("top-1", "test_top1")], "the first model"),
-    "Table 6": (_standard_reference,
-                [("clean", "clean_top1"), *((f"{a.upper()} {e}", f"robust_top1:{a}@{e}/255")
-                                            for a in ("fgsm", "pgd10") for e in (2, 8))],
-                "standard"),
+    "Table 6": (_standard_reference, _attacks_compared, "standard"),
     "Table 7": (_imagenet_reference, [("linear", "linear_top1"), ("kNN", "knn_top1"),
                                       ("fine-tune", "finetune_top1")], "ImageNet"),
 }
@@ -399,8 +410,7 @@ def _correct_of(run: dict, name: str, cache: dict) -> tuple[np.ndarray, np.ndarr
     if path not in cache:
         cache[path] = load_predictions(path)
     saved = cache[path]
-    key, _, sub = name.partition(":")
-    k = 5 if key.endswith("top5") else 1
+    k = 5 if name.partition(":")[0].endswith("top5") else 1
     return saved["index"], hits(saved["logits"], saved["label"], k)
 
 
@@ -434,6 +444,7 @@ def comparison_columns(title: str, rows: list[dict], cache: dict) -> list:
     if title.split(":")[0] not in COMPARISONS:
         return []
     reference_of, compared, called = COMPARISONS[title.split(":")[0]]
+    compared = compared(rows) if callable(compared) else compared
 
     def column(label, name):
         def cell(r):

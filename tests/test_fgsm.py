@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from conftest import assert_predictions_reproduce, run_cli
 from torch import nn
 
+from shared.results import write_tables
 from task7_fgsm.fgsm import Normalized, fgsm, pgd
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -170,3 +171,9 @@ def test_training_and_evaluation_from_the_command_line(sample, tmp_path):
     for run in (out / "fgsm", out / "standard"):  # clean and every attack has its file
         backed = assert_predictions_reproduce(run)["predictions"]
         assert {"clean_top1", "robust_top1:fgsm@2/255", "robust_top1:pgd3@8/255"} <= set(backed)
+    # Table 6: the FGSM-trained row against standard on clean and each of the four attacks
+    table = write_tables(tmp_path / "results").read_text().split("## Table 6")[1]
+    assert "Δ PGD3@8/255 vs standard" in table
+    row = next(line for line in table.splitlines() if line.startswith("| resnet18")
+               and "| fgsm eps" in line)
+    assert row.count("), p ") == 5
