@@ -16,7 +16,9 @@ MODELS = ("resnet18", "resnet50", "resnext101_32x8d", "vit_b_16", "vit_b_32", "v
 # ------------------------------------------------------------------------- value checks
 
 
-def _number(kind, test, expected):
+def _number(kind, test, expected: str):
+    """An argparse type: `kind` of the text, which `test` must accept; else one line saying
+    what was `expected`."""
     def parse(text: str):
         try:
             value = kind(text)
@@ -25,7 +27,6 @@ def _number(kind, test, expected):
         if not test(value):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
         return value
-    parse.__name__ = expected  # argparse names the type in its message
     return parse
 
 

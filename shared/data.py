@@ -362,7 +362,7 @@ def _eight_bit(image: Image.Image, path) -> Image.Image:
     if pixels.min() < 0 or pixels.max() > 65535:
         raise DataError(f"{path}: {image.mode} pixels outside 0..65535; expected an 8- or "
                         "16-bit image")
-    return Image.fromarray(np.round(pixels / 257).astype(np.uint8), mode="L")
+    return Image.fromarray(np.round(pixels / 257).astype(np.uint8))  # 2-D uint8: mode L
 
 
 def decode_need(train: bool, image_size: int, resize_mode: str = "letterbox", *,

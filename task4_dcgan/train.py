@@ -58,9 +58,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# ------------------------------------------------------------------------------------- GAN
-
-
 if __name__ == "__main__":  # --help and bad flags answer before torch loads below
     ARGS = parse_args()
 
@@ -72,6 +69,8 @@ from PIL import Image  # noqa: E402
 from shared import checkpoint, data, engine, models  # noqa: E402
 from shared.data import Record  # noqa: E402
 from task4_dcgan.dcgan import Discriminator, Generator  # noqa: E402
+
+# ------------------------------------------------------------------------------------- GAN
 
 
 def load_images(records: list[Record], size: int, workers: int) -> torch.Tensor:

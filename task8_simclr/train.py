@@ -226,8 +226,7 @@ def main(args: argparse.Namespace) -> None:
     rt = engine.init_runtime(args)
     out = checkpoint.claim_run_folder(args.out, args.resume)
     index, train, val, test = data.prepare_splits(args)
-    weights = args.weights
-    backbone, spec = models.build_model(args.model, len(index.classes), weights,
+    backbone, spec = models.build_model(args.model, len(index.classes), args.weights,
                                         args.image_size)
     features = split_head(backbone, spec)
     if args.backbone == "simclr":
@@ -276,7 +275,7 @@ def main(args: argparse.Namespace) -> None:
             record = results.task_record(
                 TASK, args.backbone, args, rt, scores["metrics"],
                 {"train_labelled": len(subset), "train": len(train), "val": len(val),
-                 "test": len(test)}, weights=weights, ci95=scores["ci95"],
+                 "test": len(test)}, weights=args.weights, ci95=scores["ci95"],
                 predictions=scores["predictions"])
             results.write_json(record, folder / "metrics.json")
             m = scores["metrics"]
