@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import assert_predictions_reproduce, run_cli
 
 from shared import checkpoint, data, engine, models
 from task4_dcgan import train as dcgan_train
@@ -164,6 +164,7 @@ def test_whole_pipeline_from_the_command_line(sample, tmp_path):
         record["data"]["real_train"] + 8
     assert record["metrics"]["fid"] > 0 and 0 <= record["metrics"]["gen_class_acc"] <= 1
     assert (out / "gan" / "samples" / "epoch_001.png").is_file()
+    assert_predictions_reproduce(out)  # the real test photos only
     # a judge trained on other classes is refused, by name
     torch.save({"model": judge.state_dict(), "model_name": "resnet18", "classes": ["a"] * 4,
                 "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}, tmp_path / "other.pt")

@@ -1,12 +1,11 @@
 """Task 5: ViT builders (SWAG, any input size), layer-wise learning-rate decay, the cost
 measures, and the tiny ViT trained through task5_vit/train.py."""
 
-import json
 
 import pytest
 import torch
 import torchvision
-from conftest import run_cli
+from conftest import assert_predictions_reproduce, run_cli
 
 from shared import engine, models
 from shared.models import PackedSelfAttention, UsageError, WeightsError, build_model
@@ -87,7 +86,7 @@ def test_tiny_vit_trains_and_records_its_cost(sample, tmp_path):
                      "--epochs", "4", "--batch-size", "8", "--warmup-epochs", "1",
                      "--lr", "1e-3", "--val-fraction", "0.25", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((out / "metrics.json").read_text())
+    record = assert_predictions_reproduce(out)
     assert record["task"] == "task5_vit" and record["variant"] == "vit_tiny"
     assert record["args"]["recipe"] == "vit" and record["args"]["layer_decay"] == 0.75
     losses = [h["train_loss"] for h in record["history"]]
