@@ -141,6 +141,10 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
+def _fixed(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def _detector_pct(r):
     return (_pct(r["metrics"].get("detector_corloc"))
             if r["args"].get("test_boxes") == "pred" and r["args"].get("crop") != "none"
@@ -276,20 +280,25 @@ STUDIES = [
         ("Train time (min)", lambda r: f"{r['metrics']['train_seconds'] / 60:.1f}"),
         ("Device", lambda r: r["env"]["device"]),
     ]),
-    ("Table 5: are the heatmaps right? (task 6) Pointing game and energy in the true boxes "
+    ("Table 5: are the heatmaps right? (task 6) Deletion AUC (lower is better) and insertion "
+     "AUC (higher is better) of the target class's probability as the map's pixels are "
+     "blurred away or put back; pointing game and energy in the true boxes where boxes exist "
      "(higher is better); rank correlation with a randomly initialised network's maps (near 1: "
-     "the method ignores the model)",
+     "the method ignores the model). The random and centre maps are baselines",
      lambda r: r["task"] == "task6_heatmap" and r["variant"] not in ("classifier", "summary"),
-     lambda r: (r["dataset"], r["model"], r["variant"]), [
+     lambda r: (r["dataset"], r["model"], r["variant"] in ("random", "centre"), r["variant"]), [
         ("Model", lambda r: r["model"]),
         ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
         ("Method", lambda r: r["variant"]),
-        ("Layer", lambda r: r["layer"] or "all blocks"),
+        ("Layer", lambda r: r["layer"] or ("all blocks" if r["variant"] == "rollout" else "–")),
+        ("Deletion AUC", lambda r: _fixed(r["metrics"].get("deletion_auc"))),
+        ("Insertion AUC", lambda r: _fixed(r["metrics"].get("insertion_auc"))),
         ("Pointing game (%)", lambda r: _pct(r["metrics"]["pointing_game"])),
         ("Energy in box (%)", lambda r: _pct(r["metrics"]["energy_in_box"])),
-        ("Randomisation rank corr.", lambda r: f"{r['metrics']['randomization_rank_corr']:.3f}"),
+        ("Randomisation rank corr.", lambda r: _fixed(r["metrics"]["randomization_rank_corr"])),
         ("Boxes' share of the frame (chance, %)", lambda r: _pct(r["metrics"]["box_area_share"])),
-        ("Test images", lambda r: r["data"]["test_scored"]),
+        ("Test images (with boxes)", lambda r: f"{r['data']['test_scored']} "
+                                              f"({r['data'].get('test_with_boxes', '–')})"),
         ("Figure", lambda r: "[figure.png]({})".format(
             posixpath.normpath(posixpath.join(r["_dir"], r["figure"])))),
     ]),

@@ -46,9 +46,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--layer", help="the layer Grad-CAM reads (default: the last stage)")
     group.add_argument("--target", type=cli.nonnegative_int,
                        help="class index for every image (None: the predicted class)")
-    group.add_argument("--images", type=Path, nargs="+", help="photos for the figure "
-                                                              "(default: the first test images)")
-    group.add_argument("--figure-images", type=cli.positive_int, default=6)
+    group.add_argument("--images", type=cli.positive_int,
+                       help="score a seeded subset of this many test images (None: all)")
+    group.add_argument("--faithfulness-steps", type=cli.positive_int, default=20,
+                       help="deletion and insertion: the map's pixels in this many shares")
+    group.add_argument("--figure-photos", type=Path, nargs="+",
+                       help="photos for the figure (None: the first test images)")
+    group.add_argument("--figure-images", type=cli.positive_int, default=6,
+                       help="how many test images the figure shows")
     args = cli.parse_with_recipes(parser, argv)
     args.out = args.out or Path("results", TASK, args.dataset, args.model)
     return args
@@ -64,7 +69,6 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from shared import checkpoint, data, engine, models, results  # noqa: E402
-from shared.data import DataError  # noqa: E402
 from task6_heatmap import heatmaps  # noqa: E402
 
 
@@ -97,7 +101,14 @@ def box_scores(maps: torch.Tensor, boxes: list[list[tuple]], size: int
     return hits, energy, area
 
 
-def method_maps(method: str, model, images, layer, target):
+BASELINES = ("random", "centre")  # maps that ignore the model, scored the same way
+
+
+def method_maps(method: str, model, images, layer, target, seed: int = 0):
+    if method == "random":
+        return heatmaps.random_map(images, seed=seed)
+    if method == "centre":
+        return heatmaps.centre_map(images)
     if method == "rollout":
         return heatmaps.attention_rollout(model, images)
     return heatmaps.grad_cam(model, images, layer, target, plus=method == "gradcam++")[0]
@@ -144,59 +155,84 @@ def main(args: argparse.Namespace) -> None:
     layer = args.layer or default_layer(spec, model)
     transform = data.build_transform(False, size, "letterbox",
                                      normalization=(meta["mean"], meta["std"]))
-    scored = [r for r in test if r.boxes]
-    if not scored:
-        raise DataError(f"the test split of {args.dataset} has no true boxes: the pointing "
-                        "game and energy-in-box need them")
+    scored = test if args.images is None else data.limit_per_split(test, args.images,
+                                                                    args.seed)
+    boxed = sum(bool(r.boxes) for r in scored)
+    if not boxed:
+        print(f"no true boxes in the test split of {args.dataset}: pointing game and energy "
+              "in box are left out; deletion and insertion need none", flush=True)
     target = None if args.target is None else torch.tensor(args.target)
-    numbers = {m: {"hits": [], "energy": [], "corr": [], "area": []} for m in methods}
+    numbers = {m: {"hits": [], "energy": [], "corr": [], "area": [], "deletion": [],
+                   "insertion": []} for m in (*methods, *BASELINES)}
     for start in range(0, len(scored), args.batch_size):
         chunk = scored[start:start + args.batch_size]
         photos = [data.load_rgb(r.path) for r in chunk]  # read once: pixels and frame size
         images = torch.stack([transform(photo) for photo in photos]).to(rt.device)
-        boxes = [letterbox_boxes(r, photo, size) for r, photo in zip(chunk, photos, strict=True)]
-        batch_target = None if target is None else target.repeat(len(chunk))
-        for method in methods:
-            maps = method_maps(method, model, images, layer, batch_target).cpu()
-            hits, energy, area = box_scores(maps, boxes, size)
-            shuffled = method_maps(method, random_model, images, layer, batch_target).cpu()
-            corr = [scipy.stats.spearmanr(a.flatten(), b.flatten()).statistic
-                    for a, b in zip(maps, shuffled, strict=True)]
-            numbers[method]["hits"] += hits
-            numbers[method]["energy"] += energy
-            numbers[method]["area"] += area
-            numbers[method]["corr"] += [0.0 if np.isnan(c) else float(c) for c in corr]
+        with torch.no_grad():
+            predicted = model(images).argmax(1)
+        batch_target = predicted if target is None else target.repeat(len(chunk))
+        with_boxes = [i for i, r in enumerate(chunk) if r.boxes]
+        boxes = [letterbox_boxes(chunk[i], photos[i], size) for i in with_boxes]
+        for method in numbers:
+            maps = method_maps(method, model, images, layer, batch_target, args.seed + start)
+            n = numbers[method]
+            deletion, insertion = heatmaps.deletion_insertion(
+                model, images, maps, batch_target, args.faithfulness_steps, rt.amp_dtype)
+            n["deletion"] += deletion.tolist()
+            n["insertion"] += insertion.tolist()
+            maps = maps.cpu()
+            if with_boxes:
+                hits, energy, area = box_scores(maps[with_boxes], boxes, size)
+                n["hits"] += hits
+                n["energy"] += energy
+                n["area"] += area
+            if method not in BASELINES:  # the same method on a network with random weights
+                shuffled = method_maps(method, random_model, images, layer, batch_target).cpu()
+                corr = [scipy.stats.spearmanr(a.flatten(), b.flatten()).statistic
+                        for a, b in zip(maps, shuffled, strict=True)]
+                n["corr"] += [0.0 if np.isnan(c) else float(c) for c in corr]
 
-    figure_records = ([data.Record(p.name, p, -1) for p in args.images] if args.images
-                      else test[:args.figure_images])
-    write_figures(model, spec, figure_records, methods, layer, target, transform, meta, out, rt)
+    figure_records = ([data.Record(p.name, p, -1) for p in args.figure_photos]
+                      if args.figure_photos else test[:args.figure_images])
+    write_figures(model, spec, figure_records, methods, layer, target, transform, meta, out, rt,
+                  index.classes)
     summary = {}
-    for method in methods:
-        n = numbers[method]
+
+    def mean(values):
+        return float(np.mean(values)) if values else None
+
+    for method, n in numbers.items():
         record = results.task_record(
             TASK, method, args, rt,
-            {"pointing_game": float(np.mean(n["hits"])),
-             "energy_in_box": float(np.mean(n["energy"])),
-             "randomization_rank_corr": float(np.mean(n["corr"])),
-             "box_area_share": float(np.mean(n["area"]))},
-            {"test_scored": len(scored)}, model=meta["model_name"], weights=args.checkpoint,
-            layer=layer if method != "rollout" else None,
+            {"pointing_game": mean(n["hits"]), "energy_in_box": mean(n["energy"]),
+             "box_area_share": mean(n["area"]),
+             "randomization_rank_corr": mean(n["corr"]),
+             "deletion_auc": mean(n["deletion"]), "insertion_auc": mean(n["insertion"])},
+            {"test_scored": len(scored), "test_with_boxes": boxed}, model=meta["model_name"],
+            weights=args.checkpoint, layer=layer if method in ("gradcam", "gradcam++") else None,
             figure="../figure.png")  # from this file's folder
         (out / method).mkdir(parents=True, exist_ok=True)
         results.write_json(record, out / method / "metrics.json")
         m = summary[method] = record["metrics"]
-        print(f"{method}: pointing game {m['pointing_game']:.3f}, energy in box "
-              f"{m['energy_in_box']:.3f}, randomisation rank corr "
-              f"{m['randomization_rank_corr']:.3f}")
+        print(f"{method}: deletion AUC {m['deletion_auc']:.3f}, insertion AUC "
+              f"{m['insertion_auc']:.3f}" + (f", pointing game {m['pointing_game']:.3f}, "
+                                              f"energy in box {m['energy_in_box']:.3f}"
+                                              if boxed else ""), flush=True)
     # the run's own record, written last: run_all.sh takes it to mean "finished"
     results.write_json({**record, "variant": "summary", "metrics": summary},
                        out / "metrics.json")
     engine.shutdown(rt)
 
 
-def write_figures(model, spec, records, methods, layer, target, transform, meta, out, rt):
-    """figure.png (a row per photo: the photo, then one overlay per method), the overlays,
-    channel grids of every stage for the first photo, and the same in TensorBoard."""
+def write_figures(model, spec, records, methods, layer, target, transform, meta, out, rt,
+                  classes):
+    """figure.png (a row per photo, labelled with its true and predicted class: the photo,
+    then one titled overlay per method), the overlays, channel grids of every stage for the
+    first photo, and the same in TensorBoard."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot as plt
     from torch.utils.tensorboard import SummaryWriter
     from torchvision.utils import make_grid, save_image
 
@@ -218,7 +254,27 @@ def write_figures(model, spec, records, methods, layer, target, transform, meta,
         tiles.append(torch.stack([torch.from_numpy(np.array(o)).permute(2, 0, 1) / 255
                                   for o in overlays]))
     grid = torch.stack(tiles, dim=1).flatten(0, 1)  # row per photo
-    save_image(grid, out / "figure.png", nrow=len(tiles), padding=2)
+    with torch.no_grad():
+        predicted = model(images).argmax(1).tolist()
+    titles = ["photo", *(f"{m} ({layer})" if m != "rollout" else m for m in methods)]
+    figure, axes = plt.subplots(len(records), len(tiles), squeeze=False, dpi=80,
+                                figsize=(2.2 * len(tiles), 2.4 * len(records)))
+    for row, (record, guess) in enumerate(zip(records, predicted, strict=True)):
+        truth = classes[record.label] if record.label >= 0 else "unknown"
+        verdict = "" if record.label < 0 else (" (right)" if guess == record.label
+                                               else " (wrong)")
+        for column, tile in enumerate(tiles):
+            cell = axes[row, column]
+            cell.imshow(tile[row].permute(1, 2, 0).numpy())
+            cell.set_xticks([])
+            cell.set_yticks([])
+            if row == 0:
+                cell.set_title(titles[column], fontsize=8)
+        axes[row, 0].set_ylabel(f"true {truth[:22]}\npredicted {classes[guess][:22]}{verdict}",
+                                fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out / "figure.png")
+    plt.close(figure)
     writer = SummaryWriter(out / "tb")
     writer.add_image("heatmaps/figure", make_grid(grid, nrow=len(tiles)), 0)
     if spec.is_cnn:  # the seed's figure: every channel of every stage, min-max per channel

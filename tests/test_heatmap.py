@@ -2,6 +2,7 @@
 autograd, on a model that learned where the object is, and through the command line."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -105,6 +106,31 @@ def test_a_trained_model_looks_at_the_object():
     chance = 64 / 32 ** 2
     assert area == pytest.approx([chance] * 64)
     assert sum(hits) / len(hits) > 3 * chance and sum(energy) / len(energy) > 2 * chance
+    # without boxes: the true object's mask is a faithful map, a random one is not
+    masks = torch.zeros(64, 32, 32)
+    for i, ((x0, y0, x1, y1),) in enumerate(boxes):
+        masks[i, y0:y1, x0:x1] = 1
+    deletion, insertion = heatmaps.deletion_insertion(model, x, masks, labels, steps=16)
+    noise = heatmaps.random_map(x, grid=32)
+    deletion_random, insertion_random = heatmaps.deletion_insertion(model, x, noise, labels,
+                                                                    steps=16)
+    assert deletion.mean() < deletion_random.mean() - 0.1
+    assert insertion.mean() >= insertion_random.mean()  # the canvas's tint gives the colour
+
+
+def test_maps_that_would_be_blank_or_ill_posed_are_refused():
+    from shared.models import UsageError
+
+    vit, _ = build_model("vit_tiny", 3, "none", image_size=32)
+    torch.nn.init.normal_(vit.heads.head.weight, std=0.01)
+    images = torch.randn(2, 3, 32, 32)
+    with pytest.raises(UsageError, match="no gradient reaches layer 'encoder.layers."
+                                         "encoder_layer_1'"):
+        heatmaps.grad_cam(vit, images, "encoder.layers.encoder_layer_1")  # past the last block
+    with pytest.raises(UsageError, match="Grad-CAM\\+\\+ is ill-posed on ViT tokens"):
+        heatmaps.grad_cam(vit, images, "encoder.layers.encoder_layer_1.ln_1", plus=True)
+    maps, _ = heatmaps.grad_cam(vit, images, "encoder.layers.encoder_layer_1.ln_1")
+    assert maps.shape == (2, 4, 4) and maps.amax((1, 2)).gt(0).all()
 
 
 def test_heatmaps_from_the_command_line(sample, tmp_path):
@@ -118,15 +144,32 @@ def test_heatmaps_from_the_command_line(sample, tmp_path):
     assert (out / "classifier" / "best.pt").is_file() and (out / "figure.png").is_file()
     assert (out / "features" / "layer4.png").is_file()
     summary = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert set(summary) == {"gradcam", "gradcam++"}
+    assert set(summary) == {"gradcam", "gradcam++", "random", "centre"}
     assert list((out / "tb").glob("events.out.tfevents.*"))
-    for method in ("gradcam", "gradcam++"):
+    for method in summary:
         record = json.loads((out / method / "metrics.json").read_text())
-        assert record["task"] == "task6_heatmap" and record["layer"] == "layer4"
-        for key in ("pointing_game", "energy_in_box"):
+        assert record["task"] == "task6_heatmap"
+        assert record["layer"] == ("layer4" if method.startswith("gradcam") else None)
+        for key in ("pointing_game", "energy_in_box", "deletion_auc", "insertion_auc"):
             assert 0 <= record["metrics"][key] <= 1
-        assert -1 <= record["metrics"]["randomization_rank_corr"] <= 1
-        assert record["data"]["test_scored"] == 20
+        corr = record["metrics"]["randomization_rank_corr"]
+        assert (-1 <= corr <= 1) if method.startswith("gradcam") else corr is None
+        assert record["data"]["test_scored"] == record["data"]["test_with_boxes"] == 20
     table = write_tables(tmp_path / "results").read_text().split("## Table 5")[1]
-    assert "| gradcam++ |" in table and \
+    assert "| gradcam++ |" in table and "| centre |" in table and \
         "(task6_heatmap/bird/resnet18/figure.png)" in table
+
+    # photos without boxes: faithfulness still scored, box metrics left out, table built
+    bare = tmp_path / "bare"
+    shutil.copytree(root / "CUB_200_2011", bare / "CUB_200_2011")
+    (bare / "CUB_200_2011" / "bounding_boxes.txt").unlink()
+    unboxed = tmp_path / "results" / "task6_heatmap" / "bird" / "unboxed"
+    result = run_cli("task6_heatmap/train.py", "--dataset", "bird", "--data-root", str(bare),
+                     "--checkpoint", str(out / "classifier" / "best.pt"), "--images", "6",
+                     "--batch-size", "4", "--figure-images", "2", "--out", str(unboxed))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((unboxed / "gradcam" / "metrics.json").read_text())
+    assert record["metrics"]["pointing_game"] is None and record["data"]["test_scored"] == 6
+    assert 0 <= record["metrics"]["deletion_auc"] <= 1
+    table = write_tables(tmp_path / "results").read_text().split("## Table 5")[1]
+    assert "| 6 (0) |" in table
