@@ -145,6 +145,16 @@ def _fixed(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def _fixed_ci(name: str):
+    """A mean with its bootstrap interval over images, `0.139 (0.128–0.150)`."""
+    def cell(r):
+        value, interval = r["metrics"].get(name), r.get("ci95", {}).get(name)
+        if value is None or interval is None:
+            return _fixed(value)
+        return f"{value:.3f} ({interval[0]:.3f}–{interval[1]:.3f})"
+    return cell
+
+
 def _detector_pct(r):
     return (_pct(r["metrics"].get("detector_corloc"))
             if r["args"].get("test_boxes") == "pred" and r["args"].get("crop") != "none"
@@ -188,7 +198,8 @@ def _is_baseline(r) -> bool:
 
 
 def _is_crop_row(r) -> bool:
-    return _is_baseline(r) or (r["task"] == "task3_crop" and r["variant"] != "detector")
+    return _is_baseline(r) or (r["task"] == "task3_crop"
+                               and r["variant"] not in ("detector", "centre"))
 
 
 def _is_gan_row(r) -> bool:
@@ -222,6 +233,7 @@ STUDIES = [
         ("Model", lambda r: r["model"]),
         ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
         ("Crop", lambda r: r["args"].get("crop", "none (task 1-2)")),
+        ("Localiser", lambda r: r["metrics"].get("localiser", "–")),
         ("Train boxes", lambda r: r["args"].get("train_boxes", "–")
             if r["args"].get("crop", "none") != "none" else "–"),
         ("Test boxes", lambda r: {"gt": "gt (oracle)", "pred": "detector"}.get(
@@ -233,13 +245,15 @@ STUDIES = [
         ("Train / val / test", _split_counts),
         ("Device", lambda r: r["env"]["device"]),
     ]),
-    ("Table 2b: the detector (task 3): top box against the true boxes of the test split",
-     lambda r: r["task"] == "task3_crop" and r["variant"] == "detector",
-     lambda r: r["dataset"], [
-        ("Detector", lambda r: r["model"]),
+    ("Table 2b: the localisers (task 3): top box against the true boxes of the test split; "
+     "the centre box is the baseline",
+     lambda r: r["task"] == "task3_crop" and r["variant"] in ("detector", "centre"),
+     lambda r: (r["dataset"], r["variant"]), [
+        ("Localiser", lambda r: r["model"]),
         ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
         ("Weights", lambda r: r["weights"]),
         ("CorLoc (IoU >= 0.5, %)", lambda r: _pct(r["metrics"]["detector_corloc"])),
+        ("MaxBoxAcc (%)", lambda r: _pct(r["metrics"].get("max_box_acc"))),
         ("Mean IoU", lambda r: f"{r['metrics']['detector_miou']:.3f}"
             if r["metrics"]["detector_miou"] is not None else "–"),
         ("No detection", lambda r: r["metrics"]["no_detection"]),
@@ -291,8 +305,8 @@ STUDIES = [
         ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
         ("Method", lambda r: r["variant"]),
         ("Layer", lambda r: r["layer"] or ("all blocks" if r["variant"] == "rollout" else "–")),
-        ("Deletion AUC", lambda r: _fixed(r["metrics"].get("deletion_auc"))),
-        ("Insertion AUC", lambda r: _fixed(r["metrics"].get("insertion_auc"))),
+        ("Deletion AUC (95% CI)", _fixed_ci("deletion_auc")),
+        ("Insertion AUC (95% CI)", _fixed_ci("insertion_auc")),
         ("Pointing game (%)", lambda r: _pct(r["metrics"]["pointing_game"])),
         ("Energy in box (%)", lambda r: _pct(r["metrics"]["energy_in_box"])),
         ("Randomisation rank corr.", lambda r: _fixed(r["metrics"]["randomization_rank_corr"])),

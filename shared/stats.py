@@ -48,6 +48,18 @@ def paired_bootstrap(a_correct: np.ndarray, b_correct: np.ndarray, resamples: in
     return float(difference.mean()), float(low), float(high)
 
 
+def bootstrap_mean(values, resamples: int = 2000, seed: int = 0,
+                   confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-image values (e.g. deletion AUCs)."""
+    values = np.asarray(values, np.float64)
+    if len(values) == 0:
+        return (float("nan"), float("nan"))
+    draws = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))
+    low, high = np.quantile(values[draws].mean(axis=1), [(1 - confidence) / 2,
+                                                         (1 + confidence) / 2])
+    return float(low), float(high)
+
+
 def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
     """ECE: the gap between confidence and accuracy, averaged over `bins` equal-width
     confidence bins weighted by their share of the images (Guo et al. 2017)."""

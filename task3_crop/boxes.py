@@ -58,6 +58,14 @@ def read_boxes(path: Path, dataset: str, records: list[Record]) -> tuple[dict, s
     return detections, set(document.get("detector_train_keys", ()))
 
 
+def localiser_name(path: Path) -> str:
+    """What wrote a boxes file: "centre (area 0.5)" or the detector's name."""
+    found = json.loads(Path(path).read_text()).get("detector", {})
+    if found.get("localiser") == "centre":
+        return f"centre (area {found['centre_area']:g})"
+    return f"detector ({found.get('detector', '?')})"
+
+
 def largest(boxes: tuple[Box, ...]) -> Box:
     """The main subject among several true boxes (Stanford Dogs photos may hold several)."""
     return max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))

@@ -20,6 +20,7 @@ trained weights, for --detector-weights) and mmdet/ (checkpoints, logs, TensorBo
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -45,6 +46,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         add_help=False)))
     per_detector = {key: ", ".join(f"{name} {values[key]}" for name, values in DETECTORS.items())
                     for key in ("image_scale", "epochs", "batch_size", "lr")}
+    parser.add_argument("--localiser", choices=("detector", "centre"), default="detector",
+                        help="detector: a Faster R-CNN trained on the true boxes; centre: a "
+                             "fixed centred box, the baseline every localiser must beat")
+    parser.add_argument("--centre-area", type=cli.share,
+                        help="centre: the box's share of the photo (None: the share with the "
+                             "best validation CorLoc where validation has boxes, else 0.5)")
     parser.add_argument("--detector", choices=tuple(DETECTORS), default="seed")
     parser.add_argument("--backbone-weights", choices=("imagenet", "none"), default="imagenet",
                         help="ImageNet torchvision ResNet weights for the backbone, or none")
@@ -72,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.epochs == 0 and args.detector_weights is None:
         parser.error("--epochs 0 predicts with --detector-weights, which is missing")
-    args.out = args.out or Path("results", TASK, args.dataset, "detector")
+    args.out = args.out or Path("results", TASK, args.dataset, args.localiser)
     return args
 
 
@@ -267,18 +274,72 @@ def predict(model, cfg, records: list[data.Record], batch_size: int, workers: in
     return found
 
 
-def main(args: argparse.Namespace) -> None:
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    from mmengine.runner import Runner, load_checkpoint
+CENTRE_AREAS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # the shares tried
 
+
+def centre_box(width: int, height: int, area: float) -> data.Box:
+    """The centred box of the photo's aspect ratio covering `area` of it."""
+    w, h = width * math.sqrt(area), height * math.sqrt(area)
+    return (width - w) / 2, (height - h) / 2, (width + w) / 2, (height + h) / 2
+
+
+def centre_localiser(args, index, train, val, test) -> None:
+    """boxes.json of the fixed centred box, its share chosen on validation (never on test)
+    where validation has boxes; CorLoc at that share and MaxBoxAcc (the best CorLoc over
+    the shares, Choe et al. 2020) on test where test has boxes."""
+    every = train + val + test
+    sizes = {}
+    for r in every:
+        with Image.open(r.path) as image:
+            sizes[r.key] = image.size
+
+    def boxes_at(area):
+        return {r.key: (centre_box(*sizes[r.key], area), 1.0) for r in every}
+
+    def corloc(records, area):
+        return boxes_io.localisation(records, boxes_at(area))["detector_corloc"]
+
+    if args.centre_area is not None:
+        area, chosen_by = args.centre_area, "--centre-area"
+    elif any(r.boxes for r in val):
+        area, chosen_by = max(CENTRE_AREAS, key=lambda a: corloc(val, a)), "validation CorLoc"
+    else:
+        area, chosen_by = 0.5, "default: no validation boxes"
+    localiser = {"localiser": "centre", "centre_area": area, "chosen_by": chosen_by}
+    boxes_io.write_boxes(args.out / "boxes.json", args.dataset, index.folder, localiser, [],
+                         boxes_at(area))
+    test_corlocs = [corloc(test, a) for a in CENTRE_AREAS]
+    quality = {split: boxes_io.localisation(records, boxes_at(area))
+               for split, records in (("val", val), ("test", test))}
+    record = results.task_record(
+        TASK, "centre", args, engine.Runtime(torch.device("cpu")),
+        {**quality["test"], **{f"val_{k}": v for k, v in quality["val"].items()},
+         "max_box_acc": None if test_corlocs[0] is None else max(test_corlocs)},
+        {"train": len(train), "val": len(val), "test": len(test), "predicted": len(every)},
+        model=f"centre box (area {area:g}, {chosen_by})", weights="none",
+        timing={"train_seconds": 0.0, "train_seconds_per_image": 0.0,
+                "predict_seconds_per_image": 0.0}, localiser=localiser)
+    results.write_json(record, args.out / "metrics.json")
+    corloc_text = ("no true boxes: CorLoc not measured" if quality["test"]["detector_corloc"]
+                   is None else f"test CorLoc {quality['test']['detector_corloc']:.4f}")
+    print(f"centre box, area {area:g} ({chosen_by}): {corloc_text} -> {args.out}/boxes.json")
+
+
+def main(args: argparse.Namespace) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would train its own
         raise engine.TrainingError("task3_crop/detect.py runs in one process (one GPU); "
                                    "start it without torchrun")
     checkpoint.claim_run_folder(args.out, args.resume)
+    index, train, val, test = data.prepare_splits(args)
+    if args.localiser == "centre":
+        return centre_localiser(args, index, train, val, test)
+
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.runner import Runner, load_checkpoint
+
     register_all_modules()
     load_checkpoints_safely()
-    index, train, val, test = data.prepare_splits(args)
     ann_file = args.out / "coco_train.json"
     coco_json(train, ann_file)
     cfg = detector_config(args, index.folder / ("images" if args.dataset == "bird" else "Images"),
@@ -323,7 +384,8 @@ def main(args: argparse.Namespace) -> None:
     device = next(model.parameters()).device
     record = results.task_record(
         TASK, "detector", args, engine.Runtime(device),
-        {**quality["test"], **{f"val_{k}": v for k, v in quality["val"].items()}},
+        {**quality["test"], **{f"val_{k}": v for k, v in quality["val"].items()},
+         "max_box_acc": quality["test"]["detector_corloc"]},  # one box an image: no sweep
         {"train": len(train), "val": len(val), "test": len(test), "predicted": len(every)},
         model=f"faster-rcnn r{args.depth} fpn ({args.detector})",
         weights=args.detector_weights or args.backbone_weights,

@@ -88,8 +88,9 @@ def main(args: argparse.Namespace) -> None:
     test, fallback["test"] = boxes_io.with_crops(test, args.test_boxes, detections, args.crop,
                                                  args.margin)
 
+    localiser = boxes_io.localiser_name(args.boxes) if uses_predictions else "true boxes"
     engine.train_classifier(TASK, variant(args), args, rt, index.classes, train, val, test,
-                            {"whole_image_fallback": fallback}, **quality)
+                            {"whole_image_fallback": fallback}, localiser=localiser, **quality)
     if rt.main:
         print(f"crop {args.crop}, train boxes {args.train_boxes}, test boxes "
               f"{args.test_boxes}; whole image for {fallback['test']} test images")

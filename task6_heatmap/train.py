@@ -24,6 +24,7 @@ with random weights, after Adebayo et al. 2018: a method that ignores the model 
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
@@ -68,7 +69,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from shared import checkpoint, data, engine, models, results  # noqa: E402
+from shared import checkpoint, data, engine, models, results, stats  # noqa: E402
 from task6_heatmap import heatmaps  # noqa: E402
 
 
@@ -188,8 +189,10 @@ def main(args: argparse.Namespace) -> None:
                 n["area"] += area
             if method not in BASELINES:  # the same method on a network with random weights
                 shuffled = method_maps(method, random_model, images, layer, batch_target).cpu()
-                corr = [scipy.stats.spearmanr(a.flatten(), b.flatten()).statistic
-                        for a, b in zip(maps, shuffled, strict=True)]
+                with warnings.catch_warnings():  # a constant map has no rank order: 0 below
+                    warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
+                    corr = [scipy.stats.spearmanr(a.flatten(), b.flatten()).statistic
+                            for a, b in zip(maps, shuffled, strict=True)]
                 n["corr"] += [0.0 if np.isnan(c) else float(c) for c in corr]
 
     figure_records = ([data.Record(p.name, p, -1) for p in args.figure_photos]
@@ -210,6 +213,8 @@ def main(args: argparse.Namespace) -> None:
              "deletion_auc": mean(n["deletion"]), "insertion_auc": mean(n["insertion"])},
             {"test_scored": len(scored), "test_with_boxes": boxed}, model=meta["model_name"],
             weights=args.checkpoint, layer=layer if method in ("gradcam", "gradcam++") else None,
+            ci95={f"{curve}_auc": list(stats.bootstrap_mean(n[curve], seed=args.seed))
+                  for curve in ("deletion", "insertion")},  # over images
             figure="../figure.png")  # from this file's folder
         (out / method).mkdir(parents=True, exist_ok=True)
         results.write_json(record, out / method / "metrics.json")

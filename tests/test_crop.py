@@ -289,3 +289,46 @@ def test_mmdet_faster_rcnn_from_the_bundled_config_trains_on_cpu(sample, tmp_pat
                                                         img_id=0))]))
     assert out[0].pred_instances.bboxes.shape[1] == 4
     assert out[0].ori_shape == Image.open(train[0].path).size[::-1]
+
+
+def test_centre_box_localiser_needs_no_detector(sample, tmp_path):
+    """The baseline localiser: a centred box whose share is chosen on validation, scored by
+    CorLoc and MaxBoxAcc, in the boxes file train.py reads; without true boxes it still
+    writes boxes and its scores read '–'."""
+    root, _ = sample
+    out = tmp_path / "results" / "task3_crop" / "bird" / "centre"
+    common = ("--dataset", "bird", "--val-fraction", "0.25", "--seed", "0")
+    result = run_cli("task3_crop/detect.py", *common, "--data-root", str(root),
+                     "--localiser", "centre", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["localiser"]["chosen_by"] == "validation CorLoc"
+    area = record["localiser"]["centre_area"]
+    index = data.load_dataset("bird", root)
+    train, val = data.split_train_val(index.train, 0.25, 0)
+    detections, _ = boxes_io.read_boxes(out / "boxes.json", "bird", train + val + index.test)
+    x0, y0, x1, y1 = detections[index.test[0].key][0]
+    width, height = Image.open(index.test[0].path).size
+    assert (x1 - x0) * (y1 - y0) == pytest.approx(area * width * height, rel=1e-3)
+    assert (x0 + x1) / 2 == pytest.approx(width / 2, abs=0.01)
+    metrics = record["metrics"]
+    assert metrics["detector_corloc"] <= metrics["max_box_acc"] <= 1
+    crop = tmp_path / "results" / "task3_crop" / "bird" / "box-centre"
+    result = run_cli("task3_crop/train.py", *common, "--data-root", str(root), "--model",
+                     "resnet18", "--weights", "none", "--image-size", "32", "--epochs", "1",
+                     "--batch-size", "8", "--boxes", str(out / "boxes.json"), "--out", str(crop))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((crop / "metrics.json").read_text())["metrics"]["localiser"] == \
+        f"centre (area {area:g})"
+    table = write_tables(tmp_path / "results").read_text().split("## Table 2b")[1]
+    assert "centre box (area" in table
+
+    bare = tmp_path / "bare"
+    shutil.copytree(root / "CUB_200_2011", bare / "CUB_200_2011")
+    (bare / "CUB_200_2011" / "bounding_boxes.txt").unlink()
+    result = run_cli("task3_crop/detect.py", *common, "--data-root", str(bare),
+                     "--localiser", "centre", "--out", str(tmp_path / "bare-centre"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "bare-centre" / "metrics.json").read_text())
+    assert record["localiser"]["centre_area"] == 0.5
+    assert record["metrics"]["detector_corloc"] is None and record["metrics"]["max_box_acc"] is None

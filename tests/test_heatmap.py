@@ -152,6 +152,8 @@ def test_heatmaps_from_the_command_line(sample, tmp_path):
         assert record["layer"] == ("layer4" if method.startswith("gradcam") else None)
         for key in ("pointing_game", "energy_in_box", "deletion_auc", "insertion_auc"):
             assert 0 <= record["metrics"][key] <= 1
+        low, high = record["ci95"]["deletion_auc"]  # bootstrap over the images
+        assert low <= record["metrics"]["deletion_auc"] <= high
         corr = record["metrics"]["randomization_rank_corr"]
         assert (-1 <= corr <= 1) if method.startswith("gradcam") else corr is None
         assert record["data"]["test_scored"] == record["data"]["test_with_boxes"] == 20
