@@ -236,7 +236,7 @@ STUDIES = [
         ("Localiser", lambda r: r["metrics"].get("localiser", "–")),
         ("Train boxes", lambda r: r["args"].get("train_boxes", "–")
             if r["args"].get("crop", "none") != "none" else "–"),
-        ("Test boxes", lambda r: {"gt": "gt (oracle)", "pred": "detector"}.get(
+        ("Test boxes", lambda r: {"gt": "gt (oracle)", "pred": "predicted"}.get(
             r["args"].get("test_boxes")) if r["args"].get("crop", "none") != "none" else "–"),
         *ACCURACY,
         ("Detector CorLoc (%)", _detector_pct),
@@ -295,8 +295,8 @@ STUDIES = [
         ("Device", lambda r: r["env"]["device"]),
     ]),
     ("Table 5: are the heatmaps right? (task 6) Deletion AUC (lower is better) and insertion "
-     "AUC (higher is better) of the target class's probability as the map's pixels are "
-     "blurred away or put back; pointing game and energy in the true boxes where boxes exist "
+     "AUC (higher is better) of the target class's probability as the map's pixels, most "
+     "salient first, are set to the photo's mean colour or put back onto it; pointing game and energy in the true boxes where boxes exist "
      "(higher is better); rank correlation with a randomly initialised network's maps (near 1: "
      "the method ignores the model). The random and centre maps are baselines",
      lambda r: r["task"] == "task6_heatmap" and r["variant"] not in ("classifier", "summary"),

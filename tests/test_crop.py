@@ -198,7 +198,7 @@ def test_crop_classifier_records_detector_quality(detector_run, tmp_path):
     tables = write_tables(tmp_path / "results").read_text()
     table2 = tables.split("## Table 2:")[1].split("## Table 2b")[0]
     assert "| square | true boxes | gt | gt (oracle) |" in table2
-    assert "| box | detector (small) | gt | detector |" in table2
+    assert "| box | detector (small) | gt | predicted |" in table2
 
 
 def test_crop_classifier_refuses_boxes_that_do_not_fit(detector_run, tmp_path):
