@@ -297,8 +297,9 @@ STUDIES = [
     ("Table 5: are the heatmaps right? (task 6) Deletion AUC (lower is better) and insertion "
      "AUC (higher is better) of the target class's probability as the map's pixels, most "
      "salient first, are set to the photo's mean colour or put back onto it; pointing game "
-     "and energy in the true boxes where boxes exist (higher is better); rank correlation with a randomly initialised network's maps (near 1: "
-     "the method ignores the model). The random and centre maps are baselines",
+     "and energy in the true boxes where boxes exist (higher is better); rank correlation "
+     "with a randomly initialised network's maps (near 1: the method ignores the model). The "
+     "random and centre maps are baselines",
      lambda r: r["task"] == "task6_heatmap" and r["variant"] not in ("classifier", "summary"),
      lambda r: (r["dataset"], r["model"], r["variant"] in ("random", "centre"), r["variant"]), [
         ("Model", lambda r: r["model"]),
