@@ -37,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     peek.add_argument("--model", default="vit_b_16")
     peek.add_argument("--recipe")
     known = peek.parse_known_args(argv)[0]
-    recipe = known.recipe or ("vit" if known.model.startswith("vit") else "strong")
+    recipe = known.recipe if known.recipe in cli.RECIPES else (  # a bad one: refused below
+        "vit" if known.model.startswith("vit") else "strong")
     parser.set_defaults(model="vit_b_16", **cli.RECIPES[recipe], recipe=recipe)
     if known.model == "vit_b_16_swag":
         parser.set_defaults(image_size=384)  # the SWAG weights' own resolution
