@@ -447,13 +447,12 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
     # the figures come from the predictions file's own float16 logits: it reproduces them
     records = loaders.test.dataset.records
     labels = np.array([r.label for r in records], dtype=np.int64)
-    logits = test["logits"].numpy().astype(np.float16)
-    if rt.main:
-        results.save_predictions(out / PREDICTIONS, [r.image_id or r.key for r in records],
-                                 labels, logits)
+    predicted = results.score_predictions(out, PREDICTIONS, [r.image_id or r.key for r in records],
+                                          labels, test["logits"].numpy(),
+                                          {"test_top1": 1, "test_top5": 5}, write=rt.main)
+    logits = predicted.pop("logits")
     scores = results.merge(
-        results.scored("test_top1", results.hits(logits, labels, 1), PREDICTIONS),
-        results.scored("test_top5", results.hits(logits, labels, 5), PREDICTIONS),
+        predicted,
         {"metrics": {"test_ece": stats.expected_calibration_error(logits, labels),
                      "best_val_top1": state.best_val_top1 if loaders.val is not None else None,
                      "best_epoch": state.best_epoch}})

@@ -101,6 +101,20 @@ def load_predictions(path: Path) -> dict[str, np.ndarray]:
         return {key: saved[key] for key in ("index", "label", "logits")}
 
 
+def score_predictions(folder: Path, file: str, keys: list[str], labels, logits,
+                      accuracies: dict[str, int], write: bool = True) -> dict:
+    """One predictions file (written when `write`: the main process) and the accuracies it
+    backs, `accuracies` mapping each name to its k (top-k), scored from the file's own
+    float16 logits. Returns `merge`d scores plus `logits`, those float16 logits."""
+    logits = np.asarray(logits, np.float32).astype(np.float16)
+    if write:
+        save_predictions(folder / file, keys, labels, logits)
+    labels = np.asarray(labels, np.int64)
+    scores = merge(*(scored(name, hits(logits, labels, k), file)
+                     for name, k in accuracies.items()))
+    return {**scores, "logits": logits}
+
+
 def scored(name: str, correct: np.ndarray, file: str) -> dict:
     """The entries of one accuracy: its value, 95% Wilson interval and predictions file."""
     low, high = stats.wilson_interval(int(np.sum(correct)), len(correct))
@@ -145,16 +159,6 @@ def _fixed(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def _fixed_ci(name: str):
-    """A mean with its bootstrap interval over images, `0.139 (0.128–0.150)`."""
-    def cell(r):
-        value, interval = r["metrics"].get(name), r.get("ci95", {}).get(name)
-        if value is None or interval is None:
-            return _fixed(value)
-        return f"{value:.3f} ({interval[0]:.3f}–{interval[1]:.3f})"
-    return cell
-
-
 def _detector_pct(r):
     return (_pct(r["metrics"].get("detector_corloc"))
             if r["args"].get("test_boxes") == "pred" and r["args"].get("crop") != "none"
@@ -172,14 +176,20 @@ def metric(r: dict, name: str):
     return value.get(sub) if sub and isinstance(value, dict) else value
 
 
-def _acc(name: str):
-    """A column's cell: the accuracy in % with its 95% interval, `89.8 (88.2–91.2)`."""
+def _with_interval(name: str, scale: float = 100, digits: int = 1, bare=_pct):
+    """A column's cell: the metric with its 95% interval, `89.8 (88.2–91.2)` (an accuracy
+    in %) or `0.139 (0.128–0.150)` (scale 1, 3 digits); `bare` without an interval."""
     def cell(r):
         value, interval = metric(r, name), r.get("ci95", {}).get(name)
         if value is None or interval is None:
-            return _pct(value)
-        return f"{100 * value:.1f} ({100 * interval[0]:.1f}–{100 * interval[1]:.1f})"
+            return bare(value)
+        low, high = (scale * v for v in interval)
+        return f"{scale * value:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
     return cell
+
+
+def _acc(name: str):
+    return _with_interval(name)
 
 
 ACCURACY = [
@@ -306,8 +316,8 @@ STUDIES = [
         ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
         ("Method", lambda r: r["variant"]),
         ("Layer", lambda r: r["layer"] or ("all blocks" if r["variant"] == "rollout" else "–")),
-        ("Deletion AUC (95% CI)", _fixed_ci("deletion_auc")),
-        ("Insertion AUC (95% CI)", _fixed_ci("insertion_auc")),
+        ("Deletion AUC (95% CI)", _with_interval("deletion_auc", 1, 3, _fixed)),
+        ("Insertion AUC (95% CI)", _with_interval("insertion_auc", 1, 3, _fixed)),
         ("Pointing game (%)", lambda r: _pct(r["metrics"]["pointing_game"])),
         ("Energy in box (%)", lambda r: _pct(r["metrics"]["energy_in_box"])),
         ("Randomisation rank corr.", lambda r: _fixed(r["metrics"]["randomization_rank_corr"])),
@@ -535,7 +545,7 @@ def compare(run_a: Path, run_b: Path) -> list[dict]:
 def _record_of(folder: Path) -> dict:
     path = folder / "metrics.json"
     if not path.is_file():
-        raise TestSetMismatch(f"{folder}: no metrics.json (expected a run folder)")
+        raise FileNotFoundError(f"{folder}: no metrics.json (expected a run folder)")
     return {**json.loads(path.read_text()), "_dir": str(folder), "_path": str(folder)}
 
 

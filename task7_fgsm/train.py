@@ -113,11 +113,9 @@ def robust_accuracy(model, spec, loader, args, rt, out: Path) -> dict:
     parts = []
     for name, attack_logits in zip(names, logits.transpose(0, 1).cpu().numpy(), strict=True):
         file = f"predictions_{name.replace('@', '_').replace('/', '_')}.npz"
-        if rt.main:
-            attack_logits = results.save_predictions(out / file, keys, labels, attack_logits)
-        correct = results.hits(attack_logits.astype(np.float16), labels)
         key = "clean_top1" if name == "clean" else f"robust_top1:{name}"
-        parts.append(results.scored(key, correct, file))
+        parts.append(results.score_predictions(out, file, keys, labels, attack_logits,
+                                               {key: 1}, write=rt.main))
     scores = results.merge(*parts)
     robust = {name.split(":", 1)[1]: scores["metrics"].pop(name)
               for name in list(scores["metrics"]) if name.startswith("robust_top1:")}

@@ -64,7 +64,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 if __name__ == "__main__":  # --help and bad flags answer before torch loads below
     ARGS = parse_args()
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
@@ -256,12 +255,9 @@ def main(args: argparse.Namespace) -> None:
                   "knn": knn_scores(train_x, train_y, test_x, len(index.classes), args.knn)}
         parts = [{"metrics": {"label_fraction": fraction}}]
         for name, logits in probes.items():
-            logits = logits.numpy().astype(np.float16)
-            if rt.main:
-                results.save_predictions(folder / f"{name}_predictions.npz", test_keys,
-                                         test_y.numpy(), logits)
-            parts.append(results.scored(f"{name}_top1", results.hits(logits, test_y.numpy()),
-                                        f"{name}_predictions.npz"))
+            parts.append(results.score_predictions(folder, f"{name}_predictions.npz",
+                                                   test_keys, test_y.numpy(), logits.numpy(),
+                                                   {f"{name}_top1": 1}, write=rt.main))
         tuned = copy.copy(args)
         tuned.weights, tuned.out = str(out / "backbone.pt"), folder / "finetune"
         result = engine.train_classifier(TASK, "finetune", tuned, rt, index.classes, subset,
