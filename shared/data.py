@@ -13,11 +13,12 @@ import functools
 import json
 import math
 import os
+import random
 import sys
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -391,9 +392,35 @@ def draft_factor(width: int, height: int, need: Need) -> int:
     return factor
 
 
+def letterbox_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """Where a `width` x `height` photo lands in its `size` x `size` letterbox: the resized
+    width and height and the left and top padding (`Letterbox`, ImageOps.pad's geometry)."""
+    scale = size / max(width, height)
+    new_width, new_height = round(width * scale), round(height * scale)
+    return new_width, new_height, round((size - new_width) / 2), round((size - new_height) / 2)
+
+
+def box_to_letterbox(box: Box, width: int, height: int, size: int) -> Box:
+    """A box in the photo's pixels -> the same box in its letterbox frame's pixels."""
+    new_width, new_height, left, top = letterbox_geometry(width, height, size)
+    sx, sy = new_width / width, new_height / height
+    x0, y0, x1, y1 = box
+    return x0 * sx + left, y0 * sy + top, x1 * sx + left, y1 * sy + top
+
+
+def box_from_letterbox(box: Box, width: int, height: int, size: int) -> Box:
+    """A box in the letterbox frame's pixels -> the photo's pixels, clipped to the photo (a
+    box reaching into the padding ends at the photo's edge)."""
+    new_width, new_height, left, top = letterbox_geometry(width, height, size)
+    sx, sy = new_width / width, new_height / height
+    x0, y0, x1, y1 = box
+    return (min(max((x0 - left) / sx, 0.0), width), min(max((y0 - top) / sy, 0.0), height),
+            min(max((x1 - left) / sx, 0.0), width), min(max((y1 - top) / sy, 0.0), height))
+
+
 class Letterbox:
     """Resize uint8 pixels (3, H, W) keeping the aspect ratio so the long side is `size`, then
-    pad with black to a centred square (the seed's transform; the geometry of ImageOps.pad)."""
+    pad with black to a centred square (the seed's transform; `letterbox_geometry`)."""
 
     def __init__(self, size: int):
         self.size = size
@@ -402,9 +429,7 @@ class Letterbox:
         from torchvision.transforms.v2 import functional as F
 
         height, width = pixels.shape[-2:]
-        scale = self.size / max(height, width)
-        new_height, new_width = round(height * scale), round(width * scale)
-        left, top = round((self.size - new_width) / 2), round((self.size - new_height) / 2)
+        new_width, new_height, left, top = letterbox_geometry(width, height, self.size)
         resized = F.resize(pixels, [new_height, new_width], antialias=True)
         return F.pad(resized, [left, top, self.size - new_width - left,
                                self.size - new_height - top])
@@ -463,10 +488,14 @@ class ImageDataset(Dataset):
     """(image tensor, label) for a list of records, cropped to `record.crop` where set
     (clipped to the image); JPEGs decode at reduced scale where `need` allows (`load_rgb`).
     An index may come with a seed from `AugmentSeedSampler`; the transform's randomness is
-    then drawn from that seed alone."""
+    then drawn from that seed alone, and so is whether a record with a crop shows its whole
+    photo instead (with probability `whole_share`: both views for task 3's test-time
+    refine)."""
 
-    def __init__(self, records: list[Record], transform, need: Need | None = None):
+    def __init__(self, records: list[Record], transform, need: Need | None = None,
+                 whole_share: float = 0.0):
         self.records, self.transform, self.need = records, transform, need
+        self.whole_share = whole_share
 
     def __len__(self) -> int:
         return len(self.records)
@@ -477,6 +506,9 @@ class ImageDataset(Dataset):
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, None)
         record = self.records[index]
+        if (seed is not None and record.crop is not None
+                and random.Random(seed).random() < self.whole_share):
+            record = replace(record, crop=None)
         image = self.load(record)
         if seed is None:
             return self.transform(image), record.label
@@ -567,9 +599,11 @@ def prepare_splits(args) -> tuple[DatasetIndex, list[Record], list[Record], list
 
 
 def make_loaders(args, train: list[Record], val: list[Record], test: list[Record],
-                 cuda: bool = False) -> Loaders:
+                 cuda: bool = False, whole_share: float = 0.0) -> Loaders:
     """Loaders of uint8 pixels (`normalize` them on the device) for the three splits from
-    the common flags; `--batch-size` is global, so each DDP process takes its share."""
+    the common flags; `--batch-size` is global, so each DDP process takes its share.
+    `whole_share`: the chance a cropped training record shows its whole photo
+    (`ImageDataset`)."""
     _, world = dist_rank_world()
     workers = loader_workers(args, cuda)
     if args.batch_size % world:
@@ -581,7 +615,8 @@ def make_loaders(args, train: list[Record], val: list[Record], test: list[Record
         transform = build_transform(is_train, args.image_size, args.resize_mode,
                                     hflip=args.hflip, grayscale=args.grayscale, **geometry)
         need = decode_need(is_train, args.image_size, args.resize_mode, **geometry)
-        return make_loader(ImageDataset(records, transform, need), batch, train=is_train,
+        dataset = ImageDataset(records, transform, need, whole_share if is_train else 0.0)
+        return make_loader(dataset, batch, train=is_train,
                            workers=workers, seed=args.seed, pin_memory=cuda)
 
     return Loaders(loader(train, True), loader(val, False) if val else None,

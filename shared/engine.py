@@ -517,13 +517,16 @@ def inference_speed(model: nn.Module, image_size: int, batch: int, rt: Runtime,
 def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[str],
                      train: list[Record], val: list[Record], test: list[Record],
                      counts: dict | None = None, measure_cost: bool = False,
-                     perturb=None, after=None, claim: bool = True, **task_metrics) -> dict:
+                     perturb=None, after=None, claim: bool = True, whole_share: float = 0.0,
+                     **task_metrics) -> dict:
     """The common flags' classifier trained on these splits by `fit`; the main process writes
     `<out>/metrics.json` (with `counts` and `task_metrics` added) and prints the test score.
     `measure_cost` adds params_m, gflops, infer_images_per_s and the training cost
     (train_images_per_s, peak_mem_mb, train_seconds) to the metrics; `perturb` goes to `fit`;
-    `after(model, spec, loaders)`, called with the tested model, returns more scores
-    (`results.merge` of `results.scored` ones: metrics, intervals and predictions files).
+    `after(model, spec, loaders, fitted)`, called with the tested model and `fit`'s result,
+    returns more scores (`results.merge` of `results.scored` ones: metrics, intervals and
+    predictions files; a score of the same name replaces fit's, and `test_logits`, if given,
+    the logits the confusions are drawn from). `whole_share` goes to the training loader.
     Also writes the test split's confusions (per_class.csv and figures, `shared.figures`).
     `claim`: refuse an `--out` that holds a run (False: the caller claimed it and wrote
     there already)."""
@@ -532,12 +535,18 @@ def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[s
     model, spec = models.build_model(args.model, len(classes), args.weights, args.image_size,
                                      args.drop_path)
     frozen = models.freeze_stages(model, spec, args.freeze_stages)
-    loaders = make_loaders(args, train, val, test, cuda=rt.device.type == "cuda")
+    loaders = make_loaders(args, train, val, test, cuda=rt.device.type == "cuda",
+                           whole_share=whole_share)
     result = fit(model, spec, loaders, args, rt, frozen,
                  meta={"classes": classes, "image_size": args.image_size,
-                       "mean": spec.mean, "std": spec.std}, perturb=perturb)
+                       "mean": spec.mean, "std": spec.std,
+                       # what it learnt from: task 3's CAM boxes refuse a classifier that
+                       # trained on their validation or test images
+                       "train_keys": sorted({r.key for r in train})}, perturb=perturb)
     if after is not None:
-        result |= results.merge(result, after(model, spec, loaders))
+        more = after(model, spec, loaders, result)
+        result |= results.merge(result, more)
+        result["test_logits"] = more.get("test_logits", result["test_logits"])
     if measure_cost:
         timing = result["timing"]
         task_metrics |= {

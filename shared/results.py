@@ -199,6 +199,7 @@ ACCURACY = [
     ("Best epoch", lambda r: f"{r['metrics']['best_epoch']}/{r['args']['epochs']}"),
 ]
 CROPS = {"none": 0, "box": 1, "square": 2}
+LOCALISERS = ("detector", "cam", "centre")  # task 3's detect.py variants (Table 2b)
 
 
 def _is_baseline(r) -> bool:
@@ -208,8 +209,7 @@ def _is_baseline(r) -> bool:
 
 
 def _is_crop_row(r) -> bool:
-    return _is_baseline(r) or (r["task"] == "task3_crop"
-                               and r["variant"] not in ("detector", "centre"))
+    return _is_baseline(r) or (r["task"] == "task3_crop" and r["variant"] not in LOCALISERS)
 
 
 def _is_gan_row(r) -> bool:
@@ -217,8 +217,14 @@ def _is_gan_row(r) -> bool:
 
 
 def _crop_order(r):
-    return (r["dataset"], r["task"] == "task3_crop", CROPS[r["args"].get("crop", "none")],
-            r["args"].get("test_boxes") == "gt", r["variant"])
+    return (r["dataset"], r["task"] == "task3_crop", r["args"].get("test_boxes") == "gt",
+            CROPS[r["args"].get("crop", "none")], r["metrics"].get("localiser", ""),
+            r["args"].get("tta", "none") != "none", r["variant"])
+
+
+def _crop_cell(r) -> str:
+    crop = r["args"].get("crop", "none (task 1-2)")
+    return crop + " + whole photo (TTA)" if r["args"].get("tta", "none") != "none" else crop
 
 
 # Each study: title, which records are its rows, their order, and the columns (header, how
@@ -238,11 +244,11 @@ STUDIES = [
         ("Train time (min)", lambda r: f"{r['timing']['train_seconds'] / 60:.1f}"),
         ("Device", lambda r: r["env"]["device"]),
     ]),
-    ("Table 2: classify the detector's crop (task 3); task 1-2's pretrained run is the "
+    ("Table 2: classify the animal's crop (task 3); task 1-2's pretrained run is the "
      "no-crop row", _is_crop_row, _crop_order, [
         ("Model", lambda r: r["model"]),
         ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
-        ("Crop", lambda r: r["args"].get("crop", "none (task 1-2)")),
+        ("Crop", _crop_cell),
         ("Localiser", lambda r: r["metrics"].get("localiser", "–")),
         ("Train boxes", lambda r: r["args"].get("train_boxes", "–")
             if r["args"].get("crop", "none") != "none" else "–"),
@@ -257,7 +263,7 @@ STUDIES = [
     ]),
     ("Table 2b: the localisers (task 3): top box against the true boxes of the test split; "
      "the centre box is the baseline",
-     lambda r: r["task"] == "task3_crop" and r["variant"] in ("detector", "centre"),
+     lambda r: r["task"] == "task3_crop" and r["variant"] in LOCALISERS,
      lambda r: (r["dataset"], r["variant"]), [
         ("Localiser", lambda r: r["model"]),
         ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
@@ -267,8 +273,9 @@ STUDIES = [
         ("Mean IoU", lambda r: f"{r['metrics']['detector_miou']:.3f}"
             if r["metrics"]["detector_miou"] is not None else "–"),
         ("No detection", lambda r: r["metrics"]["no_detection"]),
-        ("Epochs", lambda r: r["args"]["epochs"]),
-        ("Input", lambda r: "x".join(map(str, r["args"]["image_scale"]))),
+        ("Epochs", lambda r: r["args"]["epochs"] if r["variant"] == "detector" else "–"),
+        ("Input", lambda r: "x".join(map(str, r["args"]["image_scale"]))
+            if r["variant"] == "detector" else "–"),
         ("Train images", lambda r: r["data"]["train"]),
         ("Train time (min)", lambda r: f"{r['timing']['train_seconds'] / 60:.1f}"),
         ("Predict (ms/image)", lambda r: f"{1000 * r['timing']['predict_seconds_per_image']:.0f}"),

@@ -59,10 +59,13 @@ def read_boxes(path: Path, dataset: str, records: list[Record]) -> tuple[dict, s
 
 
 def localiser_name(path: Path) -> str:
-    """What wrote a boxes file: "centre (area 0.5)" or the detector's name."""
+    """What wrote a boxes file: "centre (area 0.5)", "CAM (threshold 0.2)" or the
+    detector's name."""
     found = json.loads(Path(path).read_text()).get("detector", {})
     if found.get("localiser") == "centre":
         return f"centre (area {found['centre_area']:g})"
+    if found.get("localiser") == "cam":
+        return f"CAM (threshold {found['cam_threshold']:g})"
     return f"detector ({found.get('detector', '?')})"
 
 
@@ -125,3 +128,30 @@ def localisation(records: list[Record], detections: dict) -> dict:
     return {"detector_corloc": sum(v >= 0.5 for v in best) / len(best),
             "detector_miou": sum(best) / len(best),
             "no_detection": sum(detections[r.key] is None for r in records)}
+
+
+def at_setting(boxes: dict, setting) -> dict:
+    """A swept localiser's boxes (image key -> {setting: box}) at one setting, as detections."""
+    return {key: (per_setting[setting], 1.0) for key, per_setting in boxes.items()}
+
+
+def corloc_at(records: list[Record], boxes: dict, setting) -> float | None:
+    return localisation(records, at_setting(boxes, setting))["detector_corloc"]
+
+
+def choose_setting(val: list[Record], boxes: dict, candidates, given, default):
+    """(setting, how it was chosen): the `given` one, else the candidate with the best
+    validation CorLoc where validation has true boxes (the first of equals), else `default`.
+    Never the test split."""
+    if given is not None:
+        return given, "given"
+    if any(r.boxes for r in val):
+        return max(candidates, key=lambda v: corloc_at(val, boxes, v)), "validation CorLoc"
+    return default, "default: no validation boxes"
+
+
+def max_box_acc(records: list[Record], boxes: dict, candidates) -> float | None:
+    """MaxBoxAcc (Choe et al. 2020): the best CorLoc over the candidate settings, a measure
+    of the maps free of any one threshold; None without true boxes."""
+    found = [corloc_at(records, boxes, v) for v in candidates]
+    return None if found[0] is None else max(found)

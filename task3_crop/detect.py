@@ -39,6 +39,7 @@ DETECTORS = {  # defaults per detector; flags override
               "batch_size": 8, "lr": 0.02},
 }
 SCORE_THRESHOLD = 0.05  # mmdet's default; below it an image has no detection
+DEFAULT_CAM_THRESHOLD = 0.2  # Zhou et al. 2016: 20% of the map's maximum
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,9 +47,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         add_help=False)))
     per_detector = {key: ", ".join(f"{name} {values[key]}" for name, values in DETECTORS.items())
                     for key in ("image_scale", "epochs", "batch_size", "lr")}
-    parser.add_argument("--localiser", choices=("detector", "centre"), default="detector",
-                        help="detector: a Faster R-CNN trained on the true boxes; centre: a "
-                             "fixed centred box, the baseline every localiser must beat")
+    parser.add_argument("--localiser", choices=("detector", "cam", "centre"), default="detector",
+                        help="detector: a Faster R-CNN trained on the true boxes; cam: the box "
+                             "of a trained classifier's class activation map (no boxes "
+                             "needed); centre: a fixed centred box, the baseline every "
+                             "localiser must beat")
+    parser.add_argument("--classifier", type=Path,
+                        help="cam: a best.pt of task 1-2 trained with this run's --seed, "
+                             "--val-fraction and --limit")
+    parser.add_argument("--cam-threshold", type=cli.share,
+                        help="cam: the region where the map is at least this share of its "
+                             "maximum (None: the share with the best validation CorLoc where "
+                             f"validation has boxes, else {DEFAULT_CAM_THRESHOLD})")
+    parser.add_argument("--cam-layer",
+                        help="cam: the layer the map is read from (None: the last stage)")
     parser.add_argument("--centre-area", type=cli.share,
                         help="centre: the box's share of the photo (None: the share with the "
                              "best validation CorLoc where validation has boxes, else 0.5)")
@@ -79,6 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.epochs == 0 and args.detector_weights is None:
         parser.error("--epochs 0 predicts with --detector-weights, which is missing")
+    if (args.localiser == "cam") != (args.classifier is not None):
+        parser.error("--localiser cam needs --classifier (a task 1-2 best.pt)"
+                     if args.classifier is None else "--classifier is for --localiser cam")
     args.out = args.out or Path("results", TASK, args.dataset, args.localiser)
     return args
 
@@ -89,7 +104,7 @@ if __name__ == "__main__":  # --help and bad flags answer before torch loads bel
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from shared import checkpoint, data, engine, models, results  # noqa: E402
+from shared import cam, checkpoint, data, engine, models, results  # noqa: E402
 from shared.data import DataError  # noqa: E402
 from task3_crop import boxes as boxes_io  # noqa: E402
 from task3_crop import mmcv_ext  # noqa: E402, F401  (registers mmcv._ext before mmdet loads)
@@ -275,6 +290,7 @@ def predict(model, cfg, records: list[data.Record], batch_size: int, workers: in
 
 
 CENTRE_AREAS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # the shares tried
+CAM_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05, 0.10, ..., 0.95
 
 
 def centre_box(width: int, height: int, area: float) -> data.Box:
@@ -284,45 +300,94 @@ def centre_box(width: int, height: int, area: float) -> data.Box:
 
 
 def centre_localiser(args, index, train, val, test) -> None:
-    """boxes.json of the fixed centred box, its share chosen on validation (never on test)
-    where validation has boxes; CorLoc at that share and MaxBoxAcc (the best CorLoc over
-    the shares, Choe et al. 2020) on test where test has boxes."""
+    """boxes.json of the fixed centred box."""
     every = train + val + test
     sizes = {}
     for r in every:
         with Image.open(r.path) as image:
             sizes[r.key] = image.size
+    boxes = {r.key: {a: centre_box(*sizes[r.key], a) for a in CENTRE_AREAS + (
+        () if args.centre_area is None else (args.centre_area,))} for r in every}
+    swept_localiser(args, index, train, val, test, boxes, CENTRE_AREAS, args.centre_area,
+                    0.5, {"localiser": "centre", "flag": "--centre-area", "key": "centre_area"},
+                    "centre box (area {value:g}, {chosen_by})", "none", [], 0.0)
 
-    def boxes_at(area):
-        return {r.key: (centre_box(*sizes[r.key], area), 1.0) for r in every}
 
-    def corloc(records, area):
-        return boxes_io.localisation(records, boxes_at(area))["detector_corloc"]
-
-    if args.centre_area is not None:
-        area, chosen_by = args.centre_area, "--centre-area"
-    elif any(r.boxes for r in val):
-        area, chosen_by = max(CENTRE_AREAS, key=lambda a: corloc(val, a)), "validation CorLoc"
+def cam_localiser(args, index, train, val, test) -> None:
+    """boxes.json of the classifier's class activation map for its predicted class: the box
+    of the largest region above a share of the map's maximum, found on the letterboxed photo
+    (all of it visible) and mapped back to the photo's pixels."""
+    model, spec, meta = models.load_classifier(args.classifier, index.classes, "--classifier")
+    trained_on = meta.get("train_keys")
+    if trained_on is None:
+        print(f"warning: {args.classifier} does not list its training images (saved before "
+              "they were recorded): cannot check that it never trained on this run's "
+              "validation or test images", file=sys.stderr)
     else:
-        area, chosen_by = 0.5, "default: no validation boxes"
-    localiser = {"localiser": "centre", "centre_area": area, "chosen_by": chosen_by}
-    boxes_io.write_boxes(args.out / "boxes.json", args.dataset, index.folder, localiser, [],
-                         boxes_at(area))
-    test_corlocs = [corloc(test, a) for a in CENTRE_AREAS]
-    quality = {split: boxes_io.localisation(records, boxes_at(area))
+        seen = set(trained_on) & {r.key for r in val + test}
+        if seen:
+            raise DataError(f"--classifier {args.classifier} trained on {len(seen)} of this "
+                            "run's validation or test images; train it with the same --seed, "
+                            "--val-fraction and --limit")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    layer = args.cam_layer or cam.default_layer(spec, model)
+    size = meta["image_size"]
+    transform = data.build_transform(False, size, "letterbox",
+                                     normalization=(meta["mean"], meta["std"]))
+    thresholds = CAM_THRESHOLDS + (() if args.cam_threshold is None else (args.cam_threshold,))
+    every, boxes = train + val + test, {}
+    start = time.perf_counter()
+    for first in range(0, len(every), args.batch_size):
+        chunk = every[first:first + args.batch_size]
+        photos = [data.load_rgb(r.path) for r in chunk]
+        maps, _ = cam.grad_cam(model, torch.stack([transform(p) for p in photos]).to(device),
+                               layer)
+        for r, photo, frame_boxes in zip(chunk, photos, cam.map_boxes(maps, thresholds, size),
+                                         strict=True):
+            boxes[r.key] = {t: data.box_from_letterbox(box, *photo.size, size)
+                            for t, box in frame_boxes.items()}
+        print(f"\rCAM {first + len(chunk)}/{len(every)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    swept_localiser(args, index, train, val, test, boxes, CAM_THRESHOLDS, args.cam_threshold,
+                    DEFAULT_CAM_THRESHOLD,
+                    {"localiser": "cam", "flag": "--cam-threshold", "key": "cam_threshold",
+                     "classifier": str(args.classifier), "layer": layer},
+                    f"CAM of {meta['model_name']} ({layer}, threshold {{value:g}}, "
+                    "{chosen_by})", args.classifier, trained_on or [],
+                    (time.perf_counter() - start) / len(every))
+
+
+def swept_localiser(args, index, train, val, test, boxes: dict, candidates: tuple,
+                    given, default, localiser: dict, name: str, weights, train_keys,
+                    seconds_per_image: float) -> None:
+    """Write boxes.json and metrics.json of a localiser with one setting (`boxes`: image key
+    -> {setting: box}): the `given` one, else the candidate with the best validation CorLoc
+    where validation has boxes (never test), else `default`. CorLoc at that setting and
+    MaxBoxAcc (the best CorLoc over the candidates, threshold-free, Choe et al. 2020) where
+    test has boxes."""
+    value, chosen_by = boxes_io.choose_setting(val, boxes, candidates, given, default)
+    flag = localiser.pop("flag")
+    chosen_by = flag if chosen_by == "given" else chosen_by
+    localiser |= {localiser.pop("key"): value, "chosen_by": chosen_by}
+    boxes_io.write_boxes(args.out / "boxes.json", args.dataset, index.folder, localiser,
+                         train_keys, boxes_io.at_setting(boxes, value))
+    quality = {split: boxes_io.localisation(records, boxes_io.at_setting(boxes, value))
                for split, records in (("val", val), ("test", test))}
+    every = len(train) + len(val) + len(test)
     record = results.task_record(
-        TASK, "centre", args, engine.Runtime(torch.device("cpu")),
+        TASK, localiser["localiser"], args, engine.Runtime(torch.device("cpu")),
         {**quality["test"], **{f"val_{k}": v for k, v in quality["val"].items()},
-         "max_box_acc": None if test_corlocs[0] is None else max(test_corlocs)},
-        {"train": len(train), "val": len(val), "test": len(test), "predicted": len(every)},
-        model=f"centre box (area {area:g}, {chosen_by})", weights="none",
+         "max_box_acc": boxes_io.max_box_acc(test, boxes, candidates)},
+        {"train": len(train), "val": len(val), "test": len(test), "predicted": every},
+        model=name.format(value=value, chosen_by=chosen_by), weights=weights,
         timing={"train_seconds": 0.0, "train_seconds_per_image": 0.0,
-                "predict_seconds_per_image": 0.0}, localiser=localiser)
+                "predict_seconds_per_image": seconds_per_image}, localiser=localiser)
     results.write_json(record, args.out / "metrics.json")
     corloc_text = ("no true boxes: CorLoc not measured" if quality["test"]["detector_corloc"]
                    is None else f"test CorLoc {quality['test']['detector_corloc']:.4f}")
-    print(f"centre box, area {area:g} ({chosen_by}): {corloc_text} -> {args.out}/boxes.json")
+    print(f"{localiser['localiser']}: {flag.removeprefix('--')} {value:g} ({chosen_by}): "
+          f"{corloc_text} -> {args.out}/boxes.json")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -331,8 +396,9 @@ def main(args: argparse.Namespace) -> None:
                                    "start it without torchrun")
     checkpoint.claim_run_folder(args.out, args.resume)
     index, train, val, test = data.prepare_splits(args)
-    if args.localiser == "centre":
-        return centre_localiser(args, index, train, val, test)
+    if args.localiser != "detector":
+        localiser = centre_localiser if args.localiser == "centre" else cam_localiser
+        return localiser(args, index, train, val, test)
 
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules

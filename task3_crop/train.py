@@ -14,6 +14,12 @@ validation and test crops use `--test-boxes`: `pred`, the detector's top box, is
 setting, `gt` the oracle. An image the detector found nothing in is kept whole and counted.
 Where a photo holds several true boxes, the largest is the subject.
 
+`--tta whole+crop` is test-time refine (as WS-DAN's): each test image's class probabilities
+on the whole photo and on its crop, averaged. One model gives both: it trains on each image
+whole or cropped, half the time each (drawn from the image's augmentation seed), and its best
+epoch is chosen on the validation crops. `test_top1` is then the average's accuracy
+(tta_predictions.npz); the crop alone is `crop_view_top1` (test_predictions.npz).
+
 metrics.json adds the detector's quality on test (`detector_corloc`, `detector_miou`,
 `no_detection`) and how many images per split fell back to the whole image.
 """
@@ -39,10 +45,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="boxes that crop the training images")
     group.add_argument("--test-boxes", choices=("pred", "gt"), default="pred",
                        help="boxes that crop the validation and test images (gt: oracle)")
+    group.add_argument("--tta", choices=("none", "whole+crop"), default="none",
+                       help="whole+crop: test-time refine; the class probabilities of the "
+                            "whole photo and of its crop averaged (training shows each image "
+                            "whole or cropped, half the time each, so one model knows both)")
     group.add_argument("--boxes", type=Path,
                        help="the detector's boxes file (default "
                             "results/task3_crop/<dataset>/detector/boxes.json)")
     args = cli.parse_with_recipes(parser, argv)
+    if args.tta != "none" and args.crop == "none":
+        parser.error("--tta whole+crop needs a crop (--crop box or square)")
     args.boxes = args.boxes or Path("results", TASK, args.dataset, "detector", "boxes.json")
     args.out = args.out or Path("results", TASK, args.dataset, variant(args))
     return args
@@ -51,7 +63,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 if __name__ == "__main__":  # --help and bad flags answer before torch loads below
     ARGS = parse_args()
 
-from shared import checkpoint, data, engine  # noqa: E402
+import copy  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+import torch  # noqa: E402
+
+from shared import checkpoint, data, engine, results, stats  # noqa: E402
 from shared.data import DataError  # noqa: E402
 from task3_crop import boxes as boxes_io  # noqa: E402
 
@@ -60,7 +77,43 @@ def variant(args) -> str:
     if args.crop == "none":
         return "none"
     return (args.crop + ("-train-pred" if args.train_boxes == "pred" else "")
-            + ("-oracle" if args.test_boxes == "gt" else ""))
+            + ("-oracle" if args.test_boxes == "gt" else "")
+            + ("-tta" if args.tta == "whole+crop" else ""))
+
+
+WHOLE_SHARE = 0.5  # --tta whole+crop: how often a training image is shown whole
+
+
+def whole_and_crop(args, rt: engine.Runtime, test: list[data.Record]):
+    """`train_classifier`'s `after` for --tta whole+crop: the tested model's class
+    probabilities on each test crop (fit's predictions) and on the whole photo, averaged;
+    their log is the row's test logits (tta_predictions.npz, test_top1), and the crop
+    alone stays in test_predictions.npz as crop_view_top1."""
+    def after(model, spec, loaders, fitted):
+        whole = copy.copy(loaders.test.dataset)
+        whole.records = [replace(r, crop=None) for r in whole.records]
+        loader = data.make_loader(whole, loaders.test.batch_size, train=False,
+                                  workers=loaders.test.num_workers, seed=args.seed)
+        whole_logits = engine.evaluate(model, spec, loader, rt, fitted["channels_last"],
+                                       outputs=True)["logits"]
+        crop_logits = torch.from_numpy(fitted["test_logits"]).float()
+        averaged = (crop_logits.softmax(1) + whole_logits.softmax(1)) / 2
+        labels = fitted["test_labels"]
+        scores = results.score_predictions(
+            Path(args.out), "tta_predictions.npz", [r.image_id or r.key for r in test],
+            labels, averaged.clamp_min(1e-30).log().numpy(),
+            {"test_top1": 1, "test_top5": 5}, write=rt.main)
+        crop_view = {
+            "metrics": {"crop_view_top1": fitted["metrics"]["test_top1"],
+                        "crop_view_top5": fitted["metrics"]["test_top5"]},
+            "ci95": {"crop_view_top1": fitted["ci95"]["test_top1"],
+                     "crop_view_top5": fitted["ci95"]["test_top5"]},
+            "predictions": {"crop_view_top1": engine.PREDICTIONS,
+                            "crop_view_top5": engine.PREDICTIONS}}
+        logits = scores.pop("logits")
+        ece = {"metrics": {"test_ece": stats.expected_calibration_error(logits, labels)}}
+        return {**results.merge(crop_view, scores, ece), "test_logits": logits}
+    return after
 
 
 def main(args: argparse.Namespace) -> None:
@@ -75,9 +128,9 @@ def main(args: argparse.Namespace) -> None:
                                                          train + val + test)
         seen = detector_train & {r.key for r in val + test}
         if seen:
-            raise DataError(f"{args.boxes}: the detector trained on {len(seen)} validation or "
-                            "test images; rerun detect.py with this run's --seed, "
-                            "--val-fraction and --limit")
+            raise DataError(f"{args.boxes}: its localiser trained on {len(seen)} validation "
+                            "or test images; rerun detect.py (and, for CAM boxes, train its "
+                            "classifier) with this run's --seed, --val-fraction and --limit")
         if args.test_boxes == "pred":
             quality = boxes_io.localisation(test, detections)
     fallback = {}
@@ -89,8 +142,12 @@ def main(args: argparse.Namespace) -> None:
                                                  args.margin)
 
     localiser = boxes_io.localiser_name(args.boxes) if uses_predictions else "true boxes"
+    refine = args.tta == "whole+crop"
     engine.train_classifier(TASK, variant(args), args, rt, index.classes, train, val, test,
-                            {"whole_image_fallback": fallback}, localiser=localiser, **quality)
+                            {"whole_image_fallback": fallback}, localiser=localiser,
+                            after=whole_and_crop(args, rt, test) if refine else None,
+                            whole_share=WHOLE_SHARE if refine else 0.0,
+                            tta=args.tta, **quality)
     if rt.main:
         print(f"crop {args.crop}, train boxes {args.train_boxes}, test boxes "
               f"{args.test_boxes}; whole image for {fallback['test']} test images")

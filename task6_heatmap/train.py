@@ -69,19 +69,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from shared import checkpoint, data, engine, models, results, stats  # noqa: E402
+from shared import cam, checkpoint, data, engine, models, results, stats  # noqa: E402
 from task6_heatmap import heatmaps  # noqa: E402
-
-
-def letterbox_boxes(record: data.Record, image: Image.Image, size: int
-                    ) -> list[tuple[float, ...]]:
-    """The record's true boxes in the letterboxed `size` x `size` frame (ImageOps.pad) of
-    its photo `image`."""
-    w, h = image.size
-    scale = size / max(w, h)
-    pad_x, pad_y = round((size - round(w * scale)) / 2), round((size - round(h * scale)) / 2)
-    return [(x0 * scale + pad_x, y0 * scale + pad_y, x1 * scale + pad_x, y1 * scale + pad_y)
-            for x0, y0, x1, y1 in record.boxes]
 
 
 def box_scores(maps: torch.Tensor, boxes: list[list[tuple]], size: int
@@ -115,14 +104,6 @@ def method_maps(method: str, model, images, layer, target, seed: int = 0):
     return heatmaps.grad_cam(model, images, layer, target, plus=method == "gradcam++")[0]
 
 
-def default_layer(spec: models.ModelSpec, model) -> str:
-    if not spec.is_cnn:  # the last block's input norm: past the last block only the class
-        # token reaches the head, so the patch tokens there get no gradient
-        return f"encoder.layers.{list(dict(model.encoder.layers.named_children()))[-1]}.ln_1"
-    last = [p for p in spec.stages[-1] if not p.endswith("bn2.")]  # lite0: conv_head
-    return last[0].rstrip(".")
-
-
 def colour(image: np.ndarray, heat: np.ndarray) -> Image.Image:
     """The map in matplotlib's perceptually uniform 'inferno' over the photo."""
     from matplotlib import colormaps
@@ -153,7 +134,7 @@ def main(args: argparse.Namespace) -> None:
     random_model.to(rt.device).eval()
     methods = args.methods or (["gradcam", "gradcam++"] if spec.is_cnn
                                else ["rollout", "gradcam"])
-    layer = args.layer or default_layer(spec, model)
+    layer = args.layer or cam.default_layer(spec, model)
     transform = data.build_transform(False, size, "letterbox",
                                      normalization=(meta["mean"], meta["std"]))
     scored = test if args.images is None else data.limit_per_split(test, args.images,
@@ -173,7 +154,8 @@ def main(args: argparse.Namespace) -> None:
             predicted = model(images).argmax(1)
         batch_target = predicted if target is None else target.repeat(len(chunk))
         with_boxes = [i for i, r in enumerate(chunk) if r.boxes]
-        boxes = [letterbox_boxes(chunk[i], photos[i], size) for i in with_boxes]
+        boxes = [[data.box_to_letterbox(box, *photos[i].size, size) for box in chunk[i].boxes]
+                 for i in with_boxes]
         for method in numbers:
             maps = method_maps(method, model, images, layer, batch_target, args.seed + start)
             n = numbers[method]

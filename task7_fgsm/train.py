@@ -147,7 +147,7 @@ def main(args: argparse.Namespace) -> None:
         engine.train_classifier(
             TASK, args.variant, args, rt, index.classes, train, val, test,
             perturb=adversarial_batches(args),
-            after=lambda model, spec, loaders: robust_accuracy(model, spec, loaders.test,
+            after=lambda model, spec, loaders, _: robust_accuracy(model, spec, loaders.test,
                                                                args, rt, Path(args.out)))
     engine.shutdown(rt)
 

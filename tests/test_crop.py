@@ -69,6 +69,55 @@ def test_the_loader_sees_only_the_crop_clipped_to_the_image(tmp_path):
     assert whole.min() == 0 and crop.min() == 255 and clipped.min() == 255
 
 
+    # --tta whole+crop trains on both views: the augmentation seed decides which
+    both = data.ImageDataset([Record("a", path, 0, crop=(20, 10, 60, 40))], to_tensor,
+                             whole_share=0.5)
+    views = {int(both[0, seed][0].min()) for seed in range(20)}
+    assert views == {0, 255} and both[0][0].min() == 255  # evaluation: always the crop
+    assert both[0, 3][0].equal(both[0, 3][0])  # the seed alone decides
+
+
+@pytest.mark.parametrize("width, height", [(60, 40), (30, 75), (50, 50)])
+def test_boxes_map_back_through_the_letterbox(tmp_path, width, height):
+    """A box drawn on a photo lands where box_to_letterbox says in the Letterbox transform's
+    output, and box_from_letterbox brings it back to the photo's pixels."""
+    box = (round(0.2 * width), round(0.3 * height), round(0.7 * width), round(0.9 * height))
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[box[1]:box[3], box[0]:box[2]] = 255
+    size = 48
+    frame = data.Letterbox(size)(torch.from_numpy(pixels).permute(2, 0, 1))
+    ys, xs = np.nonzero(frame[0].numpy() > 127)
+    drawn = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    mapped = data.box_to_letterbox(box, width, height, size)
+    assert np.allclose(drawn, mapped, atol=1.0)
+    assert data.box_from_letterbox(mapped, width, height, size) == pytest.approx(box)
+    # a box reaching into the padding ends at the photo's edge
+    assert data.box_from_letterbox((-5, -5, size + 5, size + 5), width, height, size) == \
+        pytest.approx((0, 0, width, height))
+
+
+def test_a_swept_localiser_is_chosen_on_validation_and_scored_by_max_box_acc():
+    """Two settings, hand-computed: "a" boxes are right on images 1 and 2, "b" on image 3
+    alone; validation (images 1, 3) ties them, so the first wins."""
+    true = (0.0, 0.0, 10.0, 10.0)
+    right, wrong = true, (20.0, 20.0, 30.0, 30.0)
+    records = [record(str(i), [true]) for i in (1, 2, 3)]
+    boxes = {"1": {"a": right, "b": wrong}, "2": {"a": right, "b": wrong},
+             "3": {"a": wrong, "b": right}}
+    val, test = [records[0], records[2]], records
+    assert boxes_io.corloc_at(test, boxes, "a") == pytest.approx(2 / 3)
+    assert boxes_io.corloc_at(test, boxes, "b") == pytest.approx(1 / 3)
+    assert boxes_io.choose_setting(val, boxes, ("a", "b"), None, "b") == \
+        ("a", "validation CorLoc")
+    assert boxes_io.choose_setting([records[2]], boxes, ("a", "b"), None, "a")[0] == "b"
+    assert boxes_io.choose_setting(val, boxes, ("a", "b"), "b", "a") == ("b", "given")
+    unboxed = [record("1", [])]
+    assert boxes_io.choose_setting(unboxed, boxes, ("a", "b"), None, "b") == \
+        ("b", "default: no validation boxes")
+    assert boxes_io.max_box_acc(test, boxes, ("a", "b")) == pytest.approx(2 / 3)
+    assert boxes_io.max_box_acc(unboxed, boxes, ("a", "b")) is None
+
+
 def write_boxes_file(path, dataset, records, train_keys=(), drop=0):
     detections = {r.key: (r.boxes[0], 0.9) for r in records[drop:]}
     boxes_io.write_boxes(path, dataset, path.parent, {}, list(train_keys), detections)
@@ -216,7 +265,7 @@ def test_crop_classifier_refuses_boxes_that_do_not_fit(detector_run, tmp_path):
     leaky = tmp_path / "leaky.json"
     write_boxes_file(leaky, "dog", index.train + index.test, train_keys=[index.test[0].key])
     result = run_cli(*common, "--dataset", "dog", "--boxes", str(leaky))
-    assert result.returncode != 0 and "the detector trained on 1 validation or test" in \
+    assert result.returncode != 0 and "its localiser trained on 1 validation or test" in \
         result.stderr
     assert "Traceback" not in result.stderr
 
@@ -333,3 +382,59 @@ def test_centre_box_localiser_needs_no_detector(sample, tmp_path):
     record = json.loads((tmp_path / "bare-centre" / "metrics.json").read_text())
     assert record["localiser"]["centre_area"] == 0.5
     assert record["metrics"]["detector_corloc"] is None and record["metrics"]["max_box_acc"] is None
+
+
+def test_cam_localiser_crops_from_a_classifier_with_test_time_refine(sample, tmp_path):
+    """detect.py --localiser cam: boxes from a task 1-2 classifier's CAM, the threshold
+    chosen on validation, scored; train.py crops with them and refines with the whole
+    photo; Tables 2 and 2b show both. A classifier that trained on this run's validation
+    images is refused."""
+    root, _ = sample
+    common = ("--dataset", "bird", "--data-root", str(root), "--val-fraction", "0.25")
+    classifier = tmp_path / "classifier"
+    result = run_cli("task1_2_finetune/train.py", *common, "--variant", "baseline",
+                     "--model", "resnet18", "--weights", "none", "--image-size", "32",
+                     "--epochs", "2", "--batch-size", "8", "--out", str(classifier))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "results" / "task3_crop" / "bird" / "cam"
+    result = run_cli("task3_crop/detect.py", *common, "--localiser", "cam", "--classifier",
+                     str(classifier / "best.pt"), "--batch-size", "16", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning" not in result.stderr
+    record = json.loads((out / "metrics.json").read_text())
+    localiser = record["localiser"]
+    assert localiser["chosen_by"] == "validation CorLoc" and localiser["layer"] == "layer4"
+    assert 0 < localiser["cam_threshold"] < 1
+    metrics = record["metrics"]
+    assert 0 <= metrics["detector_corloc"] <= metrics["max_box_acc"] <= 1
+    index = data.load_dataset("bird", root)
+    train, val = data.split_train_val(index.train, 0.25, 0)
+    detections, trained_on = boxes_io.read_boxes(out / "boxes.json", "bird",
+                                                 train + val + index.test)
+    assert trained_on == {r.key for r in train}
+    for r in index.test[:5]:  # boxes in the photo's own pixels
+        x0, y0, x1, y1 = detections[r.key][0]
+        width, height = Image.open(r.path).size
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+
+    refined = tmp_path / "results" / "task3_crop" / "bird" / "box-train-pred-tta"
+    result = run_cli("task3_crop/train.py", *common, "--model", "resnet18", "--weights", "none",
+                     "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--crop", "box",
+                     "--train-boxes", "pred", "--tta", "whole+crop", "--boxes",
+                     str(out / "boxes.json"), "--out", str(refined))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = assert_predictions_reproduce(refined)
+    assert run["predictions"]["test_top1"] == "tta_predictions.npz"
+    assert run["predictions"]["crop_view_top1"] == "test_predictions.npz"
+    assert run["metrics"]["localiser"] == f"CAM (threshold {localiser['cam_threshold']:g})"
+    tables = write_tables(tmp_path / "results").read_text()
+    assert "| box + whole photo (TTA) | CAM (threshold" in tables.split("## Table 2b")[0]
+    assert "| CAM of resnet18 (layer4, threshold" in tables.split("## Table 2b")[1]
+
+    leaky = run_cli("task3_crop/detect.py", "--dataset", "bird", "--data-root", str(root),
+                    "--val-fraction", "0.5", "--localiser", "cam", "--classifier",
+                    str(classifier / "best.pt"), "--out", str(tmp_path / "leaky"))
+    assert leaky.returncode != 0 and "trained on" in leaky.stderr and \
+        "Traceback" not in leaky.stderr
+    result = run_cli("task3_crop/detect.py", *common, "--localiser", "cam")
+    assert result.returncode == 2 and "--localiser cam needs --classifier" in result.stderr

@@ -9,8 +9,10 @@ import torch
 from conftest import run_cli
 from torch import nn
 
+from shared import cam
 from shared.models import build_model
 from shared.results import write_tables
+from task3_crop import boxes as boxes_io
 from task6_heatmap import heatmaps
 from task6_heatmap import train as heatmap_train
 
@@ -64,9 +66,9 @@ def test_vit_maps_follow_the_input_size(size):
     x = torch.randn(2, 3, size, size)
     grid = size // 8
     rollout = heatmaps.attention_rollout(model, x)
-    cam, _ = heatmaps.grad_cam(model, x, heatmap_train.default_layer(vit_spec, model))
-    assert rollout.shape == cam.shape == (2, grid, grid)
-    assert cam.flatten(1).max(1).values.tolist() == [1.0, 1.0]  # the tokens got gradient
+    maps, _ = heatmaps.grad_cam(model, x, cam.default_layer(vit_spec, model))
+    assert rollout.shape == maps.shape == (2, grid, grid)
+    assert maps.flatten(1).max(1).values.tolist() == [1.0, 1.0]  # the tokens got gradient
     assert rollout.min() >= 0 and rollout.max() == pytest.approx(1.0)
     assert no_hooks(model)
     with pytest.raises(ValueError, match="do not make a 3x3 grid"):
@@ -106,6 +108,10 @@ def test_a_trained_model_looks_at_the_object():
     chance = 64 / 32 ** 2
     assert area == pytest.approx([chance] * 64)
     assert sum(hits) / len(hits) > 3 * chance and sum(energy) / len(energy) > 2 * chance
+    # task 3's CAM box: the largest region above half the maximum finds the square
+    found = cam.map_boxes(maps, (0.5,), 32)
+    ious = [boxes_io.iou(f[0.5], b[0]) for f, b in zip(found, boxes, strict=True)]
+    assert sum(iou >= 0.5 for iou in ious) / len(ious) >= 0.8
     # without boxes: the true object's mask is a faithful map, a random one is not
     masks = torch.zeros(64, 32, 32)
     for i, ((x0, y0, x1, y1),) in enumerate(boxes):
