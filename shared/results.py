@@ -216,10 +216,15 @@ def _is_gan_row(r) -> bool:
     return _is_baseline(r) or r["task"] == "task4_dcgan"
 
 
+CROP_SOURCES = ("centre", "CAM", "detector", "true boxes")  # Table 2's order: baseline first
+
+
 def _crop_order(r):
-    return (r["dataset"], r["task"] == "task3_crop", r["args"].get("test_boxes") == "gt",
-            CROPS[r["args"].get("crop", "none")], r["metrics"].get("localiser", ""),
-            r["args"].get("tta", "none") != "none", r["variant"])
+    localiser = r["metrics"].get("localiser", "")
+    source = next((i for i, name in enumerate(CROP_SOURCES) if localiser.startswith(name)), -1)
+    return (r["dataset"], r["task"] == "task3_crop", source,
+            CROPS[r["args"].get("crop", "none")], r["args"].get("tta", "none") != "none",
+            r["variant"])
 
 
 def _crop_cell(r) -> str:

@@ -1,9 +1,24 @@
-"""Task 3, step 1: a one-class "object" detector (MMDetection Faster R-CNN) trained on the true
-boxes of the train split, then one predicted box for every image of every split.
+"""Task 3, step 1: one box for every image of every split, from a localiser: by default a
+one-class "object" detector (MMDetection Faster R-CNN) trained on the true boxes of the train
+split; or, needing no boxes at all, a trained classifier's class activation map, or the
+fixed centred box every localiser must beat.
 
     python task3_crop/detect.py --dataset bird                      # the seed's detector
     python task3_crop/detect.py --dataset dog --detector small      # CPU-sized
     python task3_crop/detect.py --dataset bird --detector-weights faster_rcnn_coco.pth
+    python task3_crop/detect.py --dataset bird --localiser cam --classifier best.pt  # task 1-2's
+    python task3_crop/detect.py --dataset bird --localiser centre --centre-area 0.5
+
+`--localiser cam`: Grad-CAM (shared/cam.py) of the classifier's last stage for its predicted
+class, on the letterboxed photo (all of it in view), upsampled to the input; the box of the
+largest 8-connected region at or above `--cam-threshold` of the map's maximum, mapped back to
+the photo's pixels. The classifier must not have trained on this run's validation or test
+images (its best.pt lists its training images). `--localiser centre`: the centred box of the
+photo's aspect ratio covering `--centre-area` of it. Either setting, when not given, is the
+one with the best validation CorLoc where validation has true boxes (never test), else the
+default (CAM: 0.2 of the maximum, as Zhou et al. 2016; centre: half the area); metrics.json
+has CorLoc at it and MaxBoxAcc (the best CorLoc over every setting tried, Choe et al. 2020)
+where test has true boxes, None otherwise.
 
 `--detector seed` is the seed's `faster-rcnn_r101_fpn_2x_coco` (ImageNet ResNet-101 backbone,
 1333x800 input); `--detector small` is a ResNet-18 FPN with 64 channels at --image-scale 224,

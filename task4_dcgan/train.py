@@ -6,7 +6,10 @@
 
 1. The GAN (dcgan.py) trains on the train split only (never on validation or test images),
    at --gan-size pixels (each photo resized on its short side and centre-cropped), with the
-   seed's settings: BCE, Adam lr 2e-4 beta1 0.5, batch 100, 100 epochs. Per epoch:
+   seed's settings: BCE, Adam lr 2e-4 beta1 0.5, batch 100, 100 epochs; and DiffAugment
+   (diffaugment.py, --diffaugment): every image D sees, real or generated, in D's step and
+   in G's, goes through random colour, translation and cutout, so that D cannot memorise
+   some 26 photos a class. Per epoch:
    `<out>/gan/samples/epoch_NNN.png` (a fixed-noise grid, one row per class), TensorBoard
    losses, D(x), D(G(z)) and the grid; `<out>/gan/last.pt` for --resume. The last epoch's
    generator is used (the seed kept the one with the lowest G loss, which says little about
@@ -15,9 +18,12 @@
    to `<out>/synthetic/` with a list file `synthetic.txt` (`<file> <label>` per line).
 3. GAN quality, in metrics.json: `fid`, the Frechet distance between the train photos and the
    generated images (both at --gan-size, then 224 px) in the pooled 1280-d features of the
-   ImageNet EfficientNet-Lite0 (its weights install offline); `gen_class_acc`, the accuracy of
-   task 1-2's classifier (--judge, its best.pt) on the generated images against the class
-   each was generated for.
+   ImageNet EfficientNet-Lite0 (its weights install offline); `kid` and `kid_std`, the
+   unbiased kernel distance in the same features, mean and spread over 100 subsets (FID is
+   biased at these sizes); `gen_class_acc`, the accuracy of task 1-2's classifier (--judge,
+   its best.pt) on the generated images against the class each was generated for; and
+   `<out>/gan/real_vs_generated.png`, training photos and generated images of the same
+   classes side by side.
 4. The classifier (task 1-2's, same flags and --recipe) trains on the real train images plus
    the synthetic ones; validation and test stay real.
 """
@@ -36,6 +42,18 @@ FID_SIZE = 224
 GAN_SIZES = (32, 64, 128)  # dcgan.SIZES (a test checks), here so that --help needs no torch
 
 
+DIFFAUGMENT = ("color", "translation", "cutout")  # diffaugment.POLICIES (a test checks)
+
+
+def diffaugment_policy(text: str) -> str:
+    """--diffaugment: 'none' or a comma-separated list of DIFFAUGMENT."""
+    parts = text.split(",")
+    if text != "none" and not all(p in DIFFAUGMENT for p in parts):
+        raise argparse.ArgumentTypeError(f"expected none or a comma-separated list of "
+                                         f"{', '.join(DIFFAUGMENT)}, got {text!r}")
+    return text
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = cli.task_parser(__doc__)
     group = parser.add_argument_group("GAN")
@@ -47,6 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--z-dim", type=cli.positive_int, default=100)
     group.add_argument("--gan-width", type=cli.positive_int, default=64,
                        help="channels of G's last and D's first layer")
+    group.add_argument("--diffaugment", type=diffaugment_policy,
+                       default="color,translation,cutout",
+                       help="DiffAugment: the augmentations every image D sees goes through, "
+                            "real and generated, in D's and G's steps (none: off)")
     group.add_argument("--synthetic-per-class", type=cli.nonnegative_int, default=10, metavar="K")
     group.add_argument("--judge", type=Path,
                        help="task 1-2's best.pt, for gen_class_acc (default "
@@ -69,6 +91,7 @@ from PIL import Image  # noqa: E402
 from shared import checkpoint, data, engine, models  # noqa: E402
 from shared.data import Record  # noqa: E402
 from task4_dcgan.dcgan import Discriminator, Generator  # noqa: E402
+from task4_dcgan.diffaugment import diff_augment  # noqa: E402
 
 # ------------------------------------------------------------------------------------- GAN
 
@@ -89,10 +112,15 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:  # uint8 -> [-1, 1]
     return images.float() / 127.5 - 1
 
 
-def d_step(D: Discriminator, opt_d, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor):
-    """One discriminator update, BCE with real photos -> 1, generated -> 0 (G untouched).
-    Returns the loss, mean D(x) and mean D(G(z))."""
-    d_real, d_fake = D(real, y), D(fake.detach(), y)
+def no_augment(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def d_step(D: Discriminator, opt_d, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor,
+           augment=no_augment):
+    """One discriminator update, BCE with real photos -> 1, generated -> 0 (G untouched),
+    each seen through `augment` (DiffAugment). Returns the loss, mean D(x) and mean D(G(z))."""
+    d_real, d_fake = D(augment(real), y), D(augment(fake.detach()), y)
     loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
             + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
     opt_d.zero_grad(set_to_none=True)
@@ -102,10 +130,11 @@ def d_step(D: Discriminator, opt_d, real: torch.Tensor, fake: torch.Tensor, y: t
             torch.sigmoid(d_fake).mean().detach())
 
 
-def g_step(D: Discriminator, opt_g, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def g_step(D: Discriminator, opt_g, fake: torch.Tensor, y: torch.Tensor,
+           augment=no_augment) -> torch.Tensor:
     """One generator update: make D call the generated images real (the non-saturating
-    loss). Only G's optimiser steps."""
-    d_gen = D(fake, y)
+    loss), through the same `augment` as D's step. Only G's optimiser steps."""
+    d_gen = D(augment(fake), y)
     loss = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
@@ -116,7 +145,8 @@ def g_step(D: Discriminator, opt_g, fake: torch.Tensor, y: torch.Tensor) -> torc
 def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, args,
               rt: engine.Runtime, out: Path) -> Generator:
     """The seed's recipe: BCE on D's logits (real 1, generated 0), G trained to make D say 1;
-    Adam lr 2e-4, betas (0.5, 0.999). Resumes from `out/last.pt`."""
+    Adam lr 2e-4, betas (0.5, 0.999); D sees every image through --diffaugment. Resumes from
+    `out/last.pt`."""
     from torch.utils.tensorboard import SummaryWriter
     from torchvision.utils import save_image
 
@@ -137,6 +167,11 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, args
         print(f"GAN resumed from {last} at epoch {start_epoch}", flush=True)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(out / "tb")
+    policy = () if args.diffaugment == "none" else tuple(args.diffaugment.split(","))
+
+    def augment(x):
+        return diff_augment(x, policy)
+
     n, batch = len(images), min(args.gan_batch_size, len(images))
     steps = n // batch  # the last partial batch is dropped (batch norm)
     images, labels = images.to(device), labels.to(device)  # uint8, small: copied once
@@ -154,8 +189,8 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, args
             flip = (torch.rand(len(index)) < 0.5).to(device, non_blocking=True)
             real = torch.where(flip[:, None, None, None], real.flip(-1), real)
             fake = G(torch.randn(len(index), args.z_dim, device=device), y)
-            loss_d, d_real, d_fake = d_step(D, opt_d, real, fake, y)
-            loss_g = g_step(D, opt_g, fake, y)
+            loss_d, d_real, d_fake = d_step(D, opt_d, real, fake, y, augment)
+            loss_g = g_step(D, opt_g, fake, y, augment)
             guard.update(step, step + 1 == steps, loss_d, loss_g)
             sums += torch.stack([loss_d, loss_g, d_real, d_fake])
         record = dict(zip(("loss_d", "loss_g", "d_real", "d_fake"),
@@ -246,6 +281,48 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
                  - 2 * trace_root)
 
 
+def kernel_inception_distance(a: np.ndarray, b: np.ndarray, subsets: int = 100,
+                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """KID (Binkowski et al. 2018): the unbiased estimate of the squared MMD between two
+    feature sets with the cubic kernel k(x, y) = (x.y / d + 1)^3, averaged over `subsets`
+    random subsets of min(`subset_size`, both sizes) from each; returns its mean and its
+    standard deviation over the subsets. Unlike FID it is unbiased at small sample sizes."""
+    rng = np.random.default_rng(seed)
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 images a set, got {len(a)} and {len(b)}")
+    d = a.shape[1]
+    estimates = []
+    for _ in range(subsets):
+        x = a[rng.choice(len(a), m, replace=False)]
+        y = b[rng.choice(len(b), m, replace=False)]
+        k_xx, k_yy, k_xy = ((p @ q.T / d + 1) ** 3 for p, q in ((x, x), (y, y), (x, y)))
+        within = ((k_xx.sum() - np.trace(k_xx)) + (k_yy.sum() - np.trace(k_yy))) / (m * (m - 1))
+        estimates.append(within - 2 * k_xy.mean())
+    return float(np.mean(estimates)), float(np.std(estimates))
+
+
+def real_vs_generated(real: torch.Tensor, real_labels: torch.Tensor, fake: torch.Tensor,
+                      fake_labels: torch.Tensor, path: Path, classes: int = 8,
+                      per_class: int = 6) -> None:
+    """A row per class (the first `classes`): `per_class` of its training photos, a gap, then
+    as many of its generated images, all at the GAN's size."""
+    from torchvision.utils import make_grid, save_image
+
+    rows = []
+    for label in range(min(classes, int(real_labels.max()) + 1)):
+        photos = real[real_labels == label][:per_class]
+        generated = fake[fake_labels == label][:per_class]
+        if len(photos) < per_class:  # a class with few photos: fill with blanks
+            photos = torch.cat([photos, photos.new_full((per_class - len(photos),
+                                                         *photos.shape[1:]), 255)])
+        blank = photos.new_full((1, *photos.shape[1:]), 255)
+        rows.append(torch.cat([photos, blank, generated[:per_class]]))
+    grid = make_grid(torch.cat(rows).float() / 255, nrow=2 * per_class + 1, padding=2,
+                     pad_value=1.0)
+    save_image(grid, path)
+
+
 def load_judge(path: Path, classes: list[str]):
     """Task 1-2's classifier (its best.pt) that judges the generated images, loaded before
     the GAN trains so that a bad file stops the run at once; None, said aloud, without one."""
@@ -295,10 +372,15 @@ def main(args: argparse.Namespace) -> None:
     keep = torch.arange(len(fake)) % per_class < k
     synthetic = write_synthetic(fake[keep], fake_labels[keep], args.image_size,
                                 out / "synthetic")
-    quality = {"fid": frechet_distance(*lite0_features([real, fake], rt.device)),
+    real_vs_generated(real, real_labels, fake, fake_labels, out / "gan" / "real_vs_generated.png")
+    real_features, fake_features = lite0_features([real, fake], rt.device)
+    kid, kid_std = kernel_inception_distance(real_features, fake_features, seed=args.seed)
+    quality = {"fid": frechet_distance(real_features, fake_features), "kid": kid,
+               "kid_std": kid_std,
                "gen_class_acc": class_accuracy(judge, fake, fake_labels, rt.device)}
-    print(f"FID {quality['fid']:.2f} (lite0 features, {len(real)} real, {len(fake)} "
-          f"generated); gen_class_acc {quality['gen_class_acc']}", flush=True)
+    print(f"FID {quality['fid']:.2f}, KID {kid:.4f} +- {kid_std:.4f} (lite0 features, "
+          f"{len(real)} real, {len(fake)} generated); gen_class_acc "
+          f"{quality['gen_class_acc']}", flush=True)
     engine.train_classifier(TASK, "dcgan", args, rt, index.classes, train + synthetic, val,
                             test, {"real_train": len(train), "synthetic": len(synthetic)},
                             claim=False, **quality)  # out holds the GAN: claimed above

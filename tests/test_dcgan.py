@@ -9,6 +9,7 @@ import torch
 from conftest import assert_predictions_reproduce, run_cli
 
 from shared import checkpoint, data, engine, models
+from task4_dcgan import diffaugment
 from task4_dcgan import train as dcgan_train
 from task4_dcgan.dcgan import Discriminator, Generator
 
@@ -82,6 +83,109 @@ def test_frechet_distance():
     # twice the spread: trace(S + 4S - 2 * 2S) = trace(S), plus the means' |m - 2m|^2
     expected = np.trace(np.cov(a.T)) + (a.mean(0) ** 2).sum()
     assert dcgan_train.frechet_distance(a, 2 * a) == pytest.approx(expected)
+
+
+def test_kernel_inception_distance_matches_its_closed_form():
+    """Features drawn uniformly from two small sets S and T: the squared MMD with the cubic
+    kernel is mean k(S, S) + mean k(T, T) - 2 mean k(S, T), which the unbiased KID recovers;
+    two samples of one distribution give about 0 (it can go below: unbiased)."""
+    rng = np.random.default_rng(0)
+    d = 3
+    s_set = np.array([[1.0, 0, 0], [0, 1, 0], [0, 0, 1]])
+    t_set = np.array([[1.0, 1, 0], [0, 1, 1]])
+
+    def kernel(p, q):
+        return (p @ q.T / d + 1) ** 3
+
+    closed = kernel(s_set, s_set).mean() + kernel(t_set, t_set).mean() - \
+        2 * kernel(s_set, t_set).mean()
+    a, b = s_set[rng.integers(0, 3, 4000)], t_set[rng.integers(0, 2, 4000)]
+    kid, std = dcgan_train.kernel_inception_distance(a, b, subsets=50, subset_size=1000)
+    assert kid == pytest.approx(closed, abs=3 * std / np.sqrt(50) + 1e-3) and std > 0
+    same, same_std = dcgan_train.kernel_inception_distance(a, s_set[rng.integers(0, 3, 4000)],
+                                                           subsets=50, subset_size=1000)
+    assert abs(same) < 3 * same_std / np.sqrt(50) + 1e-3 and same < 0.1 * closed
+    with pytest.raises(ValueError, match="at least 2 images"):
+        dcgan_train.kernel_inception_distance(a[:1], b)
+
+
+def test_diffaugment_translation_and_cutout_move_and_blank_pixels_only():
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 32, 32) * 2 - 1 + 3  # values in [2, 4]: a zero can only be padding
+    shifted = diffaugment.translation(x)
+    assert shifted.shape == x.shape
+    for image, out in zip(x, shifted, strict=True):
+        rows, cols = torch.nonzero(out[0] != 0, as_tuple=True)
+        top, left = int(rows.min()), int(cols.min())
+        bottom, right = int(rows.max()) + 1, int(cols.max()) + 1
+        dy = top if top > 0 else bottom - 32  # the shift: zeros come in from one side
+        dx = left if left > 0 else right - 32
+        assert abs(dy) <= 4 and abs(dx) <= 4  # 1/8 of 32
+        torch.testing.assert_close(out[:, top:bottom, left:right],
+                                   image[:, top - dy:bottom - dy, left - dx:right - dx])
+    holed = diffaugment.cutout(x)
+    blanked = holed[:, 0] == 0
+    assert torch.equal(holed[:, :, ~blanked[0]][0], x[0][:, ~blanked[0]])  # rest unchanged
+    assert all(0 < int(b.sum()) <= 16 * 16 for b in blanked)  # half the side, clipped
+    assert torch.equal((holed == 0).all(1), blanked)  # every channel of the same square
+
+
+def test_diffaugment_is_random_per_image_and_call_and_lets_gradients_reach_g():
+    policy = ("color", "translation", "cutout")
+    x = torch.rand(1, 3, 32, 32).repeat(8, 1, 1, 1) * 2 - 1
+    torch.manual_seed(0)
+    first = diffaugment.diff_augment(x, policy)
+    again = diffaugment.diff_augment(x, policy)
+    assert first.shape == x.shape and first.isfinite().all()
+    assert not torch.equal(first[0], first[1])  # each image its own draw
+    assert not torch.equal(first, again)  # and each call
+    torch.manual_seed(0)
+    assert torch.equal(diffaugment.diff_augment(x, policy), first)  # seeded: reproducible
+    assert first.abs().max() < 6  # brightness +-0.5, saturation x2, contrast x1.5 of [-1, 1]
+    assert diffaugment.diff_augment(x, ()) is x  # no policy: untouched, nothing drawn
+    assert set(diffaugment.POLICIES) == set(dcgan_train.DIFFAUGMENT)
+
+    torch.manual_seed(0)
+    G, D = Generator(4, 32, z_dim=16, width=8), Discriminator(4, 32, width=8)
+    opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999))
+    y = torch.randint(0, 4, (8,))
+    fake = G(torch.randn(8, 16), y)
+    seen = []
+
+    def spy(images):
+        seen.append(images)
+        return diffaugment.diff_augment(images, policy)
+
+    dcgan_train.d_step(D, opt_d, x, fake, y, spy)
+    assert len(seen) == 2 and seen[0] is x and not seen[1].requires_grad  # real, fake
+    dcgan_train.g_step(D, opt_g, fake, y, spy)
+    assert len(seen) == 3 and seen[2] is fake
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in G.net.parameters())
+
+
+def test_no_diffaugment_trains_the_gan_as_before(sample, tmp_path, monkeypatch):
+    """--diffaugment none: the generator equals that of steps that never augment (the GAN
+    before DiffAugment), for the same seed."""
+    root, _ = sample
+    args = gan_args(root, tmp_path / "none", "--gan-epochs", "1", "--diffaugment", "none")
+    rt = engine.init_runtime(args)
+    _, train, _, _ = data.prepare_splits(args)
+    images, labels = dcgan_train.load_images(train, 32, 0), torch.tensor([r.label for r in train])
+    torch.manual_seed(0)
+    off = dcgan_train.train_gan(images, labels, 4, args, rt, tmp_path / "none")
+    d_step, g_step = dcgan_train.d_step, dcgan_train.g_step
+    monkeypatch.setattr(dcgan_train, "d_step", lambda D, o, r, f, y, a: d_step(D, o, r, f, y))
+    monkeypatch.setattr(dcgan_train, "g_step", lambda D, o, f, y, a: g_step(D, o, f, y))
+    torch.manual_seed(0)
+    before = dcgan_train.train_gan(images, labels, 4, args, rt, tmp_path / "before")
+    for a, b in zip(off.state_dict().values(), before.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    monkeypatch.undo()
+    torch.manual_seed(0)
+    on = dcgan_train.train_gan(images, labels, 4, gan_args(root, tmp_path / "on", "--gan-epochs",
+                                                           "1"), rt, tmp_path / "on")
+    assert not torch.equal(on.net[0].weight, off.net[0].weight)  # DiffAugment changes training
 
 
 def gan_args(root, out, *extra):
@@ -164,6 +268,9 @@ def test_whole_pipeline_from_the_command_line(sample, tmp_path):
         record["data"]["real_train"] + 8
     assert record["metrics"]["fid"] > 0 and 0 <= record["metrics"]["gen_class_acc"] <= 1
     assert (out / "gan" / "samples" / "epoch_001.png").is_file()
+    assert (out / "gan" / "real_vs_generated.png").is_file()
+    assert record["metrics"]["kid_std"] >= 0 and record["args"]["diffaugment"] == \
+        "color,translation,cutout"
     assert_predictions_reproduce(out)  # the real test photos only
     # a judge trained on other classes is refused, by name
     torch.save({"model": judge.state_dict(), "model_name": "resnet18", "classes": ["a"] * 4,
