@@ -480,15 +480,12 @@ def count_gflops(model: nn.Module, image_size: int, device: torch.device) -> flo
     def cpu_attention(query, key, value, *args, out_shape=None, **kwargs):
         return sdpa_flop_count(query, key, value)  # the counter knows only the CUDA kernels
 
-    training = model.training
-    model.eval()
     # Autograd stays on: under no_grad nn.MultiheadAttention takes a fused fast path whose
     # projections the counter does not see (ViT-B/16 would count 11.3 G instead of 17.6 G).
-    with FlopCounterMode(display=False, custom_mapping={
+    with models.evaluating(model), FlopCounterMode(display=False, custom_mapping={
             torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention},
             ) as counter:
         model(torch.zeros(1, 3, image_size, image_size, device=device))
-    model.train(training)
     return counter.get_total_flops() / 2 / 1e9
 
 

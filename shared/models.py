@@ -8,6 +8,7 @@ FGVC_OFFLINE=1), the error names the exact file and the folder to put it in.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import urllib.error
@@ -253,6 +254,21 @@ def freeze_stages(model: nn.Module, spec: ModelSpec, count: int) -> list[str]:
             param.requires_grad_(False)
     return [name for name, _ in model.named_modules()
             if name and (name + ".").startswith(prefixes)]
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """The model in eval mode inside; afterwards every module back in its own mode.
+    `model.train(was)` would set all of them to the wrapper's mode, putting back into training
+    the batch norms a run keeps in eval on purpose (--freeze-bn, --freeze-stages, head-only
+    epochs), whose statistics would then drift."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
 
 
 def load_classifier(path: Path, classes: list[str], what: str = "--checkpoint"

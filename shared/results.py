@@ -295,8 +295,12 @@ STUDIES = [
             if r["task"] == "task4_dcgan" else f"{r['data']['train']} real"),
         *ACCURACY,
         ("GAN size", lambda r: r["args"].get("gan_size", "–")),
+        ("DiffAugment", lambda r: r["args"].get("diffaugment", "none")
+            if r["task"] == "task4_dcgan" else "–"),
         ("FID (lite0)", lambda r: f"{r['metrics']['fid']:.1f}" if "fid" in r["metrics"]
             else "–"),
+        ("KID x 1000 (± sd over subsets)", lambda r: f"{1000 * r['metrics']['kid']:.1f} ± "
+            f"{1000 * r['metrics']['kid_std']:.1f}" if "kid" in r["metrics"] else "–"),
         ("Generated class acc. (%)", lambda r: _pct(r["metrics"].get("gen_class_acc"))),
         ("Device", lambda r: r["env"]["device"]),
     ]),

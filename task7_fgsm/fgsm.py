@@ -5,14 +5,17 @@ inside `Normalized`, the model wrapper, so the budget is a budget on pixels (the
 normalised tensors to [0, 1], which is the wrong space). Budgets are in 1/255 units.
 
 Mode: the attacks run the network in eval mode (batch norm on its running statistics,
-dropout off), as it predicts, and restore its mode afterwards, so attacking never changes
-the batch-norm statistics, also during adversarial training. Gradients are taken with
+dropout off), as it predicts, and put each module back in its own mode afterwards, so
+attacking never changes the batch-norm statistics, and batch norms that training keeps in eval
+(--freeze-bn, --freeze-stages, head-only epochs) stay there. Gradients are taken with
 `torch.autograd.grad` with respect to the input only: no parameter's .grad is touched.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from shared.models import evaluating
 
 
 class Normalized(nn.Module):
@@ -39,12 +42,8 @@ def _loss_gradient(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor
 
 def _in_eval_mode(attack):
     def wrapped(model, *args, **kwargs):
-        training = model.training
-        model.eval()
-        try:
+        with evaluating(model):  # each module back in its own mode: frozen batch norms stay
             return attack(model, *args, **kwargs)
-        finally:
-            model.train(training)
     wrapped.__doc__, wrapped.__name__ = attack.__doc__, attack.__name__
     return wrapped
 

@@ -89,6 +89,24 @@ def test_attacks_leave_mode_statistics_and_gradients_alone(trained):
     model.eval()
 
 
+def test_attacks_keep_each_module_in_its_own_mode(trained):
+    """During adversarial training some batch norms stay in eval on purpose (--freeze-bn,
+    --freeze-stages, head-only epochs); an attack must not put them back into training."""
+    model = trained.model.train()
+    frozen = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][:1]
+    assert frozen, "the test network needs a batch norm"
+    frozen[0].eval()
+    modes = {name: m.training for name, m in model.named_modules()}
+    x, y = squares(8, torch.Generator().manual_seed(5))
+    fgsm(trained, x, y, 4)
+    pgd(trained, x, y, 4, steps=2)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    statistics = frozen[0].running_mean.clone()
+    model(x * 0.5 + 0.3)  # a training forward: the frozen norm's statistics stay put
+    assert torch.equal(frozen[0].running_mean, statistics)
+    model.eval()
+
+
 def test_fgsm_matches_the_closed_form_of_a_linear_model():
     """For softmax regression, d loss / d x = W^T (softmax(Wx + b) - onehot(y)): an
     independent computation of FGSM's direction."""
