@@ -212,8 +212,8 @@ def _is_crop_row(r) -> bool:
     return _is_baseline(r) or (r["task"] == "task3_crop" and r["variant"] not in LOCALISERS)
 
 
-def _is_gan_row(r) -> bool:
-    return _is_baseline(r) or r["task"] == "task4_dcgan"
+def _is_gan_row(r) -> bool:  # a --gan-only run has no classifier: not a row
+    return _is_baseline(r) or (r["task"] == "task4_dcgan" and r["variant"] == "dcgan")
 
 
 CROP_SOURCES = ("centre", "CAM", "detector", "true boxes")  # Table 2's order: baseline first

@@ -70,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="DiffAugment: the augmentations every image D sees goes through, "
                             "real and generated, in D's and G's steps (none: off)")
     group.add_argument("--synthetic-per-class", type=cli.nonnegative_int, default=10, metavar="K")
+    group.add_argument("--gan-only", action="store_true",
+                       help="train and measure the GAN (FID, KID, gen_class_acc, the figure), "
+                            "then stop: no synthetic images, no classifier")
     group.add_argument("--judge", type=Path,
                        help="task 1-2's best.pt, for gen_class_acc (default "
                             "results/task1_2_finetune/<dataset>/pretrained/best.pt)")
@@ -88,7 +91,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from shared import checkpoint, data, engine, models  # noqa: E402
+from shared import checkpoint, data, engine, models, results  # noqa: E402
 from shared.data import Record  # noqa: E402
 from task4_dcgan.dcgan import Discriminator, Generator  # noqa: E402
 from task4_dcgan.diffaugment import diff_augment  # noqa: E402
@@ -370,8 +373,8 @@ def main(args: argparse.Namespace) -> None:
     per_class = max(k, -(-len(train) // len(index.classes)))
     fake, fake_labels = generate(G, per_class, args.seed, rt.device)
     keep = torch.arange(len(fake)) % per_class < k
-    synthetic = write_synthetic(fake[keep], fake_labels[keep], args.image_size,
-                                out / "synthetic")
+    synthetic = [] if args.gan_only else write_synthetic(fake[keep], fake_labels[keep],
+                                                         args.image_size, out / "synthetic")
     real_vs_generated(real, real_labels, fake, fake_labels, out / "gan" / "real_vs_generated.png")
     real_features, fake_features = lite0_features([real, fake], rt.device)
     kid, kid_std = kernel_inception_distance(real_features, fake_features, seed=args.seed)
@@ -381,6 +384,12 @@ def main(args: argparse.Namespace) -> None:
     print(f"FID {quality['fid']:.2f}, KID {kid:.4f} +- {kid_std:.4f} (lite0 features, "
           f"{len(real)} real, {len(fake)} generated); gen_class_acc "
           f"{quality['gen_class_acc']}", flush=True)
+    if args.gan_only:
+        record = results.task_record(TASK, "gan", args, rt, quality,
+                                     {"real_train": len(train), "generated": len(fake)},
+                                     model=f"dcgan {args.gan_size} px", weights="none")
+        results.write_json(record, out / "metrics.json")
+        return
     engine.train_classifier(TASK, "dcgan", args, rt, index.classes, train + synthetic, val,
                             test, {"real_train": len(train), "synthetic": len(synthetic)},
                             claim=False, **quality)  # out holds the GAN: claimed above

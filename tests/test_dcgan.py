@@ -272,6 +272,13 @@ def test_whole_pipeline_from_the_command_line(sample, tmp_path):
     assert record["metrics"]["kid_std"] >= 0 and record["args"]["diffaugment"] == \
         "color,translation,cutout"
     assert_predictions_reproduce(out)  # the real test photos only
+    gan_only = tmp_path / "gan-only"
+    result = run_cli(*args[:-1], str(gan_only), "--gan-only", "--diffaugment", "none")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((gan_only / "metrics.json").read_text())
+    assert record["variant"] == "gan" and record["metrics"]["kid"] is not None
+    assert not (gan_only / "synthetic").exists() and not (gan_only / "best.pt").exists()
+    assert (gan_only / "gan" / "real_vs_generated.png").is_file()
     # a judge trained on other classes is refused, by name
     torch.save({"model": judge.state_dict(), "model_name": "resnet18", "classes": ["a"] * 4,
                 "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}, tmp_path / "other.pt")
