@@ -376,12 +376,16 @@ def test_centre_box_localiser_needs_no_detector(sample, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(root / "CUB_200_2011", bare / "CUB_200_2011")
     (bare / "CUB_200_2011" / "bounding_boxes.txt").unlink()
+    unboxed = tmp_path / "results" / "task3_crop" / "bird" / "centre-unboxed"
     result = run_cli("task3_crop/detect.py", *common, "--data-root", str(bare),
-                     "--localiser", "centre", "--out", str(tmp_path / "bare-centre"))
+                     "--localiser", "centre", "--out", str(unboxed))
     assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((tmp_path / "bare-centre" / "metrics.json").read_text())
+    record = json.loads((unboxed / "metrics.json").read_text())
     assert record["localiser"]["centre_area"] == 0.5
     assert record["metrics"]["detector_corloc"] is None and record["metrics"]["max_box_acc"] is None
+    table = write_tables(tmp_path / "results").read_text().split("## Table 2b")[1]
+    assert "| centre box (area 0.5, default: no validation boxes) | CUB-200-2011 | none | – | – " \
+        "| – |" in table  # CorLoc, MaxBoxAcc and mean IoU without boxes
 
 
 def test_cam_localiser_crops_from_a_classifier_with_test_time_refine(sample, tmp_path):
