@@ -22,11 +22,16 @@ from shared import stats
 
 
 def git_commit() -> str | None:
+    """The checkout's commit, with "-dirty" when files differ from it; None outside git."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"],
+                              capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+STARTED_AT = git_commit()  # read when a run starts: the code it loaded, not what HEAD is later
 
 
 def cpu_name() -> str:
@@ -46,7 +51,7 @@ def environment(rt) -> dict:
     return {"torch": torch.__version__, "device": f"{rt.device.type}: {device}",
             "world_size": rt.world_size, "threads": torch.get_num_threads(),
             "amp": str(rt.amp_dtype).removeprefix("torch.") if rt.amp_dtype else "off",
-            "git": git_commit()}
+            "git": STARTED_AT}
 
 
 def task_record(task: str, variant: str, args, rt, metrics: dict, data: dict, *,
