@@ -31,6 +31,7 @@ if [[ "${1:-}" == "--demo" ]]; then
   VIT_RUNS=("resnet18 seed" "vit_tiny vit --lr 1e-3 --layer-decay 1.0")
   VIT=(--weights none --image-size 96 --epochs 6 --batch-size 16)
   HEATMAP_VIT=vit_tiny
+  HEATMAP=(--images 30 --faithfulness-steps 10)  # deletion / insertion: 21 passes a method
   ROBUST=(--robust-eps 2 8)  # 44 attack passes an image at all four budgets: two on CPU
   SIMCLR=(--simclr-epochs 8 --simclr-batch-size 32 --label-fractions 0.1 1.0 --epochs 3)
 else
@@ -44,6 +45,7 @@ else
   VIT_RUNS=("resnext101_32x8d strong" "vit_b_32 vit" "vit_b_16 vit" "vit_b_16_swag vit")
   VIT=()
   HEATMAP_VIT=vit_b_16
+  HEATMAP=()
   ROBUST=()
   SIMCLR=(--model resnet50 --image-size 224)  # SimCLR's own setting; batch 256
 fi
@@ -128,7 +130,7 @@ for dataset in bird dog; do
     model=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['model'])" \
       "$RESULTS/$source/metrics.json")
     run "$RESULTS/task6_heatmap/$dataset/$model" task6_heatmap/train.py --dataset "$dataset" \
-      --checkpoint "$RESULTS/$source/best.pt"
+      --checkpoint "$RESULTS/$source/best.pt" "${HEATMAP[@]}"
   done
 done
 

@@ -265,7 +265,7 @@ STUDIES = [
         ("Test boxes", lambda r: {"gt": "gt (oracle)", "pred": "predicted"}.get(
             r["args"].get("test_boxes")) if r["args"].get("crop", "none") != "none" else "–"),
         *ACCURACY,
-        ("Detector CorLoc (%)", _detector_pct),
+        ("Localiser CorLoc (%)", _detector_pct),
         ("Whole-image test images", lambda r: r["data"]["whole_image_fallback"]["test"]
             if r["args"].get("crop", "none") != "none" else "–"),
         ("Train / val / test", _split_counts),
