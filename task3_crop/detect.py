@@ -325,7 +325,8 @@ def centre_localiser(args, index, train, val, test) -> None:
         () if args.centre_area is None else (args.centre_area,))} for r in every}
     swept_localiser(args, index, train, val, test, boxes, CENTRE_AREAS, args.centre_area,
                     0.5, {"localiser": "centre", "flag": "--centre-area", "key": "centre_area"},
-                    "centre box (area {value:g}, {chosen_by})", "none", [], 0.0)
+                    "centre box (area {value:g}, {chosen_by})", "none", [], 0.0,
+                    torch.device("cpu"))
 
 
 def cam_localiser(args, index, train, val, test) -> None:
@@ -370,12 +371,12 @@ def cam_localiser(args, index, train, val, test) -> None:
                      "classifier": str(args.classifier), "layer": layer},
                     f"CAM of {meta['model_name']} ({layer}, threshold {{value:g}}, "
                     "{chosen_by})", args.classifier, trained_on or [],
-                    (time.perf_counter() - start) / len(every))
+                    (time.perf_counter() - start) / len(every), device)
 
 
 def swept_localiser(args, index, train, val, test, boxes: dict, candidates: tuple,
                     given, default, localiser: dict, name: str, weights, train_keys,
-                    seconds_per_image: float) -> None:
+                    seconds_per_image: float, device: torch.device) -> None:
     """Write boxes.json and metrics.json of a localiser with one setting (`boxes`: image key
     -> {setting: box}): the `given` one, else the candidate with the best validation CorLoc
     where validation has boxes (never test), else `default`. CorLoc at that setting and
@@ -391,7 +392,7 @@ def swept_localiser(args, index, train, val, test, boxes: dict, candidates: tupl
                for split, records in (("val", val), ("test", test))}
     every = len(train) + len(val) + len(test)
     record = results.task_record(
-        TASK, localiser["localiser"], args, engine.Runtime(torch.device("cpu")),
+        TASK, localiser["localiser"], args, engine.Runtime(device),
         {**quality["test"], **{f"val_{k}": v for k, v in quality["val"].items()},
          "max_box_acc": boxes_io.max_box_acc(test, boxes, candidates)},
         {"train": len(train), "val": len(val), "test": len(test), "predicted": every},
