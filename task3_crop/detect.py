@@ -324,7 +324,7 @@ def centre_localiser(args, index, train, val, test) -> None:
     boxes = {r.key: {a: centre_box(*sizes[r.key], a) for a in CENTRE_AREAS + (
         () if args.centre_area is None else (args.centre_area,))} for r in every}
     swept_localiser(args, index, train, val, test, boxes, CENTRE_AREAS, args.centre_area,
-                    0.5, {"localiser": "centre", "flag": "--centre-area", "key": "centre_area"},
+                    0.5, "--centre-area", {"localiser": "centre"},
                     "centre box (area {value:g}, {chosen_by})", "none", [], 0.0,
                     torch.device("cpu"))
 
@@ -366,26 +366,26 @@ def cam_localiser(args, index, train, val, test) -> None:
         print(f"\rCAM {first + len(chunk)}/{len(every)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     swept_localiser(args, index, train, val, test, boxes, CAM_THRESHOLDS, args.cam_threshold,
-                    DEFAULT_CAM_THRESHOLD,
-                    {"localiser": "cam", "flag": "--cam-threshold", "key": "cam_threshold",
-                     "classifier": str(args.classifier), "layer": layer},
+                    DEFAULT_CAM_THRESHOLD, "--cam-threshold",
+                    {"localiser": "cam", "classifier": str(args.classifier), "layer": layer},
                     f"CAM of {meta['model_name']} ({layer}, threshold {{value:g}}, "
                     "{chosen_by})", args.classifier, trained_on or [],
                     (time.perf_counter() - start) / len(every), device)
 
 
 def swept_localiser(args, index, train, val, test, boxes: dict, candidates: tuple,
-                    given, default, localiser: dict, name: str, weights, train_keys,
-                    seconds_per_image: float, device: torch.device) -> None:
+                    given, default, flag: str, localiser: dict, name: str, weights,
+                    train_keys, seconds_per_image: float, device: torch.device) -> None:
     """Write boxes.json and metrics.json of a localiser with one setting (`boxes`: image key
-    -> {setting: box}): the `given` one, else the candidate with the best validation CorLoc
-    where validation has boxes (never test), else `default`. CorLoc at that setting and
-    MaxBoxAcc (the best CorLoc over the candidates, threshold-free, Choe et al. 2020) where
-    test has boxes."""
+    -> {setting: box}), the one `flag` sets: the `given` one, else the candidate with the
+    best validation CorLoc where validation has boxes (never test), else `default`. CorLoc at
+    that setting and MaxBoxAcc (the best CorLoc over the candidates, threshold-free, Choe et
+    al. 2020) where test has boxes."""
     value, chosen_by = boxes_io.choose_setting(val, boxes, candidates, given, default)
-    flag = localiser.pop("flag")
     chosen_by = flag if chosen_by == "given" else chosen_by
-    localiser |= {localiser.pop("key"): value, "chosen_by": chosen_by}
+    # the setting is recorded under the flag's name: centre_area, cam_threshold
+    localiser = {**localiser, flag.removeprefix("--").replace("-", "_"): value,
+                 "chosen_by": chosen_by}
     boxes_io.write_boxes(args.out / "boxes.json", args.dataset, index.folder, localiser,
                          train_keys, boxes_io.at_setting(boxes, value))
     quality = {split: boxes_io.localisation(records, boxes_io.at_setting(boxes, value))

@@ -103,13 +103,9 @@ def whole_and_crop(args, rt: engine.Runtime, test: list[data.Record]):
             Path(args.out), "tta_predictions.npz", [r.image_id or r.key for r in test],
             labels, averaged.clamp_min(1e-30).log().numpy(),
             {"test_top1": 1, "test_top5": 5}, write=rt.main)
-        crop_view = {
-            "metrics": {"crop_view_top1": fitted["metrics"]["test_top1"],
-                        "crop_view_top5": fitted["metrics"]["test_top5"]},
-            "ci95": {"crop_view_top1": fitted["ci95"]["test_top1"],
-                     "crop_view_top5": fitted["ci95"]["test_top5"]},
-            "predictions": {"crop_view_top1": engine.PREDICTIONS,
-                            "crop_view_top5": engine.PREDICTIONS}}
+        crop_view = results.merge(*(  # fit's own file and logits: the same figures
+            results.scored(f"crop_view_top{k}", results.hits(fitted["test_logits"], labels, k),
+                           engine.PREDICTIONS) for k in (1, 5)))
         logits = scores.pop("logits")
         ece = {"metrics": {"test_ece": stats.expected_calibration_error(logits, labels)}}
         return {**results.merge(crop_view, scores, ece), "test_logits": logits}
