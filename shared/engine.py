@@ -253,10 +253,11 @@ class RunState:
     """Everything `last.pt` carries besides model, optimiser, schedule and scaler."""
     epoch: int = 0  # the next epoch to run
     history: list = field(default_factory=list)
-    best_val_top1: float = -1.0
+    best_val_top1: float = -1.0  # the selection score (`fit`'s `select`) of the best epoch
     best_epoch: int = -1
     train_seconds: float = 0.0
     train_images: int = 0
+    stopped: str = ""  # why `epoch_end` stopped the run early ("" while it has not)
 
 
 class LossGuard:
@@ -342,11 +343,16 @@ def train_epoch(net, model, spec, loader, optimizer, scheduler, scaler, criterio
 
 
 def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
-        frozen_modules: list[str] = (), meta: dict | None = None, perturb=None) -> dict:
+        frozen_modules: list[str] = (), meta: dict | None = None, perturb=None,
+        epoch_end=None, select: str = "val_top1") -> dict:
     """Train for `args.epochs` (resuming from `<out>/last.pt` with --resume), keep the
     best-on-validation weights in `best.pt` (with `meta`, e.g. the class names), then test
     them once. `perturb(model, images, labels) -> images`, if given, replaces each training
-    batch before the step (adversarial training). Returns metrics, history and timing."""
+    batch before the step (adversarial training). `epoch_end(model, loaders, history)`, if
+    given, runs after each epoch's validation and returns more entries for its history
+    record (e.g. a robust validation accuracy); a `stop` entry (the reason) ends training
+    there, that epoch never chosen as the best. `select` names the record entry the best
+    epoch is chosen by. Returns metrics, history and timing."""
     out = Path(args.out)  # claimed by the caller (train_classifier, a task's main)
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -388,7 +394,9 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
         writer = SummaryWriter(out / "tb")
 
     frozen_modules = set(frozen_modules)
-    for epoch in range(state.epoch, args.epochs):
+    if state.stopped and rt.main:
+        print(f"stopped at epoch {state.epoch} already: {state.stopped}", flush=True)
+    for epoch in range(state.epoch, 0 if state.stopped else args.epochs):
         head_only = epoch < args.head_only_epochs
         if net is None or head_only != net_head_only:  # DDP registers trainable params once
             for param in body:
@@ -417,10 +425,14 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
                   "lr": args.lr * schedule.factor((epoch + 1) * steps_per_epoch - 1)}
         if loaders.val is not None:  # the plain model: DDP's forward would sync buffers
             record["val_top1"] = evaluate(model, spec, loaders.val, rt, channels_last)["top1"]
+        if epoch_end is not None:
+            record |= epoch_end(model, loaders, state.history)
+        state.stopped = record.pop("stop", "")
         state.history.append(record)
-        improved = loaders.val is None or record["val_top1"] > state.best_val_top1
+        improved = not state.stopped and (loaders.val is None
+                                          or record[select] > state.best_val_top1)
         if improved:
-            state.best_val_top1 = record["val_top1"] if loaders.val is not None else -1.0
+            state.best_val_top1 = record[select] if loaders.val is not None else -1.0
             state.best_epoch = epoch + 1
         state.epoch = epoch + 1
         if rt.main:
@@ -436,8 +448,15 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
             writer.flush()
             val = "" if record["val_top1"] is None else f" val_top1 {record['val_top1']:.4f}"
             print(f"{' ' * 70}\r" if sys.stdout.isatty() else "", end="")  # clear progress
+            more = "".join(f" {key} {value:.4f}" for key, value in record.items()
+                           if key not in ("epoch", "train_loss", "train_top1", "val_top1", "lr")
+                           and isinstance(value, float))
             print(f"epoch {epoch + 1}/{args.epochs} train_loss {record['train_loss']:.4f} "
-                  f"train_top1 {record['train_top1']:.4f}{val}", flush=True)
+                  f"train_top1 {record['train_top1']:.4f}{val}{more}", flush=True)
+            if state.stopped:
+                print(f"stopped: {state.stopped}", flush=True)
+        if state.stopped:
+            break
 
     # The test split is evaluated once, with the best-on-validation weights.
     if rt.world_size > 1:
@@ -451,10 +470,15 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
                                           labels, test["logits"].numpy(),
                                           {"test_top1": 1, "test_top5": 5}, write=rt.main)
     logits = predicted.pop("logits")
+    if state.best_epoch < 0:
+        raise TrainingError(f"stopped at epoch {state.epoch} before any epoch was kept: "
+                            f"{state.stopped}")
+    best = state.history[state.best_epoch - 1]
+    selected = {} if select == "val_top1" else {f"best_{select}": best.get(select)}
     scores = results.merge(
         predicted,
         {"metrics": {"test_ece": stats.expected_calibration_error(logits, labels),
-                     "best_val_top1": state.best_val_top1 if loaders.val is not None else None,
+                     "best_val_top1": best.get("val_top1"), **selected,
                      "best_epoch": state.best_epoch}})
     if writer is not None:
         writer.add_scalar("test/top1", scores["metrics"]["test_top1"], state.best_epoch)
@@ -464,6 +488,7 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
         "test_count": test["count"],
         "test_logits": logits, "test_labels": labels,
         "history": state.history,
+        "stopped": state.stopped,
         "timing": {"train_seconds": state.train_seconds,
                    "train_images_per_s": state.train_images / max(state.train_seconds, 1e-9),
                    "peak_mem_mb": peak_memory_mb(rt.device)},
@@ -515,11 +540,12 @@ def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[s
                      train: list[Record], val: list[Record], test: list[Record],
                      counts: dict | None = None, measure_cost: bool = False,
                      perturb=None, after=None, claim: bool = True, whole_share: float = 0.0,
-                     **task_metrics) -> dict:
+                     epoch_end=None, select: str = "val_top1", **task_metrics) -> dict:
     """The common flags' classifier trained on these splits by `fit`; the main process writes
     `<out>/metrics.json` (with `counts` and `task_metrics` added) and prints the test score.
     `measure_cost` adds params_m, gflops, infer_images_per_s and the training cost
-    (train_images_per_s, peak_mem_mb, train_seconds) to the metrics; `perturb` goes to `fit`;
+    (train_images_per_s, peak_mem_mb, train_seconds) to the metrics; `perturb`, `epoch_end`
+    and `select` go to `fit`;
     `after(model, spec, loaders, fitted)`, called with the tested model and `fit`'s result,
     returns more scores (`results.merge` of `results.scored` ones: metrics, intervals and
     predictions files; a score of the same name replaces fit's, and `test_logits`, if given,
@@ -539,7 +565,8 @@ def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[s
                        "mean": spec.mean, "std": spec.std,
                        # what it learnt from: task 3's CAM boxes refuse a classifier that
                        # trained on their validation or test images
-                       "train_keys": sorted({r.key for r in train})}, perturb=perturb)
+                       "train_keys": sorted({r.key for r in train})}, perturb=perturb,
+                 epoch_end=epoch_end, select=select)
     if after is not None:
         more = after(model, spec, loaders, result)
         result |= results.merge(result, more)

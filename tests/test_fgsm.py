@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from conftest import assert_predictions_reproduce, run_cli
 from torch import nn
 
-from shared.results import write_tables
-from task7_fgsm.fgsm import Normalized, fgsm, pgd
+from shared.results import hits, load_predictions, write_tables
+from task7_fgsm.fgsm import Normalized, fgsm, gradient_masking_checks, pgd
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -32,13 +32,16 @@ def small_cnn() -> nn.Module:
                          nn.Flatten(), nn.Linear(16, 3))
 
 
-def train(model: nn.Module, adversarial_eps: float = 0.0, steps: int = 200) -> nn.Module:
+def train(model: nn.Module, adversarial_eps: float = 0.0, steps: int = 200,
+          attack: str = "fgsm") -> nn.Module:
     g = torch.Generator().manual_seed(1)
     attacked = Normalized(model, MEAN, STD)
     optimizer = torch.optim.Adam(model.parameters(), 3e-3)
     for _ in range(steps):
         x, y = squares(64, g)
-        if adversarial_eps:
+        if adversarial_eps and attack == "pgd":
+            x = pgd(attacked, x, y, adversarial_eps, steps=3)
+        elif adversarial_eps:
             x = fgsm(attacked, x, y, adversarial_eps, random_start=True)
         model.train()
         loss = F.cross_entropy(attacked(x), y)
@@ -122,13 +125,14 @@ def test_fgsm_matches_the_closed_form_of_a_linear_model():
     torch.testing.assert_close(ours, (x + 2 / 255 * direction).clamp(0, 1))
 
 
-def test_adversarial_training_raises_robust_accuracy():
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+def test_adversarial_training_raises_robust_accuracy(attack):
     g = torch.Generator().manual_seed(5)
     x, y = squares(256, g)
     torch.manual_seed(0)
     standard = Normalized(train(small_cnn()), MEAN, STD)
     torch.manual_seed(0)
-    robust = Normalized(train(small_cnn(), adversarial_eps=8), MEAN, STD)
+    robust = Normalized(train(small_cnn(), adversarial_eps=8, attack=attack), MEAN, STD)
 
     def accuracy(model, images):
         with torch.no_grad():
@@ -142,6 +146,7 @@ def test_adversarial_training_raises_robust_accuracy():
 def test_adversarial_training_replaces_the_chosen_images_by_fgsm_examples():
     from types import SimpleNamespace
 
+    from shared.engine import Runtime
     from task7_fgsm.train import adversarial_batches
 
     g = torch.Generator().manual_seed(0)
@@ -150,11 +155,12 @@ def test_adversarial_training_replaces_the_chosen_images_by_fgsm_examples():
     images = (pixels - mean) / std
     model = small_cnn()
 
-    def perturbed(mode, prob):
+    def perturbed(mode, prob, attack="fgsm"):
         args = SimpleNamespace(model="resnet18", adv_mode=mode, adv_prob=prob, adv_eps=8.0,
-                               fast=False)  # resnet18: ImageNet's mean and std, as MEAN, STD
+                               fast=False, adv_attack=attack, adv_steps=2)
+        # resnet18: ImageNet's mean and std, as MEAN, STD
         torch.manual_seed(0)
-        out = adversarial_batches(args)(model, images, labels)
+        out = adversarial_batches(args, Runtime(torch.device("cpu")))(model, images, labels)
         return ((out - images) * std).flatten(1).abs().amax(1)  # each image's pixel change
 
     assert torch.equal(perturbed("batch", 0.0), torch.zeros(16))
@@ -162,36 +168,207 @@ def test_adversarial_training_replaces_the_chosen_images_by_fgsm_examples():
     assert 0 < (moved > 0).sum() < 16  # some images attacked, the others untouched
     assert moved.max() <= 8 / 255 + 1e-5  # inside the budget, in pixels
     assert (perturbed("batch", 1.0) > 4 / 255).all()
+    with_pgd = perturbed("batch", 1.0, "pgd")  # random start, then two steps of 10/255
+    assert (with_pgd > 4 / 255).all() and with_pgd.max() <= 8 / 255 + 1e-5
+
+
+def attack_run(model: nn.Module, tmp_path, name: str, restarts: int = 1, eps=(2, 4, 8),
+               images: int = 96) -> dict:
+    """task 7's test-split evaluation on [0, 1] squares made uint8, in process."""
+    from types import SimpleNamespace
+
+    from shared.engine import Runtime
+    from task7_fgsm.train import robust_accuracy
+
+    x, y = squares(images, torch.Generator().manual_seed(7))
+    pixels = (x * 255).round().to(torch.uint8)
+    records = [SimpleNamespace(label=int(label), image_id=None, key=f"img{i}")
+               for i, label in enumerate(y.tolist())]
+    loader = Batches([(pixels[i:i + 32], y[i:i + 32]) for i in range(0, images, 32)],
+                     SimpleNamespace(records=records))
+    args = SimpleNamespace(pgd_steps=3, robust_eps=list(eps), restarts=restarts, seed=0)
+    spec = SimpleNamespace(mean=MEAN, std=STD)
+    out = tmp_path / name
+    out.mkdir()
+    return robust_accuracy(model, spec, loader, args, Runtime(torch.device("cpu")), out
+                           ) | {"out": out}
+
+
+class Batches(list):
+    """A loader stand-in: its batches, and the dataset they come from."""
+
+    def __init__(self, batches, dataset):
+        super().__init__(batches)
+        self.dataset = dataset
+
+
+def correct_in(run: dict, name: str) -> torch.Tensor:
+    saved = load_predictions(run["out"] / run["predictions"][name])
+    return torch.from_numpy(hits(saved["logits"], saved["label"]))
+
+
+def test_restarts_never_raise_robust_accuracy_and_the_worst_case_is_every_attack(trained,
+                                                                                 tmp_path):
+    one = attack_run(trained.model, tmp_path, "one")
+    three = attack_run(trained.model, tmp_path, "three", restarts=3)
+    robust_one, robust_three = one["metrics"]["robust_top1"], three["metrics"]["robust_top1"]
+    assert any(0.05 < v < 0.95 for v in robust_one.values())  # attacks that sometimes win
+    for eps in (2, 4, 8):
+        pgd_name, worst, single = f"pgd3@{eps}/255", f"worst@{eps}/255", f"fgsm@{eps}/255"
+        assert robust_three[pgd_name] <= robust_one[pgd_name]
+        # restart 0 is the one-restart run's attack: every image robust with three restarts
+        # is robust with one
+        survived_three = correct_in(three, f"robust_top1:{pgd_name}")
+        assert not (survived_three & ~correct_in(one, f"robust_top1:{pgd_name}")).any()
+        # the worst case is the minimum over the attacks, each computed on its own
+        x, y = squares(96, torch.Generator().manual_seed(7))
+        x = (x * 255).round() / 255
+        separately = (trained(fgsm(trained, x, y, eps)).argmax(1) == y)
+        for r in range(3):
+            start = torch.Generator().manual_seed(1000 * r)
+            separately &= trained(pgd(trained, x, y, eps, steps=3, generator=start)
+                                  ).argmax(1) == y
+        assert torch.equal(correct_in(three, f"robust_top1:{worst}"), separately)
+        assert torch.equal(correct_in(three, f"robust_top1:{worst}"),
+                           correct_in(three, f"robust_top1:{single}") & survived_three)
+        assert robust_three[worst] <= min(robust_three[pgd_name], robust_three[single])
+
+
+class Rounded(nn.Module):
+    """A model that masks its gradient: its logits pass through rounding, whose gradient is
+    zero, so every gradient attack sees a flat loss."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return torch.round(self.model(x) * 100) / 100
+
+
+def test_masking_checks_flag_a_model_that_masks_its_gradient(trained, tmp_path):
+    honest = attack_run(trained.model, tmp_path, "honest")["metrics"]
+    masked = attack_run(Rounded(trained.model), tmp_path, "masked")["metrics"]
+    assert honest["unbounded_top1"] <= 1 / 3  # an unbounded attack wins, with a gradient
+    assert not any("unbounded" in line for line in honest["gradient_masking"]["failed"])
+    # the rounded model looks robust at every budget, but the unbounded attack gives it away
+    assert masked["robust_top1"]["pgd3@8/255"] > honest["robust_top1"]["pgd3@8/255"] + 0.3
+    assert not masked["gradient_masking"]["passed"]
+    assert any("unbounded" in line for line in masked["gradient_masking"]["failed"])
+
+
+def test_masking_checks_on_constructed_accuracies():
+    fine = {"fgsm@2/255": 0.5, "pgd10@2/255": 0.4, "fgsm@8/255": 0.2, "pgd10@8/255": 0.1}
+    assert gradient_masking_checks(0.9, fine, 0, 100, 10)["passed"]
+    rising = fine | {"pgd10@8/255": 0.45}  # a larger budget, a higher accuracy
+    more_steps = fine | {"pgd10@2/255": 0.6}  # PGD above FGSM at the same budget
+    above_clean = fine | {"fgsm@2/255": 0.95}
+    for accuracies, says in ((rising, "pgd10@8/255 45.0% above pgd10@2/255"),
+                             (more_steps, "pgd10@2/255 60.0% above fgsm@2/255"),
+                             (above_clean, "fgsm@2/255 95.0% above clean")):
+        checks = gradient_masking_checks(0.9, accuracies, 0, 100, 10)
+        assert not checks["passed"] and any(line.startswith(says) for line in checks["failed"])
+    # 12 of 100 right after an unbounded attack on 10 classes is chance (the interval holds
+    # 10%); 25 of 100 is not
+    assert gradient_masking_checks(0.9, fine, 12, 100, 10)["passed"]
+    assert not gradient_masking_checks(0.9, fine, 25, 100, 10)["passed"]
+
+
+def test_the_guard_stops_a_collapsing_run_and_keeps_the_best_epoch(sample, tmp_path,
+                                                                  monkeypatch):
+    """A constructed collapse: the guard's PGD accuracy reads 50%, 60%, then 30% (30 points
+    below the best): training stops after epoch 3 of 5, the epoch tested is 1 or 2, and a
+    resumed run does not train on."""
+    import task7_fgsm.train as task7
+
+    readings = iter([(5, 10), (6, 10), (3, 10), (9, 10), (9, 10)])
+    monkeypatch.setattr(task7, "pgd_correct", lambda *args: next(readings))
+    root, _ = sample
+    out = tmp_path / "guarded"
+    flags = ["--dataset", "bird", "--data-root", str(root), "--model", "resnet18",
+             "--weights", "none", "--image-size", "32", "--batch-size", "8",
+             "--val-fraction", "0.25", "--epochs", "5", "--select", "clean",
+             "--robust-eps", "2", "--pgd-steps", "1", "--out", str(out)]
+    task7.main(task7.parse_args(flags))
+    record = json.loads((out / "metrics.json").read_text())
+    guard = record["metrics"]["overfit_guard"]
+    assert guard["stopped_at_epoch"] == 3 and "from 60.0% to 30.0%" in guard["stopped"]
+    assert [h["guard_robust_top1"] for h in record["history"]] == [0.5, 0.6, 0.3]
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert record["metrics"]["best_epoch"] == best["epoch"] in (1, 2)
+    (out / "metrics.json").unlink()  # as if killed before it was written
+    task7.main(task7.parse_args([*flags, "--resume"]))
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 3
 
 
 def test_training_and_evaluation_from_the_command_line(sample, tmp_path):
     root, _ = sample
     common = ["--dataset", "bird", "--data-root", str(root), "--model", "resnet18",
               "--weights", "none", "--image-size", "32", "--batch-size", "8",
-              "--val-fraction", "0.25", "--robust-eps", "2", "8", "--pgd-steps", "3"]
+              "--val-fraction", "0.25", "--robust-eps", "2", "8", "--pgd-steps", "3",
+              "--val-pgd-steps", "2"]
     out = tmp_path / "results" / "task7_fgsm" / "bird"
     result = run_cli("task7_fgsm/train.py", *common, "--epochs", "1", "--adv-mode", "sample",
                      "--out", str(out / "fgsm"))
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "fgsm" / "metrics.json").read_text())
     assert record["variant"] == "fgsm"
-    robust = record["metrics"]["robust_top1"]
-    assert set(robust) == {"fgsm@2/255", "pgd3@2/255", "fgsm@8/255", "pgd3@8/255"}
-    assert all(0 <= v <= 1 for v in robust.values())
-    assert record["metrics"]["clean_top1"] == pytest.approx(record["metrics"]["test_top1"])
+    metrics = record["metrics"]
+    assert set(metrics["robust_top1"]) == {f"{attack}@{eps}/255" for eps in (2, 8)
+                                           for attack in ("fgsm", "pgd3", "worst")}
+    assert all(0 <= v <= 1 for v in metrics["robust_top1"].values())
+    assert metrics["clean_top1"] == pytest.approx(metrics["test_top1"])
+    assert set(metrics["gradient_masking"]) == {"passed", "failed", "unbounded_top1", "chance"}
+    assert metrics["overfit_guard"]["stopped_at_epoch"] is None
+    epoch = record["history"][0]  # robust selection and the guard ran on validation
+    assert 0 <= epoch["val_robust_top1"] <= 1 and 0 <= epoch["guard_robust_top1"] <= 1
+    assert metrics["best_val_robust_top1"] == epoch["val_robust_top1"]
 
-    result = run_cli("task7_fgsm/train.py", *common,
+    result = run_cli("task7_fgsm/train.py", *common, "--restarts", "2",
                      "--evaluate", str(out / "fgsm" / "best.pt"), "--out", str(out / "standard"))
     assert result.returncode == 0, result.stderr[-3000:]
     again = json.loads((out / "standard" / "metrics.json").read_text())
     assert again["variant"] == "standard"
     assert again["metrics"]["clean_top1"] == pytest.approx(record["metrics"]["clean_top1"])
+    # PGD training, attacked on a seeded subset of the test split (outside the tables' tree:
+    # other test images than the standard row's, which Table 6 refuses to compare)
+    subset = tmp_path / "subset" / "pgd2"
+    result = run_cli("task7_fgsm/train.py", *common, "--epochs", "1", "--adv-attack", "pgd",
+                     "--adv-steps", "2", "--test-images", "6", "--out", str(subset))
+    assert result.returncode == 0, result.stderr[-3000:]
+    pgd_run = json.loads((subset / "metrics.json").read_text())
+    assert pgd_run["variant"] == "pgd2" and pgd_run["data"]["test_attacked"] == 6
+    assert len(load_predictions(subset / "predictions_worst_8_255.npz")["label"]) == 6
     for run in (out / "fgsm", out / "standard"):  # clean and every attack has its file
         backed = assert_predictions_reproduce(run)["predictions"]
-        assert {"clean_top1", "robust_top1:fgsm@2/255", "robust_top1:pgd3@8/255"} <= set(backed)
-    # Table 6: the FGSM-trained row against standard on clean and each of the four attacks
+        assert {"clean_top1", "unbounded_top1", "robust_top1:fgsm@2/255",
+                "robust_top1:pgd3@8/255", "robust_top1:worst@8/255"} <= set(backed)
+    # Table 6: the FGSM-trained row against standard on clean and each worst-case budget
     table = write_tables(tmp_path / "results").read_text().split("## Table 6")[1]
-    assert "Δ PGD3@8/255 vs standard" in table
+    assert "Δ WORST@8/255 vs standard" in table and "FGSM + PGD-3 x 2" in table
     row = next(line for line in table.splitlines() if line.startswith("| resnet18")
                and "| fgsm eps" in line)
-    assert row.count("), p ") == 5
+    assert row.count("), p ") == 3 and "best epoch by robust val" in row
+
+
+def test_fgsm_training_keeps_frozen_batch_norm_statistics(sample, tmp_path):
+    """The strong recipe's freezing (--freeze-bn, --freeze-stages, head-only epochs) through
+    adversarial training: every batch norm stays in eval mode, so its statistics (a fresh
+    network's: mean 0, variance 1) never move, attacks or not."""
+    root, _ = sample
+    out = tmp_path / "strong"
+    result = run_cli("task7_fgsm/train.py", "--dataset", "bird", "--data-root", str(root),
+                     "--model", "resnet18", "--weights", "none", "--recipe", "strong",
+                     "--image-size", "32", "--batch-size", "8", "--epochs", "2",
+                     "--head-only-epochs", "1", "--adv-prob", "1", "--robust-eps", "2",
+                     "--pgd-steps", "1", "--val-pgd-steps", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(out / "last.pt", weights_only=True)["parts"]["model"]
+    means = [k for k in state if k.endswith("running_mean")]
+    assert len(means) == 20  # resnet18's batch norms
+    for key in means:
+        assert torch.equal(state[key], torch.zeros_like(state[key])), key
+        variance = state[key.replace("running_mean", "running_var")]
+        assert torch.equal(variance, torch.ones_like(variance)), key
+    trained = json.loads((out / "metrics.json").read_text())
+    assert trained["args"]["freeze_bn"] and trained["history"][1]["train_loss"] > 0
