@@ -35,7 +35,7 @@ if [[ "${1:-}" == "--demo" ]]; then
   HEATMAP=(--images 30 --faithfulness-steps 10)  # deletion / insertion: 21 passes a method
   ROBUST=(--robust-eps 2 8)  # 11 attack passes an image, 11 more a budget: two on CPU
   ADV_MORE=(bird)  # fast-FGSM and PGD-3 training: birds only in the demo
-  SIMCLR=(--simclr-epochs 8 --simclr-batch-size 32 --label-fractions 0.1 1.0 --epochs 3)
+  SIMCLR=(--simclr-epochs 8 --simclr-batch-size 32 --label-fractions 1/class 1.0 --epochs 3)
 else
   RESULTS=results
   DATA=${DATA:-data}
@@ -154,12 +154,15 @@ for dataset in bird dog; do
   fi
 done
 
-# Table 7: SimCLR pre-training against random and ImageNet initialisation, same protocol.
+# Table 7: SimCLR pre-training (from random and from ImageNet) against random and ImageNet
+# initialisation, same protocol.
 for dataset in bird dog; do
   for backbone in random simclr imagenet; do
     run "$RESULTS/task8_simclr/$dataset/$backbone" task8_simclr/train.py --dataset "$dataset" \
       --backbone "$backbone" "${SIMCLR[@]}"
   done
+  run "$RESULTS/task8_simclr/$dataset/imagenet-simclr" task8_simclr/train.py \
+    --dataset "$dataset" --backbone simclr --weights imagenet "${SIMCLR[@]}"
 done
 
 python -m shared.results "$RESULTS"

@@ -31,6 +31,7 @@ chance marks a masked gradient, not robustness; Table 6 shows a failed check).
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
@@ -215,9 +216,12 @@ def robust_accuracy(model, spec, loader, args, rt, out: Path) -> dict:
         with torch.no_grad():  # chosen on the logits that are scored
             return attacked(pixels).float().half().float()
 
+    records = loader.dataset.records
     kept = []  # per batch: logits (attacks, images, classes), on the device
+    begin, done = time.perf_counter(), 0
     for images, labels in loader:
         pixels, labels = images.to(rt.device).float() / 255, labels.to(rt.device)
+        done += len(labels)
         with attack_precision(rt):
             batch = [scores(pixels), scores(pgd(attacked, pixels, labels, UNBOUNDED,
                                                 steps=args.pgd_steps, random_start=False))]
@@ -228,7 +232,9 @@ def robust_accuracy(model, spec, loader, args, rt, out: Path) -> dict:
                                        for start in starts], labels)
                 batch += [single, restarts, worst_case([single, restarts], labels)]
         kept.append(torch.stack(batch))
-    records = loader.dataset.records
+        if rt.main:
+            print(f"attacked {min(done * rt.world_size, len(records))}/{len(records)} test "
+                  f"images ({time.perf_counter() - begin:.0f} s)", flush=True)
     logits = engine.gather_in_order(torch.cat(kept, dim=1).transpose(0, 1), len(records), rt)
     labels = np.array([r.label for r in records], dtype=np.int64)
     keys = [r.image_id or r.key for r in records]

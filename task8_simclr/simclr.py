@@ -1,5 +1,5 @@
 """SimCLR's parts, written out (Chen et al. 2020): the NT-Xent loss, the pair of augmented
-views, and the projection head.
+views, the projection head, and the LARS optimiser.
 
 NT-Xent: for N pairs, the 2N embeddings are L2-normalised; each embedding's positive is the
 other view of its image and its negatives are the other 2N - 2 embeddings; the loss is the
@@ -58,3 +58,51 @@ class ProjectionHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features)
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS (You et al. 2017) as SimCLR uses it: SGD with momentum whose step for each weight
+    tensor is scaled by the trust ratio eta * ||w|| / ||g + weight_decay * w|| (1 where
+    either norm is 0). A parameter group with `adapt=False` (`lars_groups`: batch norm and
+    biases) takes plain momentum steps: no trust ratio, no weight decay.
+
+        v <- momentum * v + lr * trust * (g + weight_decay * w);   w <- w - v
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6,
+                 eta: float = 1e-3):
+        super().__init__(params, {"lr": lr, "momentum": momentum,
+                                  "weight_decay": weight_decay, "eta": eta, "adapt": True})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad, rate = param.grad, group["lr"]
+                if group["adapt"]:
+                    grad = grad.add(param, alpha=group["weight_decay"])
+                    w_norm, g_norm = param.norm(), grad.norm()
+                    trust = torch.where((w_norm > 0) & (g_norm > 0),
+                                        group["eta"] * w_norm / g_norm, torch.ones_like(w_norm))
+                    rate = rate * trust
+                state = self.state[param]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(param)
+                velocity = state["velocity"]
+                velocity.mul_(group["momentum"]).add_(grad * rate)
+                param.sub_(velocity)
+        return loss
+
+
+def lars_groups(model: nn.Module) -> list[dict]:
+    """LARS's parameter groups: weight matrices and kernels adapted, batch-norm weights and
+    biases (every tensor of one dimension) not."""
+    adapted = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    plain = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": adapted}, {"params": plain, "adapt": False}]

@@ -13,7 +13,7 @@ from torch import nn
 
 from shared.results import write_tables
 from task8_simclr import train as simclr_train
-from task8_simclr.simclr import ProjectionHead, nt_xent, simclr_views
+from task8_simclr.simclr import LARS, ProjectionHead, lars_groups, nt_xent, simclr_views
 
 
 def slow_nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> float:
@@ -168,14 +168,16 @@ def test_pipeline_from_the_command_line(sample, tmp_path):
     assert list((out / "tb").glob("events.out.tfevents.*"))
     for fraction in ("0.5", "1"):
         metrics = json.loads((out / f"fraction-{fraction}" / "metrics.json").read_text())
-        assert metrics["metrics"]["label_fraction"] == float(fraction)
+        assert metrics["metrics"]["label_budget"] == f"{100 * float(fraction):g}%"
+        assert metrics["metrics"]["label_fraction"] == pytest.approx(
+            metrics["data"]["train_labelled"] / metrics["data"]["train"])
         for key in ("linear_top1", "knn_top1", "finetune_top1"):
             assert 0 <= metrics["metrics"][key] <= 1
         assert assert_predictions_reproduce(out / f"fraction-{fraction}")["predictions"] == {
             "linear_top1": "linear_predictions.npz", "knn_top1": "knn_predictions.npz",
             "finetune_top1": "finetune/test_predictions.npz"}
     table = write_tables(tmp_path / "results").read_text().split("## Table 7")[1]
-    assert table.count("| simclr |") == 2
+    assert table.count("| SimCLR (from random) |") == 2
 
 
 def test_two_processes_probe_the_whole_split_as_one_does(sample, tmp_path):
@@ -219,3 +221,151 @@ def test_pretraining_resumes_to_the_same_weights(sample, tmp_path):
     run(tmp_path / "split", 1, False)
     resumed = run(tmp_path / "split", 2, True)  # its RNG comes from the checkpoint
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+# ------------------------------------------------------------- LARS, budgets, the monitor
+
+
+def test_lars_steps_by_the_trust_ratio_and_leaves_norms_and_biases_plain():
+    g = torch.Generator().manual_seed(0)
+    layer = nn.Linear(3, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(2, 3, generator=g))
+        layer.bias.copy_(torch.randn(2, generator=g))
+    groups = lars_groups(layer)
+    assert groups[0]["params"] == [layer.weight] and groups[1]["params"] == [layer.bias]
+    lr, wd, eta, momentum = 0.5, 0.01, 0.001, 0.9
+    optimizer = LARS(groups, lr, momentum=momentum, weight_decay=wd, eta=eta)
+    w, b = layer.weight.detach().clone(), layer.bias.detach().clone()
+    velocity_w, velocity_b = torch.zeros_like(w), torch.zeros_like(b)
+    for _ in range(2):  # the second step carries the first one's momentum
+        grad_w, grad_b = torch.randn(2, 3, generator=g), torch.randn(2, generator=g)
+        layer.weight.grad, layer.bias.grad = grad_w.clone(), grad_b.clone()
+        optimizer.step()
+        # by hand: the weight's step scaled by eta ||w|| / ||g + wd w||, with weight decay
+        decayed = grad_w + wd * w
+        trust = eta * w.norm() / decayed.norm()
+        velocity_w = momentum * velocity_w + lr * trust * decayed
+        w = w - velocity_w
+        velocity_b = momentum * velocity_b + lr * grad_b  # the bias: no ratio, no decay
+        b = b - velocity_b
+        torch.testing.assert_close(layer.weight.detach(), w)
+        torch.testing.assert_close(layer.bias.detach(), b)
+    assert 0 < trust < 0.01  # the ratio did scale the step
+
+
+def test_lars_trust_ratio_is_one_for_a_zero_weight():
+    weight = nn.Parameter(torch.zeros(2, 2))
+    weight.grad = torch.ones(2, 2)
+    LARS([weight], lr=0.1, momentum=0.0, weight_decay=0.0).step()
+    torch.testing.assert_close(weight.detach(), torch.full((2, 2), -0.1))
+
+
+def test_per_class_budgets_give_exactly_that_many_photos_a_class(sample):
+    root, _ = sample
+    from shared import data
+
+    train = data.load_dataset("dog", root).train
+    for count in (1, 3):
+        subset = simclr_train.label_subset(train, f"{count}/class", seed=0)
+        per_class = {label: sum(r.label == label for r in subset) for label in range(4)}
+        assert per_class == {label: count for label in range(4)}
+    with pytest.raises(data.DataError, match="--label-fractions 99/class: class 0 has only"):
+        simclr_train.label_subset(train, "99/class", seed=0)
+    args = simclr_train.parse_args(["--label-fractions", "1/class", "0.1", "1"])
+    assert args.label_fractions == ["1/class", 0.1, 1.0]
+    for bad in ("0/class", "2/image", "1.5"):
+        with pytest.raises(SystemExit):
+            simclr_train.parse_args(["--label-fractions", bad])
+
+
+def test_lr_defaults_follow_each_optimiser_and_imagenet_simclr_is_its_own_row():
+    lars = simclr_train.parse_args(["--simclr-optimizer", "lars", "--simclr-batch-size", "64"])
+    assert lars.simclr_lr == pytest.approx(0.075 * 8)  # square-root scaling
+    assert simclr_train.parse_args(["--simclr-optimizer", "sgd"]).simclr_lr == pytest.approx(0.3)
+    assert simclr_train.parse_args(["--simclr-lr", "0.2"]).simclr_lr == 0.2
+    both = simclr_train.parse_args(["--dataset", "bird", "--weights", "imagenet"])
+    assert both.variant == "imagenet-simclr" and both.out.name == "imagenet-simclr"
+    assert simclr_train.parse_args(["--dataset", "bird"]).variant == "simclr"
+
+
+def test_the_knn_monitor_scores_as_the_final_knn_evaluation(sample, tmp_path):
+    root, _ = sample
+    from shared import data, engine
+    from shared.models import build_model
+
+    out = tmp_path / "simclr"
+    flags = ["--dataset", "bird", "--data-root", str(root), "--model", "resnet18",
+             "--weights", "none", "--image-size", "32", "--simclr-epochs", "2",
+             "--simclr-batch-size", "8", "--simclr-optimizer", "lars", "--knn-every", "1",
+             "--label-fractions", "1", "--epochs", "1", "--batch-size", "8", "--workers", "0"]
+    result = run_cli("task8_simclr/train.py", *flags, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "fraction-1" / "metrics.json").read_text())
+    monitored = [h["val_knn_top1"] for h in record["pretrain_history"]]
+    assert len(monitored) == 2 and all(0 <= v <= 1 for v in monitored)
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    # the monitor's function, pointed at the test split with every training label, is the
+    # final evaluation's kNN at 100% of the labels
+    args = simclr_train.parse_args(flags)
+    index, train, _, test = data.prepare_splits(args)
+    backbone, spec = build_model("resnet18", len(index.classes), str(out / "backbone.pt"), 32)
+    simclr_train.split_head(backbone, spec)
+    rt = engine.Runtime(torch.device("cpu"))
+    again = simclr_train.knn_top1(backbone, spec, train, test, len(index.classes), args, rt)
+    assert again == record["metrics"]["knn_top1"]
+
+
+def test_pretraining_from_imagenet_starts_from_imagenet_weights(sample, tmp_path,
+                                                                monkeypatch):
+    root, _ = sample
+    from shared.models import build_model
+
+    started = {}
+
+    def first_state(backbone, *args, **kwargs):  # stands in for pre-training: what it gets
+        started.update({k: v.clone() for k, v in backbone.state_dict().items()})
+        return []
+
+    monkeypatch.setattr(simclr_train, "pretrain", first_state)
+    simclr_train.main(simclr_train.parse_args([
+        "--dataset", "bird", "--data-root", str(root), "--model", "tf_efficientnet_lite0",
+        "--weights", "imagenet", "--image-size", "32", "--label-fractions", "1",
+        "--epochs", "1", "--batch-size", "8", "--probe-epochs", "2",
+        "--out", str(tmp_path / "imagenet-simclr")]))
+    imagenet, spec = build_model("tf_efficientnet_lite0", 4, "imagenet", 32)
+    simclr_train.split_head(imagenet, spec)
+    assert started.keys() == imagenet.state_dict().keys()
+    assert all(torch.equal(started[k], v) for k, v in imagenet.state_dict().items())
+
+
+def test_running_out_of_memory_names_the_flags(sample, tmp_path, monkeypatch):
+    root, _ = sample
+    from shared import data, engine
+    from shared.models import build_model
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                           "allocate 53687091200 bytes")
+
+    monkeypatch.setattr(simclr_train, "nt_xent", refused)
+    args = simclr_train.parse_args(["--model", "resnet18", "--image-size", "32",
+                                    "--simclr-epochs", "1", "--simclr-batch-size", "8"])
+    backbone, spec = build_model("resnet18", 4, "none", 32)
+    features = simclr_train.split_head(backbone, spec)
+    train = data.load_dataset("bird", root).train
+    with pytest.raises(engine.TrainingError,
+                       match="--simclr-batch-size 8 is 16 views of 32 px a process on cpu"):
+        simclr_train.pretrain(backbone, features, spec, train, args,
+                              engine.Runtime(torch.device("cpu")), tmp_path)
+    assert not simclr_train.out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_linear_probe_keeps_a_feature_constant_in_training_on_its_scale():
+    """A ReLU feature that never fires on the few labelled photos must not be divided by
+    its zero spread: a test photo where it fires would score past float16's range."""
+    g = torch.Generator().manual_seed(0)
+    train_x, test_x = torch.randn(8, 4, generator=g), torch.randn(3, 4, generator=g)
+    train_x[:, 0], test_x[:, 0] = 0.0, 1.0
+    logits = simclr_train.linear_probe(train_x, torch.arange(8) % 2, test_x, 2, 5, 0)
+    assert logits.abs().max() < 100
