@@ -1,6 +1,9 @@
 """Peak memory of a training step, and the largest batch that fits: the seed's step (fp32,
 contiguous) against the engine's default (`--amp auto`, channels_last for CNNs), side by
 side in one run. Each measurement runs in a fresh process (SGD with momentum, two steps).
+`--steps simclr` measures task 8's pre-training step instead (the engine's defaults, two
+views an image through backbone and projection head, NT-Xent, AdamW): its batch is
+--simclr-batch-size, in images.
 
 On a GPU: peak allocated memory, and the largest batch found by doubling until out of
 memory, then bisecting to within 5%, in one process per model and step (an out-of-memory
@@ -11,6 +14,8 @@ extrapolation).
 
     python bench/memory.py --models resnet18 resnext101_32x8d --batch-sizes 4 8 --image-size 512
     python bench/memory.py --models resnext101_32x8d vit_b_16 --image-size 448   # on a GPU
+    python bench/memory.py --steps simclr --models tf_efficientnet_lite0 resnet50 \
+        --batch-sizes 8 16 --image-size 224
 """
 
 import argparse
@@ -28,25 +33,35 @@ from torch import nn  # noqa: E402
 from shared.engine import peak_memory_mb, resolve_amp  # noqa: E402
 from shared.models import build_model  # noqa: E402
 
-CONFIGS = ("seed", "engine")  # seed: fp32, contiguous; engine: its defaults here
+CONFIGS = ("seed", "engine", "simclr")  # seed: fp32, contiguous; engine: its defaults here
 
 
 def one_step_peak(model_name: str, batch: int, size: int, config: str) -> float:
     """Peak memory in MB of two training steps in this (fresh) process."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, spec = build_model(model_name, 200, weights="none", image_size=size)
+    if config == "simclr":  # backbone features through the projection head, two views
+        from task8_simclr.simclr import ProjectionHead, nt_xent
+        from task8_simclr.train import split_head
+
+        model = nn.Sequential(model, ProjectionHead(split_head(model, spec)))
+        batch *= 2
     model.to(device).train()
-    amp = resolve_amp("auto", device) if config == "engine" else None
-    channels_last = config == "engine" and spec.is_cnn
+    amp = resolve_amp("auto", device) if config != "seed" else None
+    channels_last = config != "seed" and spec.is_cnn
     images = torch.randn(batch, 3, size, size, device=device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 200, (batch,), device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    optimizer = (torch.optim.AdamW(model.parameters(), lr=1e-3) if config == "simclr" else
+                 torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
     for _ in range(2):
         with torch.autocast(device.type, amp, enabled=amp is not None):
-            loss = nn.functional.cross_entropy(model(images).float(), labels)
+            if config == "simclr":
+                loss = nt_xent(*model(images).float().chunk(2))[0]
+            else:
+                loss = nn.functional.cross_entropy(model(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -105,6 +120,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs=2, type=int, default=[4, 8],
                         help="the two batch sizes measured for each model")
     parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--steps", nargs="+", choices=CONFIGS, default=["seed", "engine"],
+                        help="which training steps to measure")
     parser.add_argument("--memory-gb", type=float, default=None,
                         help="CPU: the memory a run may use (default: this machine's total)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -133,7 +150,7 @@ def main() -> None:
     print(f"| model | step | peak MB at batch {small} | peak MB at batch {large} | "
           "MB per image | largest batch |\n|---|---|---|---|---|---|")
     for name in args.models:
-        for config in CONFIGS:
+        for config in args.steps:
             setup = (name, str(args.image_size), config)
             if cuda:
                 peaks, largest = run_child(*setup, str(small), str(large))
