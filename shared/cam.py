@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer
 
-from shared.models import ModelSpec, UsageError  # a ValueError task scripts print as a line
+from shared.models import MODELS, ModelSpec, UsageError, token_layout
 
 
 class Hooked:
@@ -52,13 +53,15 @@ class Hooked:
         self.handles.clear()
 
 
-def token_grid(tokens: torch.Tensor, image_hw: tuple[int, int], patch: int) -> torch.Tensor:
-    """ViT tokens (N, 1 + h*w, D) -> (N, D, h, w), the class token dropped; h and w come from
-    the input's size."""
+def token_grid(tokens: torch.Tensor, image_hw: tuple[int, int], patch: int,
+               prefix: int = 1) -> torch.Tensor:
+    """ViT tokens (N, prefix + h*w, D) -> (N, D, h, w), the `prefix` tokens (class,
+    distillation, registers) dropped; h and w come from the input's size."""
     h, w = image_hw[0] // patch, image_hw[1] // patch
-    if tokens.shape[1] != 1 + h * w:
-        raise UsageError(f"{tokens.shape[1]} tokens do not make a {h}x{w} grid plus a class token")
-    return tokens[:, 1:].reshape(len(tokens), h, w, -1).permute(0, 3, 1, 2)
+    if tokens.shape[1] != prefix + h * w:
+        raise UsageError(f"{tokens.shape[1]} tokens do not make a {h}x{w} grid plus {prefix} "
+                         f"prefix token(s)")
+    return tokens[:, prefix:].reshape(len(tokens), h, w, -1).permute(0, 3, 1, 2)
 
 
 def normalise(maps: torch.Tensor) -> torch.Tensor:
@@ -83,9 +86,9 @@ def grad_cam(model: nn.Module, images: torch.Tensor, layer: str,
         if plus:  # LayerNorm outputs take both signs: alpha's denominator nears zero
             raise UsageError(f"Grad-CAM++ is ill-posed on ViT tokens ({layer}): use gradcam "
                              "or rollout")
-        hw, patch = images.shape[-2:], model.patch_size
-        activation = token_grid(activation, hw, patch)
-        gradient = None if gradient is None else token_grid(gradient, hw, patch)
+        hw, (patch, prefix) = images.shape[-2:], token_layout(model)
+        activation = token_grid(activation, hw, patch, prefix)
+        gradient = None if gradient is None else token_grid(gradient, hw, patch, prefix)
     # e.g. a ViT's last block: past it only the class token reaches the head
     if gradient is None or not gradient.any():
         raise UsageError(f"no gradient reaches layer {layer!r}, so its map would be zero "
@@ -104,11 +107,30 @@ def grad_cam(model: nn.Module, images: torch.Tensor, layer: str,
 
 def default_layer(spec: ModelSpec, model: nn.Module) -> str:
     """The layer a CAM reads by default: a CNN's last stage (lite0: conv_head, the features
-    its pooling and linear head see, so Grad-CAM there is CAM up to a positive scale); for a
-    ViT, the last block's input norm: past the last block only the class token reaches the
-    head, so the patch tokens there get no gradient."""
-    if not spec.is_cnn:
+    its pooling and linear head see, so Grad-CAM there is CAM up to a positive scale; a timm
+    CNN: its last feature stage); for a ViT, the last block's input norm: past the last block
+    only the class token reaches the head, so the patch tokens there get no gradient; for
+    torchvision's Swin, its last stage's map turned channels-first (`permute`)."""
+    modules = dict(model.named_modules())
+    if isinstance(model, VisionTransformer):
         return f"encoder.layers.{list(dict(model.encoder.layers.named_children()))[-1]}.ln_1"
+    if hasattr(model, "patch_embed") and hasattr(model, "blocks"):  # a timm ViT
+        return f"blocks.{len(model.blocks) - 1}.norm1"
+    if "permute" in modules and not spec.is_cnn:  # torchvision's Swin: (N, H, W, C) before it
+        return "permute"
+    if not spec.is_cnn:
+        raise UsageError(f"{spec.name}: no default layer for its maps; name one with --layer")
+    feature_info = getattr(model, "feature_info", None)
+    if spec.name not in MODELS and feature_info:  # timm: its last feature stage
+        return feature_info[-1]["module"]
+    if spec.name not in MODELS:  # torchvision: the module holding all of the last stage
+        head = (spec.head if isinstance(spec.head, str) else spec.head[0]).split(".")[0]
+        # not the head's own module (ConvNeXt's norm of the pooled features)
+        last = [stage for stage in spec.stages if not stage[0].startswith(f"{head}.")][-1]
+        parts = [prefix.rstrip(".").split(".") for prefix in last]
+        common = next((i for i, level in enumerate(zip(*parts, strict=False))
+                       if len(set(level)) > 1), min(map(len, parts)))
+        return ".".join(parts[0][:common])
     last = [p for p in spec.stages[-1] if not p.endswith("bn2.")]  # lite0: conv_head
     return last[0].rstrip(".")
 

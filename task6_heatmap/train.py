@@ -68,6 +68,7 @@ import scipy.stats  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
+from torchvision.models.vision_transformer import VisionTransformer  # noqa: E402
 
 from shared import cam, checkpoint, data, engine, models, results, stats  # noqa: E402
 from task6_heatmap import heatmaps  # noqa: E402
@@ -132,8 +133,9 @@ def main(args: argparse.Namespace) -> None:
         if name.startswith(spec.head) and param.ndim > 1:  # torchvision's ViT head starts at
             torch.nn.init.normal_(param, std=0.01)  # zero: every gradient, every map would be 0
     random_model.to(rt.device).eval()
+    rollout = isinstance(model, VisionTransformer)  # written for torchvision's ViT
     methods = args.methods or (["gradcam", "gradcam++"] if spec.is_cnn
-                               else ["rollout", "gradcam"])
+                               else ["rollout", "gradcam"] if rollout else ["gradcam"])
     layer = args.layer or cam.default_layer(spec, model)
     transform = data.build_transform(False, size, "letterbox",
                                      normalization=(meta["mean"], meta["std"]))

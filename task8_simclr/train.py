@@ -108,16 +108,17 @@ from task8_simclr.simclr import LARS, ProjectionHead, lars_groups, nt_xent, simc
 
 
 def split_head(model: nn.Module, spec: models.ModelSpec) -> int:
-    """Replaces the classifier head by an identity (the model then returns features) and
-    returns the feature size."""
-    path = spec.head.rstrip(".").split(".")
-    parent = model
-    for name in path[:-1]:
-        parent = getattr(parent, name)
-    head = getattr(parent, path[-1])
-    linear = head if isinstance(head, nn.Linear) else \
-        next(m for m in head.modules() if isinstance(m, nn.Linear))
-    setattr(parent, path[-1], nn.Identity())
+    """Replaces the classifier head (both, for a distilled DeiT) by an identity (the model
+    then returns features) and returns the feature size."""
+    for prefix in (spec.head,) if isinstance(spec.head, str) else spec.head:
+        path = prefix.rstrip(".").split(".")
+        parent = model
+        for name in path[:-1]:
+            parent = getattr(parent, name)
+        head = getattr(parent, path[-1])
+        linear = head if isinstance(head, nn.Linear) else \
+            next(m for m in head.modules() if isinstance(m, nn.Linear))
+        setattr(parent, path[-1], nn.Identity())
     return linear.in_features
 
 
