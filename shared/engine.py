@@ -459,6 +459,9 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
             break
 
     # The test split is evaluated once, with the best-on-validation weights.
+    if state.best_epoch < 0:
+        raise TrainingError(f"stopped at epoch {state.epoch} before any epoch was kept: "
+                            f"{state.stopped}")
     if rt.world_size > 1:
         dist.barrier()  # best.pt is written by the main process
     model.load_state_dict(checkpoint.load(best_path, "best.pt")["model"])
@@ -470,9 +473,6 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
                                           labels, test["logits"].numpy(),
                                           {"test_top1": 1, "test_top5": 5}, write=rt.main)
     logits = predicted.pop("logits")
-    if state.best_epoch < 0:
-        raise TrainingError(f"stopped at epoch {state.epoch} before any epoch was kept: "
-                            f"{state.stopped}")
     best = state.history[state.best_epoch - 1]
     selected = {} if select == "val_top1" else {f"best_{select}": best.get(select)}
     scores = results.merge(
