@@ -186,7 +186,8 @@ def validation_attacks(args, rt):
             right, total = pgd_correct(attacked, [(images, labels)], *attack,
                                        engine.Runtime(rt.device, amp_dtype=rt.amp_dtype))
             accuracy = extra["guard_robust_top1"] = right / total
-            best = max((h["guard_robust_top1"] for h in history), default=accuracy)
+            best = max((h["guard_robust_top1"] for h in history if "guard_robust_top1" in h),
+                       default=accuracy)
             if best - accuracy > args.overfit_guard / 100:
                 extra["stop"] = (f"catastrophic overfitting: PGD-{args.val_pgd_steps} accuracy "
                                  f"at {args.adv_eps:g}/255 on {total} validation images fell "
@@ -256,10 +257,10 @@ def robust_accuracy(model, spec, loader, args, rt, out: Path) -> dict:
     return scores
 
 
-def guard_record(args, fitted: dict) -> dict:
+def guard_record(args, fitted: dict, val_images: int) -> dict:
     """metrics.json's `overfit_guard`: its setting and whether (and where) it stopped."""
     stopped_at = len(fitted["history"]) if fitted["stopped"] else None
-    return {"threshold_points": args.overfit_guard, "images": GUARD_IMAGES,
+    return {"threshold_points": args.overfit_guard, "images": min(GUARD_IMAGES, val_images),
             "attack": f"pgd{args.val_pgd_steps}@{args.adv_eps:g}/255",
             "stopped_at_epoch": stopped_at, "stopped": fitted["stopped"] or None}
 
@@ -302,7 +303,8 @@ def main(args: argparse.Namespace) -> None:
             scores = robust_accuracy(model, spec, attack_loader(loaders), args, rt,
                                      Path(args.out))
             return results.merge(scores, {"metrics": {
-                "overfit_guard": guard_record(args, fitted) if args.overfit_guard else None}})
+                "overfit_guard": guard_record(args, fitted, len(val)) if args.overfit_guard
+                else None}})
 
         engine.train_classifier(
             TASK, args.variant, args, rt, index.classes, train, val, test,
