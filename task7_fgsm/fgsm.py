@@ -114,16 +114,20 @@ def _budget(name: str) -> tuple[str, float]:  # "pgd10@4/255" -> ("pgd10", 4.0)
 def gradient_masking_checks(clean: float, robust: dict[str, float], unbounded_correct: int,
                             images: int, classes: int) -> dict:
     """Carlini et al. 2019's signs of a masked gradient, from a run's accuracies (fractions):
-    robust accuracy rising with the budget, PGD above FGSM at a budget (more steps must not
-    help the model), any attack above clean accuracy, and an unbounded attack (UNBOUNDED,
-    from the clean image) leaving accuracy above chance (the Wilson interval's lower end
-    over 1 / classes). `robust` maps "attack@eps/255" to accuracy. Returns `passed`,
-    `failed` (one line each) and the unbounded attack's accuracy against chance."""
+    robust accuracy rising with the budget (under PGD and the worst case, the evaluation's
+    attacks; FGSM alone may rise, since its one step of the whole budget overshoots: a
+    standard lite0 fell to 2.0% at 4/255 and rose to 5.0% at 8/255 under FGSM while PGD
+    left 0%), PGD above FGSM at a budget (more steps must not help the model), any attack
+    above clean accuracy, and an unbounded attack (UNBOUNDED, from the clean image) leaving
+    accuracy above chance (the Wilson interval's lower end over 1 / classes). `robust` maps
+    "attack@eps/255" to accuracy. Returns `passed`, `failed` (one line each) and the
+    unbounded attack's accuracy against chance."""
     failed = []
     by_attack: dict[str, list] = {}
     for name, accuracy in robust.items():
         attack, eps = _budget(name)
-        by_attack.setdefault(attack, []).append((eps, accuracy, name))
+        if attack != "fgsm":
+            by_attack.setdefault(attack, []).append((eps, accuracy, name))
         if accuracy > clean:
             failed.append(f"{name} {accuracy:.1%} above clean {clean:.1%}")
         fgsm_name = name.replace(attack, "fgsm", 1)

@@ -268,6 +268,10 @@ def test_masking_checks_on_constructed_accuracies():
                              (above_clean, "fgsm@2/255 95.0% above clean")):
         checks = gradient_masking_checks(0.9, accuracies, 0, 100, 10)
         assert not checks["passed"] and any(line.startswith(says) for line in checks["failed"])
+    # FGSM alone may rise with the budget (one step of the whole budget overshoots)
+    assert gradient_masking_checks(0.9, fine | {"fgsm@8/255": 0.3}, 0, 100, 10)["passed"]
+    worse = {"fgsm@2/255": 0.5, "worst@2/255": 0.1, "fgsm@8/255": 0.6, "worst@8/255": 0.2}
+    assert not gradient_masking_checks(0.9, worse, 0, 100, 10)["passed"]
     # 12 of 100 right after an unbounded attack on 10 classes is chance (the interval holds
     # 10%); 25 of 100 is not
     assert gradient_masking_checks(0.9, fine, 12, 100, 10)["passed"]
