@@ -1,7 +1,7 @@
 """Classifier builders with the head sized to the dataset, and ImageNet weight resolution:
-the tested eight of `shared.cli.MODELS` (torchvision ResNet/ResNeXt/ViT, timm
-EfficientNet-Lite0, a tiny ViT for tests), EfficientNet-Lite1/2, any torchvision
-classification model by name, and any timm model as `timm/<name>`.
+this project's own names, `shared.cli.MODELS` (torchvision ResNet/ResNeXt/ViT, timm
+EfficientNet-Lite0/1/2, a tiny ViT for tests), any torchvision classification model by name,
+and any timm model as `timm/<name>`.
 
     python -m shared.models list [PATTERN]     # what --model accepts, with sizes
 
@@ -111,8 +111,7 @@ def normalisation(name: str) -> tuple[tuple, tuple]:
         if cfg is not None:
             return tuple(cfg.mean), tuple(cfg.std)
     elif name not in MODELS and name in torchvision_models():
-        weights = torchvision.models.get_model_weights(name)
-        transforms = next(iter(weights)).transforms()
+        transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
         return tuple(transforms.mean), tuple(transforms.std)
     return IMAGENET_MEAN, IMAGENET_STD
 
