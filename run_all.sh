@@ -2,7 +2,7 @@
 # Reproduces every table.
 #   bash run_all.sh          full runs on data/ (CUB_200_2011/, StanfordDogs/) -> results/TABLES.md
 #   bash run_all.sh --demo   the same studies on generated sample data, CPU settings
-#                            -> results/demo/TABLES.md (under 10 minutes on 2 cores)
+#                            -> results/demo/TABLES.md (about 10 minutes on 2 cores)
 # A run whose metrics.json exists is not run again; a killed run resumes from its last.pt.
 # Extra arguments after the mode flag go to every training script (e.g. --device cpu).
 set -euo pipefail
