@@ -123,15 +123,10 @@ def default_layer(spec: ModelSpec, model: nn.Module) -> str:
     feature_info = getattr(model, "feature_info", None)
     if spec.name not in MODELS and feature_info:  # timm: its last feature stage
         return feature_info[-1]["module"]
-    if spec.name not in MODELS:  # torchvision: the module holding all of the last stage
-        head = (spec.head if isinstance(spec.head, str) else spec.head[0]).split(".")[0]
-        # not the head's own module (ConvNeXt's norm of the pooled features)
-        last = [stage for stage in spec.stages if not stage[0].startswith(f"{head}.")][-1]
-        parts = [prefix.rstrip(".").split(".") for prefix in last]
-        common = next((i for i, level in enumerate(zip(*parts, strict=False))
-                       if len(set(level)) > 1), min(map(len, parts)))
-        return ".".join(parts[0][:common])
-    last = [p for p in spec.stages[-1] if not p.endswith("bn2.")]  # lite0: conv_head
+    # the last stage outside the head's module (ConvNeXt's norm of the pooled features is
+    # in it); lite0: conv_head
+    head = (spec.head if isinstance(spec.head, str) else spec.head[0]).split(".")[0]
+    last = next(stage for stage in reversed(spec.stages) if not stage[0].startswith(f"{head}."))
     return last[0].rstrip(".")
 
 

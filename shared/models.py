@@ -121,20 +121,23 @@ def torchvision_models() -> list[str]:
 
 
 def _spec(name: str, model: nn.Module) -> ModelSpec:
-    if name not in MODELS:
-        return _any_spec(name, model)
+    """torchvision's ResNets and ViTs (every depth) and the Lite models by their known
+    layout, the stem and each stage or encoder block its own stage; any other model from
+    the model itself (`_any_spec`)."""
     mean, std = normalisation(name)
-    if name.startswith(("resnet", "resnext")):
+    if isinstance(model, torchvision.models.ResNet):
         return ModelSpec(name, True, mean, std, "fc.",
                          (("conv1.", "bn1."), *((f"layer{i}.",) for i in range(1, 5))))
-    if name.startswith("vit"):
+    if isinstance(model, VisionTransformer):
         layers = tuple((f"encoder.layers.{n}.",) for n, _ in model.encoder.layers.named_children())
         return ModelSpec(name, False, mean, std, "heads.",
                          (("conv_proj.", "class_token", "encoder.pos_embedding"), *layers,
                           ("encoder.ln.",)))
-    return ModelSpec(name, True, mean, std, "classifier.",
-                     (("conv_stem.", "bn1."), *((f"blocks.{i}.",) for i in range(7)),
-                      ("conv_head.", "bn2.")))
+    if name in LITE:
+        return ModelSpec(name, True, mean, std, "classifier.",
+                         (("conv_stem.", "bn1."), *((f"blocks.{i}.",) for i in range(7)),
+                          ("conv_head.", "bn2.")))
+    return _any_spec(name, model)
 
 
 def build_model(name: str, num_classes: int, weights: str = "imagenet",
@@ -287,7 +290,7 @@ def _any_spec(name: str, model: nn.Module) -> ModelSpec:
     """The spec of a torchvision or timm model, from the model: its head (timm's classifier;
     torchvision's last Linear), stages (timm's group_matcher, as its own layer decay uses
     them; torchvision's top-level children, a Sequential holding most parameters split into
-    its own children) and whether it convolves only."""
+    its own children, the head's own module last) and whether it convolves only."""
     mean, std = normalisation(name)
     is_cnn = not any("Attention" in type(m).__name__ for m in model.modules())
     params = [n for n, _ in model.named_parameters()]
@@ -298,27 +301,33 @@ def _any_spec(name: str, model: nn.Module) -> ModelSpec:
         from timm.models import group_parameters
 
         groups = group_parameters(model, model.group_matcher(coarse=False))
-        stages = [[n for n in names if not n.startswith(heads)] for _, names in
-                  sorted(groups.items())]
+        stages = ([n for n in names if not n.startswith(heads)]
+                  for _, names in sorted(groups.items()))
+        prefixes = tuple(_owners(stage) for stage in stages if stage)
     else:
         last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
         heads = (f"{last}.",)
         top = last.split(".")[0]
-        stages = []
+        modules, beside_head = [], []
         for child_name, child in model.named_children():
             owned = [n for n in params if n.startswith(f"{child_name}.")]
             if child_name == top:  # beside the head, e.g. ConvNeXt's norm: the last stage
-                owned = [n for n in owned if not n.startswith(heads)]
-            if isinstance(child, nn.Sequential) and len(owned) > len(params) / 2:
-                stages += [[n for n in owned if n.startswith(f"{child_name}.{sub}.")]
-                           for sub, _ in child.named_children()]
-            else:
-                stages.append(owned)
-        # the head's own module last: ConvNeXt's norm before its Linear
-        stages.sort(key=lambda stage: bool(stage) and stage[0].startswith(f"{top}."))
-    prefixes = tuple(tuple(dict.fromkeys(n.rsplit(".", 1)[0] + "." if "." in n else n
-                                         for n in stage)) for stage in stages if stage)
+                beside_head = [n for n in owned if not n.startswith(heads)]
+            elif isinstance(child, nn.Sequential) and len(owned) > len(params) / 2:
+                modules += [f"{child_name}.{sub}." for sub, part in child.named_children()
+                            if any(True for _ in part.parameters())]
+            elif owned:
+                modules.append(f"{child_name}.")
+        direct = tuple(n for n in params if "." not in n)  # e.g. a ViT's class token: stem
+        prefixes = ((*direct, modules[0]), *((m,) for m in modules[1:]),
+                    *([_owners(beside_head)] if beside_head else []))
     return ModelSpec(name, is_cnn, mean, std, heads[0] if len(heads) == 1 else heads, prefixes)
+
+
+def _owners(names: list[str]) -> tuple[str, ...]:
+    """The prefixes of the modules owning these parameters ("blocks.0.attn."), in order; a
+    parameter of the model itself ("cls_token") is its own prefix."""
+    return tuple(dict.fromkeys(n.rsplit(".", 1)[0] + "." if "." in n else n for n in names))
 
 
 def token_layout(model: nn.Module) -> tuple[int, int]:

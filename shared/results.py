@@ -201,10 +201,6 @@ SIMCLR_BACKBONES = {"random": "random", "simclr": "SimCLR (from random)",
                     "imagenet": "ImageNet", "imagenet-simclr": "ImageNet → SimCLR"}
 
 
-def _share(r) -> str:
-    return f"{100 * r['metrics']['label_fraction']:g}%"
-
-
 def _adversarial_training(r) -> str:
     """Table 6's training cell: the attack, its budget and share, how the epoch was chosen
     and where the catastrophic-overfitting guard stopped the run."""
@@ -400,8 +396,9 @@ STUDIES = [
                 list(SIMCLR_BACKBONES).index(r["variant"])), [
         ("Model", lambda r: r["model"]),
         ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
-        ("Labels", lambda r: f"{r['metrics'].get('label_budget') or _share(r)} "
-                             f"({r['data']['train_labelled']} images)"),
+        ("Labels", lambda r: (r["metrics"].get("label_budget")  # older runs: the share
+                              or f"{100 * r['metrics']['label_fraction']:g}%")
+                             + f" ({r['data']['train_labelled']} images)"),
         ("Backbone", lambda r: SIMCLR_BACKBONES[r["variant"]]),
         ("Start weights", lambda r: r["weights"]),
         ("Linear probe", _acc("linear_top1")),

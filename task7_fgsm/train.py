@@ -169,6 +169,7 @@ def validation_attacks(args, rt):
     --adv-eps over the validation split) for --select robust, and the catastrophic-overfitting
     guard's `guard_robust_top1` on a fixed batch, with `stop` when it collapses."""
     attack = (args.adv_eps, args.val_pgd_steps, args.seed)
+    guard_batch = []  # decoded once: the same images every epoch
 
     def epoch_end(model, loaders, history):
         mean, std = models.normalisation(args.model)
@@ -179,11 +180,12 @@ def validation_attacks(args, rt):
             extra["val_robust_top1"] = right / total
         if args.overfit_guard > 0:
             # every process attacks the same batch, so that all of them stop together
-            dataset = loaders.val.dataset
-            batch = [dataset[i] for i in range(min(GUARD_IMAGES, len(dataset)))]
-            images = torch.stack([image for image, _ in batch])
-            labels = torch.tensor([label for _, label in batch])
-            right, total = pgd_correct(attacked, [(images, labels)], *attack,
+            if not guard_batch:
+                dataset = loaders.val.dataset
+                batch = [dataset[i] for i in range(min(GUARD_IMAGES, len(dataset)))]
+                guard_batch.append((torch.stack([image for image, _ in batch]),
+                                    torch.tensor([label for _, label in batch])))
+            right, total = pgd_correct(attacked, guard_batch, *attack,
                                        engine.Runtime(rt.device, amp_dtype=rt.amp_dtype))
             accuracy = extra["guard_robust_top1"] = right / total
             best = max((h["guard_robust_top1"] for h in history if "guard_robust_top1" in h),
