@@ -467,6 +467,22 @@ def _parameters_m(build, *args) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
+def default_size(name: str) -> int:
+    """The input size a model's weights were trained at: timm's `pretrained_cfg`, the
+    crop of torchvision's default weights' transforms, else 224."""
+    from timm.models import get_pretrained_cfg
+
+    if name in LITE or name.startswith(TIMM):
+        cfg = get_pretrained_cfg(name.removeprefix(TIMM))
+        return cfg.input_size[-1] if cfg is not None else 224
+    if name in TORCHVISION_WEIGHTS:
+        enum = torchvision.models.get_model_weights(ARCHITECTURE.get(name, name))
+        return enum[TORCHVISION_WEIGHTS[name]].transforms().crop_size[0]
+    if name not in MODELS and name in torchvision_models() and _weight_names(name):
+        return torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0]
+    return 224
+
+
 def model_table(pattern: str | None = None) -> list[str]:
     """What --model accepts, grouped: this project's names, torchvision's classification
     models and timm's pre-trained ones, each with its parameters (millions) and default
@@ -475,28 +491,26 @@ def model_table(pattern: str | None = None) -> list[str]:
     import fnmatch
 
     import timm
-    from timm.models import get_pretrained_cfg
 
     def keep(name):
         return pattern is None or fnmatch.fnmatch(name, pattern)
 
     lines = ["# this project's names (tested): name, parameters (M), default input"]
     for name in filter(keep, MODELS):
-        size = 224 if name not in LITE else get_pretrained_cfg(name).input_size[-1]
+        size = default_size(name)
         params = _parameters_m(build_model, name, 1000, "none", size)
         lines.append(f"{name:40s} {params:8.1f} {size:5d}")
     lines.append("# torchvision (--weights imagenet = its DEFAULT weights, or --weights NAME)")
     for name in filter(keep, torchvision_models()):
         weights = _weight_names(name)
-        size = (torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0]
-                if weights else 224)
+        size = default_size(name)
         params = _parameters_m(torchvision.models.get_model, name)
         lines.append(f"{name:40s} {params:8.1f} {size:5d}  {' '.join(weights)}")
     names = [n for n in timm.list_models(pretrained=True) if keep(f"{TIMM}{n}") or keep(n)]
     lines.append(f"# timm: {len(names)} pre-trained (--model timm/<name>; any timm.list_models() "
                  "name builds with --weights none)")
     for name in names:
-        size = get_pretrained_cfg(name).input_size[-1]
+        size = default_size(TIMM + name)
         params = (f"{_parameters_m(timm.create_model, name):8.1f}" if pattern
                   else f"{'':8s}")
         lines.append(f"{TIMM + name:40s} {params} {size:5d}")

@@ -118,6 +118,14 @@ def test_the_list_names_each_group_with_sizes():
     assert any(line.startswith("timm/efficientnet_b0.") for line in lines)
 
 
+def test_default_sizes_come_from_the_weights():
+    assert models.default_size("vit_b_16_swag") == 384  # SWAG's end-to-end weights
+    assert models.default_size("inception_v3") == 299  # torchvision's DEFAULT transforms
+    assert models.default_size("tf_efficientnet_lite2") == 260  # timm's pretrained_cfg
+    assert models.default_size("timm/vit_small_patch14_reg4_dinov2") == 518
+    assert models.default_size("resnet18") == 224
+
+
 def test_a_timm_model_trains_from_the_command_line(sample, tmp_path):
     root, _ = sample
     out = tmp_path / "run"
