@@ -232,9 +232,16 @@ LOCALISERS = ("detector", "cam", "centre")  # task 3's detect.py variants (Table
 
 
 def _is_baseline(r) -> bool:
-    """Task 1-2's pretrained seed-recipe run: the row without a task's change (Tables 2, 3)."""
-    return (r["task"] == "task1_2_finetune" and r["variant"] == "pretrained"
-            and r["args"].get("recipe", "seed") == "seed")
+    """Task 1-2's pretrained runs (any recipe): the rows without a task's change (Tables 2, 3)."""
+    return r["task"] == "task1_2_finetune" and r["variant"] == "pretrained"
+
+
+def _same_recipe(r, o) -> bool:
+    """Trained alike: same dataset, model, recipe, image size and epochs."""
+    return r["dataset"] == o["dataset"] and r["model"] == o["model"] and all(
+        r["args"].get(key, "seed" if key == "recipe" else None)
+        == o["args"].get(key, "seed" if key == "recipe" else None)
+        for key in ("recipe", "image_size", "epochs"))
 
 
 def _is_crop_row(r) -> bool:
@@ -278,10 +285,11 @@ STUDIES = [
         ("Train time (min)", lambda r: f"{r['timing']['train_seconds'] / 60:.1f}"),
         ("Device", lambda r: r["env"]["device"]),
     ]),
-    ("Table 2: classify the animal's crop (task 3); task 1-2's pretrained run is the "
-     "no-crop row", _is_crop_row, _crop_order, [
+    ("Table 2: classify the animal's crop (task 3); task 1-2's pretrained runs are the "
+     "no-crop rows, each row compared with the one trained alike", _is_crop_row, _crop_order, [
         ("Model", lambda r: r["model"]),
         ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
+        ("Recipe", lambda r: f"{r['args'].get('recipe', 'seed')}, {r['args']['image_size']} px"),
         ("Crop", _crop_cell),
         ("Localiser", lambda r: r["metrics"].get("localiser", "–")),
         ("Train boxes", lambda r: r["args"].get("train_boxes", "–")
@@ -315,13 +323,15 @@ STUDIES = [
         ("Predict (ms/image)", lambda r: f"{1000 * r['timing']['predict_seconds_per_image']:.0f}"),
         ("Device", lambda r: r["env"]["device"]),
     ]),
-    ("Table 3: DCGAN images added to the training set (task 4); task 1-2's pretrained run "
-     "is the row without them", _is_gan_row, lambda r: (r["dataset"], r["task"]), [
+    ("Table 3: DCGAN images added to the training set (task 4); task 1-2's pretrained runs "
+     "are the rows without them, each row compared with the one trained alike", _is_gan_row,
+     lambda r: (r["dataset"], r["task"]), [
         ("Model", lambda r: r["model"]),
         ("Dataset", lambda r: DATASET_NAMES[r["dataset"]]),
         ("Training images", lambda r: f"{r['data']['real_train']} real + "
                                       f"{r['data']['synthetic']} DCGAN"
             if r["task"] == "task4_dcgan" else f"{r['data']['train']} real"),
+        ("Recipe", lambda r: f"{r['args'].get('recipe', 'seed')}, {r['args']['image_size']} px"),
         *ACCURACY,
         ("GAN size", lambda r: r["args"].get("gan_size", "–")),
         ("DiffAugment", lambda r: r["args"].get("diffaugment", "none")
@@ -435,9 +445,10 @@ def _table1_reference(r, rows):
 
 
 def _baseline_reference(r, rows):
-    """Tables 2 and 3: every row against task 1-2's pretrained run of its dataset."""
+    """Tables 2 and 3: every row against task 1-2's pretrained run trained alike (a strong
+    recipe's crop row against the strong recipe's whole photos); none if there is none."""
     return None if _is_baseline(r) else _first(
-        rows, lambda o: _is_baseline(o) and o["dataset"] == r["dataset"])
+        rows, lambda o: _is_baseline(o) and _same_recipe(r, o))
 
 
 def _first_of_dataset(r, rows):

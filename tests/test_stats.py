@@ -60,9 +60,10 @@ def test_hits_count_ties_for_the_true_class_and_respect_k():
     assert results.hits(logits, labels, 2).tolist() == [True, True, False]
 
 
-def _run(root, name, variant, keys, correct, classes=3):
-    """A Table 1 run folder: its metrics.json and predictions file."""
-    folder = root / "task1_2_finetune" / "bird" / name
+def _run(root, name, variant, keys, correct, classes=3, task="task1_2_finetune", **args):
+    """A run folder (Table 1's unless `task` says): its metrics.json and predictions file;
+    `args` added to its recorded arguments."""
+    folder = root / task / "bird" / name
     folder.mkdir(parents=True)
     labels = np.zeros(len(keys), np.int64)
     logits = np.where(np.asarray(correct)[:, None], np.eye(classes)[0], np.eye(classes)[1])
@@ -70,12 +71,12 @@ def _run(root, name, variant, keys, correct, classes=3):
     scores = results.merge(results.scored("test_top1", results.hits(logits, labels),
                                           "test_predictions.npz"))
     scores["metrics"] |= {"test_top5": 1.0, "best_val_top1": 0.5, "best_epoch": 1}
-    record = {"task": "task1_2_finetune", "variant": variant, "dataset": "bird",
+    record = {"task": task, "variant": variant, "dataset": "bird",
               "model": "resnet18", "weights": "none", "metrics": scores["metrics"],
               "ci95": scores["ci95"], "predictions": scores["predictions"],
               "data": {"train": 1, "val": 1, "test": len(keys)},
               "timing": {"train_seconds": 1.0}, "env": {"device": "cpu"},
-              "args": {"recipe": "seed", "epochs": 1, "image_size": 32}}
+              "args": {"recipe": "seed", "epochs": 1, "image_size": 32} | args}
     (folder / "metrics.json").write_text(json.dumps(record))
     return folder
 
@@ -115,3 +116,21 @@ def test_tables_refuse_runs_tested_on_different_images(tmp_path):
                        str(tmp_path / "task1_2_finetune" / "bird" / "baseline"),
                        str(tmp_path / "task1_2_finetune" / "bird" / "pretrained"))
     assert compared.returncode == 1 and "different images" in compared.stderr
+
+
+def test_a_crop_row_is_compared_with_the_whole_photos_trained_alike(tmp_path):
+    keys = [str(i) for i in range(100)]
+    seed = np.arange(100) < 40  # the seed recipe's whole photos: 40% right
+    strong = np.arange(100) < 80  # the strong recipe's: 80%
+    _run(tmp_path, "pretrained", "pretrained", keys, seed)
+    _run(tmp_path, "pretrained-strong", "pretrained", keys, strong, recipe="strong")
+    crop = _run(tmp_path, "box-cam", "box-cam", keys, np.arange(100) < 70, task="task3_crop",
+                recipe="strong", crop="box", train_boxes="pred", test_boxes="pred")
+    record = json.loads((crop / "metrics.json").read_text())
+    record["metrics"] |= {"localiser": "CAM", "detector_corloc": None}
+    record["data"]["whole_image_fallback"] = {"test": 0}
+    (crop / "metrics.json").write_text(json.dumps(record))
+    table = results.write_tables(tmp_path).read_text().split("## Table 2")[1].split("## ")[0]
+    row = next(line for line in table.splitlines() if "| box |" in line)
+    assert "| strong, 32 px |" in row and "| -10.0 (" in row  # 70% against 80%, not 40%
+    assert sum("| none (task 1-2) |" in line for line in table.splitlines()) == 2
