@@ -1,16 +1,43 @@
 #!/usr/bin/env bash
 # Reproduces every table.
 #   bash run_all.sh          full runs on data/ (CUB_200_2011/, StanfordDogs/) -> results/TABLES.md
+#   bash run_all.sh --quick  every table on the real photos under DATA (default data/), sized
+#                            for a CPU (lite0 at 224 px) -> results/quick/TABLES.md
 #   bash run_all.sh --demo   the same studies on generated sample data, CPU settings
 #                            -> results/demo/TABLES.md (about 10 minutes on 2 cores)
-# A run whose metrics.json exists is not run again; a killed run resumes from its last.pt.
-# Extra arguments after the mode flag go to every training script (e.g. --device cpu).
+#   ... --datasets bird      after the mode flag: only CUB (or dog; both by default)
+# RESULTS=<folder> writes elsewhere. A run whose metrics.json exists is not run again; a
+# killed run resumes from its last.pt.
+# Rows that need true boxes (the detector's, the oracle crop) run only where the data has
+# them. Extra arguments after these go to every training script (e.g. --device cpu);
+# ARGS_<task folder> to one task's (ARGS_task8_simclr="--simclr-batch-size 64").
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if [[ "${1:-}" == "--demo" ]]; then
+MODE=full
+if [[ "${1:-}" == "--demo" || "${1:-}" == "--quick" ]]; then
+  MODE=${1#--}
   shift
-  RESULTS=results/demo
+fi
+DATASETS=(bird dog)
+if [[ "${1:-}" == "--datasets" ]]; then
+  shift
+  DATASETS=()
+  while [[ "${1:-}" == "bird" || "${1:-}" == "dog" ]]; do
+    DATASETS+=("$1")
+    shift
+  done
+  if [[ ${#DATASETS[@]} -eq 0 ]]; then
+    echo "run_all.sh: --datasets expects bird, dog or both, got '${1:-}'" >&2
+    exit 2
+  fi
+fi
+
+REFERENCE=pretrained  # task 1-2's run that tasks 3, 4, 6 and 7 build on
+CROP_RECIPE=()  # task 3's crop runs: the recipe of that run
+ADV=()  # task 7's adversarial training: the full training of task 1-2, under attack
+if [[ $MODE == demo ]]; then
+  RESULTS=${RESULTS:-results/demo}
   DATA=$RESULTS/data
   if [[ ! -d $DATA/CUB_200_2011 || ! -d $DATA/StanfordDogs ]]; then
     python -m shared.sample_data --out "$DATA" --classes 6 --per-class 30 --size 96
@@ -37,8 +64,54 @@ if [[ "${1:-}" == "--demo" ]]; then
   ADV_MORE=(bird)  # fast-FGSM and PGD-3 training: birds only in the demo
   SIMCLR_MORE=(bird)  # ImageNet -> SimCLR: birds only in the demo
   SIMCLR=(--simclr-epochs 8 --simclr-batch-size 32 --label-fractions 1/class 1.0 --epochs 3)
+elif [[ $MODE == quick ]]; then
+  RESULTS=${RESULTS:-results/quick}
+  DATA=${DATA:-data}
+  # CPU-sized real-photo settings: lite0 (its ImageNet weights install offline) at 224 px,
+  # task 1-2's strong recipe with 4 epochs instead of 30, and what the real-photo runs of
+  # tasks 3, 4, 6, 7 and 8 chose (README).
+  COMMON=(--data-root "$DATA" --model tf_efficientnet_lite0 --image-size 224 --epochs 4)
+  STRONG=()
+  REFERENCE=pretrained-strong
+  CROP_RECIPE=(--recipe strong)
+  # no detection weights install offline: the small detector from scratch, where boxes exist
+  DETECT=(--detector small --backbone-weights none --image-scale 224 224 --epochs 4)
+  CROPS=(box)
+  BOX_FREE=(bird dog)
+  GAN=(--gan-size 64 --gan-epochs 20 --synthetic-per-class 10 --recipe strong)
+  # lite0/1/2 fine-tuned (ImageNet weights offline), then a small CNN and a small ViT from
+  # scratch at the same budget (112 px, 10 epochs); a pretrained ViT needs the full run
+  VIT_RUNS=("tf_efficientnet_lite0 strong" "tf_efficientnet_lite1 strong"
+            "tf_efficientnet_lite2 strong"
+            "resnet18 seed --weights none --image-size 112 --epochs 10"
+            "timm/vit_tiny_patch16_224 vit --weights none --image-size 112 --epochs 10 --lr 1e-3 --layer-decay 1.0")
+  VIT=()
+  HEATMAP_VIT=timm-vit_tiny_patch16_224
+  HEATMAP=(--images 100)
+  # task 7's real-photo protocol: 2 epochs of adversarial fine-tuning from the standard
+  # model; FGSM and PGD-10 x 2 restarts on a seeded 100 test photos (fast FGSM and PGD-3
+  # training are left to the full run)
+  ROBUST=(--test-images 100 --pgd-steps 10 --restarts 2 --robust-eps 1 2 4 8)
+  ADV=(--recipe strong --epochs 2 --head-only-epochs 0 --val-pgd-steps 3)
+  ADV_MORE=()
+  SIMCLR_MORE=(bird dog)
+  SIMCLR=(--image-size 96 --simclr-epochs 10 --label-fractions 1/class 0.1 1 --epochs 4)
+  photos=0
+  for dataset in "${DATASETS[@]}"; do
+    folder=$DATA/$([[ $dataset == bird ]] && echo CUB_200_2011/images || echo StanfordDogs/Images)
+    if [[ ! -d $folder ]]; then
+      echo "run_all.sh --quick: no $folder (python -m shared.data download --dataset $dataset" \
+        "--data-root $DATA, or DATA=<folder holding it>)" >&2
+      exit 2
+    fi
+    photos=$((photos + $(find "$folder" -name '*.jpg' | wc -l)))
+  done
+  # rough: about 65 lite0-at-224 training epochs a photo, 0.06 core-seconds each
+  minutes=$((photos * 65 * 6 / 100 / $(nproc) / 60))
+  echo "== run_all.sh --quick: $photos photos on $(nproc) cores, roughly" \
+    "$((minutes / 60)) h $((minutes % 60)) min (a rough estimate from the photo count)"
 else
-  RESULTS=results
+  RESULTS=${RESULTS:-results}
   DATA=${DATA:-data}
   COMMON=(--data-root "$DATA")
   STRONG=()
@@ -64,14 +137,30 @@ run() {  # run OUT SCRIPT ARGS...: skip a finished run, resume a killed one
     echo "finished already: $out"
     return
   fi
-  echo "== $script $* -> $out"
+  local name=ARGS_${script%%/*} task_args=()  # ARGS_task8_simclr='...': that task's only
+  read -ra task_args <<<"${!name:-}"
+  echo "== $script $* ${task_args[*]} -> $out"
   local start=$SECONDS
-  python "$script" --out "$out" --resume "${COMMON[@]}" "$@" "${EXTRA[@]}"
+  python "$script" --out "$out" --resume "${COMMON[@]}" "$@" "${EXTRA[@]}" "${task_args[@]}"
   echo "== took $((SECONDS - start)) s: $out"
 }
 
+has_boxes() {  # has_boxes DATASET: the data holds its true boxes
+  if [[ $1 == bird ]]; then
+    [[ -f $DATA/CUB_200_2011/bounding_boxes.txt ]]
+  else
+    [[ -d $DATA/StanfordDogs/Annotation ]]
+  fi
+}
+
+table_started=$SECONDS
+table_done() {  # table_done NAME: its wall time
+  echo "== $1 took $((SECONDS - table_started)) s"
+  table_started=$SECONDS
+}
+
 # Table 1: training tricks and transfer learning.
-for dataset in bird dog; do
+for dataset in "${DATASETS[@]}"; do
   for variant in baseline pretrained; do
     run "$RESULTS/task1_2_finetune/$dataset/$variant" task1_2_finetune/train.py \
       --dataset "$dataset" --variant "$variant"
@@ -79,11 +168,12 @@ for dataset in bird dog; do
   run "$RESULTS/task1_2_finetune/$dataset/pretrained-strong" task1_2_finetune/train.py \
     --dataset "$dataset" --variant pretrained --recipe strong "${STRONG[@]}"
 done
+table_done "Table 1"
 
 # Table 2: a localiser finds the animal; the classifier sees its crop. The no-crop row is
-# Table 1's pretrained run (same settings). The detector trains on the true boxes; the centre
-# box and the CAM of Table 1's pretrained classifier need none, so their crops train on
-# their own boxes (--train-boxes pred), and CAM + whole averages both views (--tta).
+# Table 1's run trained alike. The detector trains on the true boxes; the centre box and the
+# CAM of Table 1's classifier need none, so their crops train on their own boxes
+# (--train-boxes pred), and CAM + whole averages both views (--tta).
 localise() {  # localise OUT ARGS...: detect.py, skipped once finished
   local out=$1
   shift
@@ -94,71 +184,86 @@ localise() {  # localise OUT ARGS...: detect.py, skipped once finished
   echo "== task3_crop/detect.py $* -> $out"
   python task3_crop/detect.py --data-root "$DATA" --out "$out" --resume "$@"
 }
-for dataset in bird dog; do
+for dataset in "${DATASETS[@]}"; do
   task3=$RESULTS/task3_crop/$dataset
-  localise "$task3/detector" --dataset "$dataset" "${DETECT[@]}"
-  for crop in "${CROPS[@]}"; do
-    run "$task3/$crop" task3_crop/train.py --dataset "$dataset" --crop "$crop" \
-      --boxes "$task3/detector/boxes.json"
-  done
-  run "$task3/box-oracle" task3_crop/train.py --dataset "$dataset" --crop box --test-boxes gt
+  if has_boxes "$dataset"; then
+    localise "$task3/detector" --dataset "$dataset" "${DETECT[@]}"
+    for crop in "${CROPS[@]}"; do
+      run "$task3/$crop" task3_crop/train.py --dataset "$dataset" --crop "$crop" \
+        --boxes "$task3/detector/boxes.json" "${CROP_RECIPE[@]}"
+    done
+    run "$task3/box-oracle" task3_crop/train.py --dataset "$dataset" --crop box \
+      --test-boxes gt "${CROP_RECIPE[@]}"
+  else
+    echo "== $dataset: no true boxes under $DATA, so no detector or oracle-crop rows" \
+      "(the centre and CAM rows need none)"
+  fi
   [[ " ${BOX_FREE[*]} " == *" $dataset "* ]] || continue
   localise "$task3/centre" --dataset "$dataset" --localiser centre
   localise "$task3/cam" --dataset "$dataset" --localiser cam \
-    --classifier "$RESULTS/task1_2_finetune/$dataset/pretrained/best.pt"
+    --classifier "$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt"
   for localiser in centre cam; do
     run "$task3/box-$localiser" task3_crop/train.py --dataset "$dataset" --crop box \
-      --train-boxes pred --boxes "$task3/$localiser/boxes.json"
+      --train-boxes pred --boxes "$task3/$localiser/boxes.json" "${CROP_RECIPE[@]}"
   done
   run "$task3/box-cam-tta" task3_crop/train.py --dataset "$dataset" --crop box \
-    --train-boxes pred --tta whole+crop --boxes "$task3/cam/boxes.json"
+    --train-boxes pred --tta whole+crop --boxes "$task3/cam/boxes.json" "${CROP_RECIPE[@]}"
 done
+table_done "Table 2"
 
 # Table 3: class-conditional DCGAN samples added to the training set; task 1-2's classifier
 # judges the generated images (gen_class_acc).
-for dataset in bird dog; do
+for dataset in "${DATASETS[@]}"; do
   run "$RESULTS/task4_dcgan/$dataset/dcgan" task4_dcgan/train.py --dataset "$dataset" \
-    --judge "$RESULTS/task1_2_finetune/$dataset/pretrained/best.pt" "${GAN[@]}"
+    --judge "$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt" "${GAN[@]}"
 done
+table_done "Table 3"
 
-# Table 4: ViT against CNN, each with a recipe that suits it, accuracy and cost.
-for dataset in bird dog; do
+# Table 4: ViT against CNN, each with a recipe that suits it, accuracy and cost. A run's
+# folder is its model's name, timm/<name> as timm-<name>.
+for dataset in "${DATASETS[@]}"; do
   for model_recipe in "${VIT_RUNS[@]}"; do
     read -r model recipe extra <<<"$model_recipe"
     # shellcheck disable=SC2086  # $extra holds flags
-    run "$RESULTS/task5_vit/$dataset/$model" task5_vit/train.py --dataset "$dataset" \
+    run "$RESULTS/task5_vit/$dataset/${model//\//-}" task5_vit/train.py --dataset "$dataset" \
       --model "$model" --recipe "$recipe" "${VIT[@]}" $extra
   done
 done
+table_done "Table 4"
 
-# Table 5 and a figure per dataset: heatmaps of task 1-2's pretrained CNN and of task 5's ViT.
-for dataset in bird dog; do
-  for source in "task1_2_finetune/$dataset/pretrained" "task5_vit/$dataset/$HEATMAP_VIT"; do
+# Table 5 and a figure per dataset: heatmaps of task 1-2's CNN and of task 5's ViT.
+for dataset in "${DATASETS[@]}"; do
+  for source in "task1_2_finetune/$dataset/$REFERENCE" "task5_vit/$dataset/$HEATMAP_VIT"; do
     model=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['model'])" \
       "$RESULTS/$source/metrics.json")
-    run "$RESULTS/task6_heatmap/$dataset/$model" task6_heatmap/train.py --dataset "$dataset" \
-      --checkpoint "$RESULTS/$source/best.pt" "${HEATMAP[@]}"
+    run "$RESULTS/task6_heatmap/$dataset/${model//\//-}" task6_heatmap/train.py \
+      --dataset "$dataset" --checkpoint "$RESULTS/$source/best.pt" "${HEATMAP[@]}"
   done
 done
+table_done "Table 5"
 
 # Table 6: robustness of task 1-2's model and of FGSM-, fast-FGSM- and PGD-3-trained ones,
 # each attacked with FGSM and PGD (worst case per image) and checked for gradient masking.
-for dataset in bird dog; do
+for dataset in "${DATASETS[@]}"; do
+  standard=$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt
+  adversarial=("${ROBUST[@]}")
+  [[ ${#ADV[@]} -eq 0 ]] || adversarial+=(--weights "$standard" "${ADV[@]}")
   run "$RESULTS/task7_fgsm/$dataset/standard" task7_fgsm/train.py --dataset "$dataset" \
-    --evaluate "$RESULTS/task1_2_finetune/$dataset/pretrained/best.pt" "${ROBUST[@]}"
+    --evaluate "$standard" "${ROBUST[@]}"
   run "$RESULTS/task7_fgsm/$dataset/fgsm" task7_fgsm/train.py --dataset "$dataset" \
-    "${ROBUST[@]}"
+    "${adversarial[@]}"
   if [[ " ${ADV_MORE[*]} " == *" $dataset "* ]]; then
     run "$RESULTS/task7_fgsm/$dataset/fast-fgsm" task7_fgsm/train.py --dataset "$dataset" \
-      --fast "${ROBUST[@]}"
+      --fast "${adversarial[@]}"
     run "$RESULTS/task7_fgsm/$dataset/pgd3" task7_fgsm/train.py --dataset "$dataset" \
-      --adv-attack pgd --adv-steps 3 "${ROBUST[@]}"
+      --adv-attack pgd --adv-steps 3 "${adversarial[@]}"
   fi
 done
+table_done "Table 6"
 
 # Table 7: SimCLR pre-training (from random and from ImageNet) against random and ImageNet
 # initialisation, same protocol.
-for dataset in bird dog; do
+for dataset in "${DATASETS[@]}"; do
   for backbone in random simclr imagenet; do
     run "$RESULTS/task8_simclr/$dataset/$backbone" task8_simclr/train.py --dataset "$dataset" \
       --backbone "$backbone" "${SIMCLR[@]}"
@@ -168,6 +273,7 @@ for dataset in bird dog; do
       --dataset "$dataset" --backbone simclr --weights imagenet "${SIMCLR[@]}"
   fi
 done
+table_done "Table 7"
 
 python -m shared.results "$RESULTS"
 echo "== every table in $SECONDS s"

@@ -1,0 +1,51 @@
+"""`run_all.sh --quick` end to end on a tiny generated tree at toy settings: birds without
+true boxes (as the team kit's real CUB subset), dogs with them."""
+
+import os
+import subprocess
+
+from conftest import REPO
+
+from shared.sample_data import write_sample_data
+
+TABLES = ["Table 1:", "Table 2:", "Table 2b:", "Table 3:", "Table 4:", "Table 5:", "Table 6:",
+          "Table 7:"]
+
+
+def test_quick_builds_every_table_with_and_without_boxes(tmp_path):
+    data = tmp_path / "data"
+    write_sample_data(data, classes=3, per_class=8, size=48, seed=0)
+    (data / "CUB_200_2011" / "bounding_boxes.txt").unlink()
+    results = tmp_path / "results"
+    env = {**os.environ, "DATA": str(data), "RESULTS": str(results),
+           "ARGS_task8_simclr": "--simclr-batch-size 8"}
+    toy = ["--image-size", "32", "--epochs", "1", "--batch-size", "8"]
+    done = subprocess.run(["bash", "run_all.sh", "--quick", "--datasets", "bird", "dog", *toy],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=3000)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "bird: no true boxes" in done.stdout and "dog: no true boxes" not in done.stdout
+    assert "photos on" in done.stdout.splitlines()[0]  # the rough time, before it starts
+    tables = (results / "TABLES.md").read_text()
+    for table in TABLES:
+        assert f"## {table}" in tables
+    table2 = tables.split("## Table 2:")[1].split("## Table 2b")[0]
+    assert "| Stanford Dogs | strong, 32 px | box | true boxes |" in table2
+    assert "| CUB-200-2011 | strong, 32 px | box | CAM" in table2
+    assert "| CUB-200-2011 | strong, 32 px | box | true boxes |" not in table2
+    table4 = tables.split("## Table 4:")[1].split("## Table 5")[0]
+    for model in ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2",
+                  "resnet18", "timm/vit_tiny_patch16_224"):
+        assert sum(f"| {model} |" in line for line in table4.splitlines()) == 2, model
+    assert tables.count("| ImageNet → SimCLR |") == 6  # 3 label budgets, 2 datasets
+    # a second run finds every run finished and rebuilds the tables only
+    again = subprocess.run(["bash", "run_all.sh", "--quick", "--datasets", "bird", *toy],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "== task" not in again.stdout and "finished already" in again.stdout
+
+
+def test_datasets_flag_names_what_it_expects():
+    done = subprocess.run(["bash", "run_all.sh", "--quick", "--datasets", "cat"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--datasets expects bird, dog or both, got 'cat'" in (
+        done.stderr)
