@@ -183,7 +183,7 @@ def main(args: argparse.Namespace) -> None:
                       if args.figure_photos else test[:args.figure_images])
     write_figures(model, spec, figure_records, methods, layer, target, transform, meta, out, rt,
                   index.classes)
-    summary = {}
+    summary, intervals = {}, {}
 
     def mean(values):
         return float(np.mean(values)) if values else None
@@ -203,13 +203,14 @@ def main(args: argparse.Namespace) -> None:
         (out / method).mkdir(parents=True, exist_ok=True)
         results.write_json(record, out / method / "metrics.json")
         m = summary[method] = record["metrics"]
+        intervals.update({f"{method}:{key}": ci for key, ci in record["ci95"].items()})
         print(f"{method}: deletion AUC {m['deletion_auc']:.3f}, insertion AUC "
               f"{m['insertion_auc']:.3f}" + (f", pointing game {m['pointing_game']:.3f}, "
                                               f"energy in box {m['energy_in_box']:.3f}"
                                               if boxed else ""), flush=True)
     # the run's own record, written last: run_all.sh takes it to mean "finished"
-    results.write_json({**record, "variant": "summary", "metrics": summary},
-                       out / "metrics.json")
+    results.write_json({**record, "variant": "summary", "metrics": summary,
+                        "ci95": intervals}, out / "metrics.json")
     engine.shutdown(rt)
 
 

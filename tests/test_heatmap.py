@@ -149,7 +149,8 @@ def test_heatmaps_from_the_command_line(sample, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "classifier" / "best.pt").is_file() and (out / "figure.png").is_file()
     assert (out / "features" / "layer4.png").is_file()
-    summary = json.loads((out / "metrics.json").read_text())["metrics"]
+    run_record = json.loads((out / "metrics.json").read_text())
+    summary = run_record["metrics"]
     assert set(summary) == {"gradcam", "gradcam++", "random", "centre"}
     assert list((out / "tb").glob("events.out.tfevents.*"))
     for method in summary:
@@ -160,6 +161,7 @@ def test_heatmaps_from_the_command_line(sample, tmp_path):
             assert 0 <= record["metrics"][key] <= 1
         low, high = record["ci95"]["deletion_auc"]  # bootstrap over the images
         assert low <= record["metrics"]["deletion_auc"] <= high
+        assert run_record["ci95"][f"{method}:deletion_auc"] == [low, high]  # each map's own
         corr = record["metrics"]["randomization_rank_corr"]
         assert (-1 <= corr <= 1) if method.startswith("gradcam") else corr is None
         assert record["data"]["test_scored"] == record["data"]["test_with_boxes"] == 20
