@@ -11,10 +11,10 @@ train-split image (labels unused): --simclr-epochs, --simclr-batch-size (negativ
 the batch: 2N - 2 of them; under torchrun the embeddings are gathered from every process),
 AdamW, SGD or LARS (--simclr-optimizer) with warmup and cosine; --simclr-lr defaults to
 1e-3 for AdamW, 0.3 x batch / 256 for SGD and SimCLR's square-root scaling for LARS,
-0.075 x sqrt(batch). Every --knn-every epochs (and after the last) an online kNN monitor
-scores the validation split by kNN on the backbone's features of the labelled train split,
-as the final evaluation does (`val_knn_top1` in TensorBoard and the pre-training history):
-whether pre-training helps shows before it ends.
+0.075 x sqrt(batch). Before the first epoch, every --knn-every epochs and after the last,
+an online kNN monitor scores the validation split by kNN on the backbone's features of the
+labelled train split, as the final evaluation does (`val_knn_top1` in TensorBoard and the
+pre-training history): whether pre-training helps shows before it ends.
 `<out>/pretrain.pt` each epoch for --resume; TensorBoard simclr/loss, simclr/positive_acc
 and simclr/val_knn_top1; the backbone goes to `<out>/backbone.pt`.
 
@@ -148,8 +148,9 @@ def out_of_memory(error: BaseException) -> bool:
 def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args, rt,
              out: Path, monitor=None) -> list[dict]:
     """SimCLR pre-training of `backbone` (resumable); `monitor(backbone)`, if given, scores
-    it (the validation kNN) every --knn-every epochs and after the last. Returns the
-    history: each epoch's loss, positive-pair accuracy, seconds and `val_knn_top1`."""
+    it (the validation kNN) before the first epoch (history's epoch 0), every --knn-every
+    epochs and after the last. Returns the history: each epoch's loss, positive-pair
+    accuracy, seconds and `val_knn_top1`."""
     from torch.utils.tensorboard import SummaryWriter
 
     head = ProjectionHead(features, out_features=args.proj_dim)
@@ -179,6 +180,12 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
     saved = resumable.restore() if args.resume else None
     start, history = (saved["epoch"], saved.get("history", [])) if saved else (0, [])
     writer = SummaryWriter(out / "tb") if rt.main else None
+    if start == 0 and monitor is not None and args.knn_every:
+        # the starting point (epoch 0), so the curve shows whether pre-training helps
+        history.append({"epoch": 0, "val_knn_top1": monitor(backbone)})
+        if rt.main:
+            writer.add_scalar("simclr/val_knn_top1", history[0]["val_knn_top1"], 0)
+            print(f"SimCLR epoch 0 val kNN {history[0]['val_knn_top1']:.3f}", flush=True)
     for epoch in range(start, args.simclr_epochs):
         sampler.set_epoch(epoch)
         net.train()
