@@ -1,6 +1,7 @@
 """`run_all.sh --quick` end to end on a tiny generated tree at toy settings: birds without
 true boxes (as the team kit's real CUB subset), dogs with them."""
 
+import json
 import os
 import subprocess
 
@@ -37,6 +38,10 @@ def test_quick_builds_every_table_with_and_without_boxes(tmp_path):
                   "resnet18", "timm/vit_tiny_patch16_224"):
         assert sum(f"| {model} |" in line for line in table4.splitlines()) == 2, model
     assert tables.count("| ImageNet → SimCLR |") == 6  # 3 label budgets, 2 datasets
+    finetune = json.loads((results / "task8_simclr" / "bird" / "simclr" / "fraction-1" /
+                           "finetune" / "metrics.json").read_text())["args"]
+    assert (finetune["recipe"], finetune["freeze_stages"], finetune["freeze_bn"]) == (
+        "strong", 0, False)  # task 8's real-photo protocol: full fine-tuning
     # a second run finds every run finished and rebuilds the tables only
     again = subprocess.run(["bash", "run_all.sh", "--quick", "--datasets", "bird", *toy],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
