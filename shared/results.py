@@ -314,7 +314,8 @@ STUDIES = [
         ("MaxBoxAcc (%)", lambda r: _pct(r["metrics"].get("max_box_acc"))),
         ("Mean IoU", lambda r: f"{r['metrics']['detector_miou']:.3f}"
             if r["metrics"]["detector_miou"] is not None else "–"),
-        ("No detection", lambda r: r["metrics"]["no_detection"]),
+        ("No detection", lambda r: "–" if r["metrics"]["no_detection"] is None
+            else r["metrics"]["no_detection"]),
         ("Epochs", lambda r: r["args"]["epochs"] if r["variant"] == "detector" else "–"),
         ("Input", lambda r: "x".join(map(str, r["args"]["image_scale"]))
             if r["variant"] == "detector" else "–"),

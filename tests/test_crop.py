@@ -385,7 +385,7 @@ def test_centre_box_localiser_needs_no_detector(sample, tmp_path):
     assert record["metrics"]["detector_corloc"] is None and record["metrics"]["max_box_acc"] is None
     table = write_tables(tmp_path / "results").read_text().split("## Table 2b")[1]
     assert "| centre box (area 0.5, default: no validation boxes) | CUB-200-2011 | none | – | – " \
-        "| – |" in table  # CorLoc, MaxBoxAcc and mean IoU without boxes
+        "| – | – |" in table  # CorLoc, MaxBoxAcc, mean IoU and no-detection count without boxes
 
 
 def test_cam_localiser_crops_from_a_classifier_with_test_time_refine(sample, tmp_path):
