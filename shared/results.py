@@ -320,7 +320,8 @@ STUDIES = [
         ("Input", lambda r: "x".join(map(str, r["args"]["image_scale"]))
             if r["variant"] == "detector" else "–"),
         ("Train images", lambda r: r["data"]["train"]),
-        ("Train time (min)", lambda r: f"{r['timing']['train_seconds'] / 60:.1f}"),
+        ("Train time (min)", lambda r: f"{r['timing']['train_seconds'] / 60:.1f}"
+            if r["variant"] == "detector" else "–"),  # the centre and CAM boxes train nothing
         ("Predict (ms/image)", lambda r: f"{1000 * r['timing']['predict_seconds_per_image']:.0f}"),
         ("Device", lambda r: r["env"]["device"]),
     ]),
