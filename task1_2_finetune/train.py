@@ -8,7 +8,10 @@
 weights; every other setting is identical. `--recipe seed` (the default) follows the seed
 study: ResNeXt-101 32x8d, SGD lr 0.01 momentum 0.9, StepLR, batch 16, 25 epochs, letterbox to
 512, random grayscale and flip. `--recipe strong` is the recipe meant to reach 90% on CUB (see
-the README). Flags given on the command line override the recipe.
+the README). Flags given on the command line override the recipe. `--measure-cost` adds Table
+4's cost (params_m, gflops, train and inference images/s, peak_mem_mb, train_seconds) to
+metrics.json, which makes the run a row of Table 4 as well: run_all.sh measures it on the
+strong run, the CNN that Table 4 would otherwise train a second time.
 """
 
 import argparse
@@ -27,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--variant", choices=("baseline", "pretrained"), default="pretrained",
                         help="baseline: random initialisation (--weights none); pretrained: "
                              "--weights (ImageNet by default)")
+    parser.add_argument("--measure-cost", action="store_true",
+                        help="also record Table 4's cost columns (and so join Table 4)")
     parser.set_defaults(weights=None)  # the variant's: none for baseline, else imagenet
     args = cli.parse_with_recipes(parser, argv)
     if args.variant == "baseline" and args.weights not in (None, "none"):
@@ -50,7 +55,8 @@ def main(args: argparse.Namespace) -> None:
     rt = engine.init_runtime(args)
     checkpoint.claim_run_folder(args.out, args.resume)
     index, train, val, test = data.prepare_splits(args)
-    engine.train_classifier(TASK, args.variant, args, rt, index.classes, train, val, test)
+    engine.train_classifier(TASK, args.variant, args, rt, index.classes, train, val, test,
+                            measure_cost=args.measure_cost)
     engine.shutdown(rt)
 
 
