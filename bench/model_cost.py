@@ -6,8 +6,9 @@ and training and inference images/s on this machine, side by side in one run.
 
 Random weights, a 200-class head, synthetic batches. Training runs the engine's own loop
 (`bench/train_speed.py`'s `engine_steps`: SGD momentum 0.9, the engine's default precision
-and memory format for the model) and inference `shared.engine.inference_speed`; each warms
-up once, then the best of `--rounds` rounds of `--steps` batches counts.
+and memory format for the model) and inference `shared.engine.inference_speed` (the median
+of its timed batches); training warms up once, then the best of `--rounds` rounds of
+`--steps` batches counts, and of inference the best of `--rounds` calls.
 """
 
 import argparse
