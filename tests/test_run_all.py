@@ -37,6 +37,9 @@ def test_quick_builds_every_table_with_and_without_boxes(tmp_path):
     for model in ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2",
                   "resnet18", "timm/vit_tiny_patch16_224"):
         assert sum(f"| {model} |" in line for line in table4.splitlines()) == 2, model
+    # lite0's row is Table 1's strong run, which measured its cost; Table 4 did not train it
+    assert "(task1_2_finetune/dog/pretrained-strong/confusions.png)" in table4
+    assert not (results / "task5_vit" / "dog" / "tf_efficientnet_lite0").exists()
     assert tables.count("| ImageNet → SimCLR |") == 6  # 3 label budgets, 2 datasets
     finetune = json.loads((results / "task8_simclr" / "bird" / "simclr" / "fraction-1" /
                            "finetune" / "metrics.json").read_text())["args"]

@@ -134,3 +134,23 @@ def test_a_crop_row_is_compared_with_the_whole_photos_trained_alike(tmp_path):
     row = next(line for line in table.splitlines() if "| box |" in line)
     assert "| strong, 32 px |" in row and "| -10.0 (" in row  # 70% against 80%, not 40%
     assert sum("| none (task 1-2) |" in line for line in table.splitlines()) == 2
+
+
+def test_table4_takes_a_task1_2_run_only_if_it_measured_its_cost(tmp_path):
+    keys = [str(i) for i in range(100)]
+    cost = {"params_m": 3.5, "gflops": 0.38, "train_images_per_s": 30.0,
+            "infer_images_per_s": 40.0, "peak_mem_mb": 1600.0, "train_seconds": 300.0}
+    _run(tmp_path, "pretrained", "pretrained", keys, np.arange(100) < 40)  # no cost: Table 1 only
+    strong = _run(tmp_path, "pretrained-strong", "pretrained", keys, np.arange(100) < 80,
+                  recipe="strong", measure_cost=True)
+    vit = _run(tmp_path, "vit_tiny", "vit_tiny", keys, np.arange(100) < 70, task="task5_vit",
+               recipe="vit")
+    for folder, gflops in ((strong, 0.38), (vit, 1.0)):
+        record = json.loads((folder / "metrics.json").read_text())
+        record["metrics"] |= cost | {"gflops": gflops}
+        (folder / "metrics.json").write_text(json.dumps(record))
+    table = results.write_tables(tmp_path).read_text().split("## Table 4")[1].split("## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| resnet18")]
+    assert len(rows) == 2  # the ViT (more GFLOPs, first) and task 1-2's strong run
+    assert "| vit |" in rows[0] and "| strong |" in rows[1]
+    assert "| +10.0 (" in rows[1]  # 80% against the first row's 70%, paired
