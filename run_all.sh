@@ -114,9 +114,9 @@ elif [[ $MODE == quick ]]; then
     fi
     photos=$((photos + $(find "$folder" -name '*.jpg' | wc -l)))
   done
-  # measured: the bird study on the kit's 4,403 CUB photos took 11069 s on 2 cores of a
-  # Xeon without AMX, 5.03 core-seconds a photo
-  minutes=$((photos * 503 / 100 / $(nproc) / 60))
+  # measured: the bird study on the kit's 4,403 CUB photos took 10476 s on 2 cores of a
+  # Xeon without AMX (fp32), 4.76 core-seconds a photo
+  minutes=$((photos * 476 / 100 / $(nproc) / 60))
   echo "== run_all.sh --quick: $photos photos on $(nproc) cores, roughly" \
     "$((minutes / 60)) h $((minutes % 60)) min (a rough estimate from the photo count)"
 else
