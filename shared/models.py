@@ -467,6 +467,19 @@ def _parameters_m(build, *args) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
+def _torchvision_parameters_m(name: str, weights: list[str]) -> float:
+    """A torchvision model's parameters (millions): from its weights' metadata where it has
+    weights, else counted on the meta device, else (a model whose constructor reads tensor
+    values, as RegNet's does, cannot be built there) counted on the CPU."""
+    if weights:
+        return torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"] / 1e6
+    try:
+        return _parameters_m(torchvision.models.get_model, name)
+    except NotImplementedError:
+        model = torchvision.models.get_model(name)
+        return sum(p.numel() for p in model.parameters()) / 1e6
+
+
 def default_size(name: str) -> int:
     """The input size a model's weights were trained at: timm's `pretrained_cfg`, the
     crop of torchvision's default weights' transforms, else 224."""
@@ -504,7 +517,7 @@ def model_table(pattern: str | None = None) -> list[str]:
     for name in filter(keep, torchvision_models()):
         weights = _weight_names(name)
         size = default_size(name)
-        params = _parameters_m(torchvision.models.get_model, name)
+        params = _torchvision_parameters_m(name, weights)
         lines.append(f"{name:40s} {params:8.1f} {size:5d}  {' '.join(weights)}")
     names = [n for n in timm.list_models(pretrained=True) if keep(f"{TIMM}{n}") or keep(n)]
     lines.append(f"# timm: {len(names)} pre-trained (--model timm/<name>; any timm.list_models() "

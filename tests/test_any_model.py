@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import torchvision
 from conftest import run_cli
 
 from shared import cam, engine, models
@@ -116,6 +117,15 @@ def test_the_list_names_each_group_with_sizes():
     row = next(line for line in lines if line.startswith("efficientnet_b0 "))
     assert row.split()[1:3] == ["5.3", "224"] and "IMAGENET1K_V1" in row
     assert any(line.startswith("timm/efficientnet_b0.") for line in lines)
+
+
+def test_the_list_counts_models_the_meta_device_cannot_build():
+    # RegNet's constructor reads tensor values: building it on the meta device raised
+    # NotImplementedError and stopped `python -m shared.models list`
+    lines = models.model_table("regnet_x_400mf")
+    row = next(line for line in lines if line.startswith("regnet_x_400mf "))
+    real = sum(p.numel() for p in torchvision.models.get_model("regnet_x_400mf").parameters())
+    assert row.split()[1] == f"{real / 1e6:.1f}"
 
 
 def test_default_sizes_come_from_the_weights():
