@@ -15,6 +15,7 @@ RESIZE_MODES = ("letterbox", "random-resized-crop", "center-crop")
 # timm/<name> (shared.models checks them: listing them needs torch)
 MODELS = ("resnet18", "resnet50", "resnext101_32x8d", "vit_b_16", "vit_b_32", "vit_b_16_swag",
           "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "vit_tiny")
+TRANSFORMERS = ("vit_b_16", "vit_b_32", "vit_b_16_swag", "vit_tiny")  # of MODELS: attention
 
 # ------------------------------------------------------------------------- value checks
 

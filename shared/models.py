@@ -480,6 +480,18 @@ def _torchvision_parameters_m(name: str, weights: list[str]) -> float:
         return sum(p.numel() for p in model.parameters()) / 1e6
 
 
+def is_cnn(name: str) -> bool:
+    """Whether a model (any name --model takes) has no attention block, as its ModelSpec
+    says: built without weights on the meta device (on the CPU where the constructor reads
+    tensor values there, as RegNet's does)."""
+    try:
+        with torch.device("meta"):
+            model, spec = build_model(name, 1000, "none", default_size(name))
+    except NotImplementedError:
+        model, spec = build_model(name, 1000, "none", default_size(name))
+    return spec.is_cnn
+
+
 def default_size(name: str) -> int:
     """The input size a model's weights were trained at: timm's `pretrained_cfg`, the
     crop of torchvision's default weights' transforms, else 224."""

@@ -29,6 +29,19 @@ from shared import cli  # noqa: E402  (argparse only)
 TASK = "task5_vit"
 
 
+def default_recipe(model: str) -> str:
+    """The recipe of the model's kind: `vit` for a model built of attention blocks (ViT,
+    DeiT, Swin, ... from any source), `strong` for a CNN."""
+    if model in cli.MODELS:  # known without torch, so --help stays fast
+        return "vit" if model in cli.TRANSFORMERS else "strong"
+    from shared import models  # builds the model on the meta device
+
+    try:
+        return "strong" if models.is_cnn(model) else "vit"
+    except models.UsageError:
+        return "strong"  # an unknown name: the run stops on it with its own message
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = cli.task_parser(__doc__)
     # The recipe follows the model unless --recipe says otherwise (read before --help, so
@@ -37,8 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     peek.add_argument("--model", default="vit_b_16")
     peek.add_argument("--recipe")
     known = peek.parse_known_args(argv)[0]
-    recipe = known.recipe if known.recipe in cli.RECIPES else (  # a bad one: refused below
-        "vit" if known.model.startswith("vit") else "strong")
+    recipe = known.recipe if known.recipe in cli.RECIPES else default_recipe(known.model)
     parser.set_defaults(model="vit_b_16", **cli.RECIPES[recipe], recipe=recipe)
     if known.model == "vit_b_16_swag":
         parser.set_defaults(image_size=384)  # the SWAG weights' own resolution

@@ -72,6 +72,12 @@ def test_recipe_follows_the_model_and_drop_path_needs_a_model_that_has_it():
     args = vit_train.parse_args(["--model", "vit_b_16_swag"])
     assert args.image_size == 384 and args.layer_decay == 0.75
     assert vit_train.parse_args(["--model", "vit_b_16", "--image-size", "160"]).image_size == 160
+    # by the model's kind, not its name: a timm ViT, DeiT or Swin gets the ViT recipe
+    for name in ("timm/vit_tiny_patch16_224", "timm/deit_tiny_patch16_224", "swin_t"):
+        assert vit_train.parse_args(["--model", name]).recipe == "vit", name
+    for name in ("timm/convnext_atto", "regnet_x_400mf", "resnet18"):
+        assert vit_train.parse_args(["--model", name]).recipe == "strong", name
+    assert vit_train.parse_args(["--model", "timm/convnext_atto", "--recipe", "vit"]).recipe == "vit"
     with pytest.raises(UsageError, match="--drop-path: vit_b_16 has no stochastic depth"):
         build_model("vit_b_16", 5, "none", drop_path=0.1)
     model, _ = build_model("tf_efficientnet_lite0", 5, "none", drop_path=0.1)
