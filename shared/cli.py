@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 DATASETS = ("bird", "dog")
+# where each dataset's official layout keeps its true boxes (optional in both)
+TRUE_BOXES = {"bird": "CUB_200_2011/bounding_boxes.txt", "dog": "StanfordDogs/Annotation"}
 RESIZE_MODES = ("letterbox", "random-resized-crop", "center-crop")
 # this project's own model names; --model also takes any torchvision classification model and
 # timm/<name> (shared.models checks them: listing them needs torch)
@@ -132,6 +134,14 @@ def common_parser() -> argparse.ArgumentParser:
     group.add_argument("--resume", action="store_true",
                        help="continue from <out>/last.pt (start afresh if there is none)")
     return parser
+
+
+def has_true_boxes(dataset: str, data_root: str | Path) -> bool:
+    """Whether the data under `--data-root` (the root or the dataset's folder itself) holds
+    its true boxes."""
+    path = Path(data_root) / TRUE_BOXES[dataset]
+    return path.exists() or (Path(data_root).name == path.parent.name
+                             and (Path(data_root) / path.name).exists())
 
 
 # -------------------------------------------------------------------------------- flags

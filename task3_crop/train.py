@@ -9,7 +9,8 @@
 The classifier and its training are task 1-2's (same flags, same `--recipe`); only the images
 change: each is cropped on the fly to a box (`--crop box`, grown by `--margin` of its size on
 every side) or to the square of the box's longer side centred on it (`--crop square`), clipped
-to the image. Training crops use `--train-boxes` (the true boxes by default, as the seed did);
+to the image. Training crops use `--train-boxes` (the true boxes where the data has them, as the seed
+did, else the predicted ones);
 validation and test crops use `--test-boxes`: `pred`, the detector's top box, is the honest
 setting, `gt` the oracle. An image the detector found nothing in is kept whole and counted.
 Where a photo holds several true boxes, the largest is the subject.
@@ -41,8 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--crop", choices=("none", "box", "square"), default="box")
     group.add_argument("--margin", type=cli.nonnegative_float, default=0.0,
                        help="grow the box by this share of its width and height on every side")
-    group.add_argument("--train-boxes", choices=("gt", "pred"), default="gt",
-                       help="boxes that crop the training images")
+    group.add_argument("--train-boxes", choices=("gt", "pred"), default=None,
+                       help="boxes that crop the training images (default: gt where the data "
+                            "has true boxes, else pred)")
     group.add_argument("--test-boxes", choices=("pred", "gt"), default="pred",
                        help="boxes that crop the validation and test images (gt: oracle)")
     group.add_argument("--tta", choices=("none", "whole+crop"), default="none",
@@ -55,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = cli.parse_with_recipes(parser, argv)
     if args.tta != "none" and args.crop == "none":
         parser.error("--tta whole+crop needs a crop (--crop box or square)")
+    if args.train_boxes is None:
+        args.train_boxes = "gt" if cli.has_true_boxes(args.dataset, args.data_root) else "pred"
     args.boxes = args.boxes or Path("results", TASK, args.dataset, "detector", "boxes.json")
     args.out = args.out or Path("results", TASK, args.dataset, variant(args))
     return args

@@ -389,6 +389,14 @@ def test_centre_box_localiser_needs_no_detector(sample, tmp_path):
     assert cells[1:9] == ["CUB-200-2011", "none", "–", "–", "–", "–", "–", "–"], row
     # CorLoc, MaxBoxAcc, mean IoU and no-detection count without boxes; no epochs, no input
     assert cells[10] == "–", row  # a centre box trains nothing: no train time
+    # a crop run on data without true boxes trains on the predicted ones by default
+    unboxed_crop = tmp_path / "unboxed-crop"
+    result = run_cli("task3_crop/train.py", *common, "--data-root", str(bare), "--model",
+                     "resnet18", "--weights", "none", "--image-size", "32", "--epochs", "1",
+                     "--batch-size", "8", "--boxes", str(unboxed / "boxes.json"),
+                     "--out", str(unboxed_crop))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((unboxed_crop / "metrics.json").read_text())["args"]["train_boxes"] == "pred"
 
 
 def test_cam_localiser_crops_from_a_classifier_with_test_time_refine(sample, tmp_path):
