@@ -281,13 +281,30 @@ def split_train_val(records: list[Record], val_fraction: float, seed: int = 0
             [r for i, r in enumerate(records) if i in val])
 
 
-def check_images(records: list[Record]) -> None:
-    """Every listed photo opens (its header only: cheap), before a run spends hours and
-    finds a bad one at its test; one over PIL's decompression-bomb size is named too."""
-    def size(record: Record) -> tuple[Record, int]:
+def check_images(records: list[Record], cache: Path | None = None) -> None:
+    """Every listed photo decodes whole, before a run spends hours and meets a bad one in
+    the middle of an epoch: a missing or unreadable file, a photo whose body is cut off
+    (its header alone reads fine), one over PIL's decompression-bomb size. JPEGs decode at
+    1/8 scale (libjpeg still reads every byte of the body). With `cache` (a JSON file), the
+    photos found whole are remembered by size and mtime, so a repeat run checks only what
+    changed."""
+    verified = _read_verified(cache)
+
+    def stamp(record: Record) -> list[int]:
+        try:
+            status = record.path.stat()
+        except FileNotFoundError:
+            raise DataError(f"{record.path}: image file is missing") from None
+        return [status.st_size, status.st_mtime_ns]
+
+    def check(record: Record) -> tuple[Record, int]:
         try:
             with Image.open(record.path) as image:
-                return record, image.width * image.height
+                pixels = image.width * image.height
+                if not Image.MAX_IMAGE_PIXELS or pixels <= Image.MAX_IMAGE_PIXELS:
+                    image.draft("RGB", (image.width // 8, image.height // 8))
+                    image.load()
+                return record, pixels
         except FileNotFoundError:
             raise DataError(f"{record.path}: image file is missing") from None
         except (OSError, SyntaxError, ValueError) as e:
@@ -295,12 +312,43 @@ def check_images(records: list[Record]) -> None:
         except Image.DecompressionBombError:
             return record, Image.MAX_IMAGE_PIXELS + 1
 
-    with ThreadPoolExecutor(default_workers()) as pool:
-        for record, pixels in pool.map(size, records):
+    stamps = {str(r.path): stamp(r) for r in records}
+    unchecked = [r for r in records if verified.get(str(r.path)) != stamps[str(r.path)]]
+    with ThreadPoolExecutor(default_workers()) as pool:  # PIL decodes without the GIL
+        for record, pixels in pool.map(check, unchecked):
             if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
                 raise DataError(f"{record.path}: {pixels} pixels, over PIL's "
                                 f"decompression-bomb limit of {Image.MAX_IMAGE_PIXELS}; shrink "
                                 "it (python -m shared.data resize) or remove it")
+    if cache is not None and unchecked:
+        _write_verified(cache, verified | stamps)
+
+
+def verified_cache(folder: Path) -> Path:
+    """Where `check_images` remembers the photos of a dataset folder it found whole:
+    $FGVC_CACHE (default ~/.cache/fgvc), one file per folder."""
+    import hashlib
+
+    root = Path(os.environ.get("FGVC_CACHE") or Path.home() / ".cache" / "fgvc")
+    digest = hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:16]
+    return root / f"verified-{digest}.json"
+
+
+def _read_verified(cache: Path | None) -> dict:
+    try:
+        return json.loads(cache.read_text()) if cache is not None else {}
+    except (OSError, ValueError):  # none yet, or damaged: check every photo again
+        return {}
+
+
+def _write_verified(cache: Path, verified: dict) -> None:
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(verified))
+        os.replace(tmp, cache)
+    except OSError:  # a read-only home: the next run checks again, nothing else lost
+        pass
 
 
 def limit_per_split(records: list[Record], limit: int | None, seed: int = 0) -> list[Record]:
@@ -589,12 +637,12 @@ class Loaders:
 
 def prepare_splits(args) -> tuple[DatasetIndex, list[Record], list[Record], list[Record]]:
     """The dataset, then train / val (carved from train) / test, each capped by --limit;
-    every photo of the three is checked to open before anything trains."""
+    every photo of the three is checked to decode (`check_images`) before anything trains."""
     index = load_dataset(args.dataset, args.data_root)
     train, val = split_train_val(index.train, args.val_fraction, args.seed)
     train, val, test = (limit_per_split(r, args.limit, args.seed)
                         for r in (train, val, index.test))
-    check_images(train + val + test)
+    check_images(train + val + test, verified_cache(index.folder))
     return index, train, val, test
 
 

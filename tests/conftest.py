@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ import pytest
 from shared.sample_data import write_sample_data
 
 REPO = Path(__file__).resolve().parents[1]
+# check_images' cache of photos found whole: the tests' own, not the user's
+os.environ.setdefault("FGVC_CACHE", tempfile.mkdtemp(prefix="fgvc-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -510,3 +510,36 @@ def test_a_decompression_bomb_is_named_before_training(sample, tmp_path, monkeyp
         check_images(records)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(largest))
     check_images(records)
+
+
+def test_a_photo_cut_off_after_its_header_is_named_before_training(sample, tmp_path,
+                                                                   monkeypatch):
+    from shared import data
+
+    folder = _copy(sample, tmp_path, "bird")
+    records = load_dataset("bird", tmp_path).train
+    cache = tmp_path / "cache" / "verified.json"
+    data.check_images(records, cache)  # every photo whole: remembered
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *a: opened.append(path) or
+                        real_open(path, *a))
+    data.check_images(records, cache)
+    assert opened == []  # a repeat run decodes nothing
+    victim = records[5].path
+    whole = victim.read_bytes()
+    victim.write_bytes(whole[: len(whole) * 3 // 4])  # the header intact, the body cut
+    with Image.open(victim) as image:
+        assert image.size  # opening (the header) still works: only decoding finds it
+    with pytest.raises(DataError, match=f"{victim}: cannot read the image .*truncated"):
+        data.check_images(records, cache)
+    assert opened[-1] == victim and len(opened) == 2  # only the changed photo again
+    assert folder.is_dir()
+
+
+def test_the_verified_cache_lives_outside_the_data(tmp_path, monkeypatch):
+    from shared import data
+
+    monkeypatch.setenv("FGVC_CACHE", str(tmp_path / "c"))
+    first, second = data.verified_cache(tmp_path / "a"), data.verified_cache(tmp_path / "b")
+    assert first.parent == tmp_path / "c" and first != second
