@@ -9,11 +9,11 @@
 The classifier and its training are task 1-2's (same flags, same `--recipe`); only the images
 change: each is cropped on the fly to a box (`--crop box`, grown by `--margin` of its size on
 every side) or to the square of the box's longer side centred on it (`--crop square`), clipped
-to the image. Training crops use `--train-boxes` (the true boxes where the data has them, as the seed
-did, else the predicted ones);
-validation and test crops use `--test-boxes`: `pred`, the detector's top box, is the honest
-setting, `gt` the oracle. An image the detector found nothing in is kept whole and counted.
-Where a photo holds several true boxes, the largest is the subject.
+to the image. Training crops use `--train-boxes` (the true boxes where the data has them, as
+the seed did, else the predicted ones); validation and test crops use `--test-boxes`: `pred`,
+the detector's top box, is the honest setting, `gt` the oracle. An image the detector found
+nothing in is kept whole and counted. Where a photo holds several true boxes, the largest is
+the subject.
 
 `--tta whole+crop` is test-time refine (as WS-DAN's): each test image's class probabilities
 on the whole photo and on its crop, averaged. One model gives both: it trains on each image

@@ -77,7 +77,8 @@ def test_recipe_follows_the_model_and_drop_path_needs_a_model_that_has_it():
         assert vit_train.parse_args(["--model", name]).recipe == "vit", name
     for name in ("timm/convnext_atto", "regnet_x_400mf", "resnet18"):
         assert vit_train.parse_args(["--model", name]).recipe == "strong", name
-    assert vit_train.parse_args(["--model", "timm/convnext_atto", "--recipe", "vit"]).recipe == "vit"
+    forced = vit_train.parse_args(["--model", "timm/convnext_atto", "--recipe", "vit"])
+    assert forced.recipe == "vit"
     with pytest.raises(UsageError, match="--drop-path: vit_b_16 has no stochastic depth"):
         build_model("vit_b_16", 5, "none", drop_path=0.1)
     model, _ = build_model("tf_efficientnet_lite0", 5, "none", drop_path=0.1)
