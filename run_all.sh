@@ -53,7 +53,7 @@ if [[ $MODE == quick ]]; then
   for dataset in "${DATASETS[@]}"; do
     folder=$DATA/$([[ $dataset == bird ]] && echo CUB_200_2011/images || echo StanfordDogs/Images)
     if [[ ! -d $folder ]]; then
-      echo "run_all.sh --quick: no $folder (python -m shared.data download --dataset $dataset" \
+      echo "run_all.sh --quick: no $folder (python -m shared.download --dataset $dataset" \
         "--data-root $DATA, or DATA=<folder holding it>)" >&2
       $DRY_RUN || exit 2
     else

@@ -7,7 +7,7 @@ and Pillow geometry ending in normalised floats; ours (`shared.data.load_rgb`, t
 resizing, uint8 pixels out: `shared.data.build_transform`) decoding the whole JPEG, in
 libjpeg's draft mode where the transform allows (the loaders' default,
 `shared.data.decode_need`), and from a copy pre-resized to a short side of 256 (`python -m
-shared.data resize`). One process is what a worker gives, so the loader's rate is about
+shared.resize`). One process is what a worker gives, so the loader's rate is about
 this times `--workers`; the last table checks that with a real DataLoader (pinned memory
 where CUDA is, as the engine's). `--epoch-images` sets the DataLoader's epoch (the photos
 repeated): an epoch of a few batches a worker times the workers' start of the epoch and its

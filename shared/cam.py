@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
-from shared.models import MODELS, ModelSpec, UsageError, token_layout
+from shared.errors import UsageError
+from shared.models import MODELS, ModelSpec, token_layout
 
 
 class Hooked:

@@ -21,9 +21,7 @@ from pathlib import Path
 
 import torch
 
-
-class CheckpointError(Exception):
-    """A file that cannot or must not be loaded, or a run folder in the way."""
+from shared.errors import CheckpointError
 
 
 def numpy_globals() -> list:

@@ -9,6 +9,8 @@ import re
 import sys
 from pathlib import Path
 
+from shared import errors
+
 DATASETS = ("bird", "dog")
 # where each dataset's official layout keeps its true boxes (optional in both)
 TRUE_BOXES = {"bird": "CUB_200_2011/bounding_boxes.txt", "dog": "StanfordDogs/Annotation"}
@@ -214,15 +216,10 @@ def task_parser(doc: str, *parents: argparse.ArgumentParser) -> argparse.Argumen
 
 def run(main, args) -> None:
     """Run a task's main; a known failure ends with one readable line and a non-zero exit."""
-    from shared.checkpoint import CheckpointError
-    from shared.data import DataError
-    from shared.engine import TrainingError
-    from shared.models import UsageError, WeightsError
-
     try:
         main(args)
-    except (DataError, WeightsError, TrainingError, UsageError, CheckpointError) as e:
+    except errors.KNOWN as e:
         # An error raised in a DataLoader worker arrives with the worker's traceback in its
         # message; its last line is the original message.
         message = str(e).strip().splitlines()[-1]
-        sys.exit(f"error: {message.removeprefix('shared.data.DataError: ')}")
+        sys.exit(f"error: {message.removeprefix('shared.errors.DataError: ')}")

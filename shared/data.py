@@ -2,8 +2,9 @@
 image loading, transforms and loaders.
 
     python -m shared.data summary  --dataset bird --data-root data [--val-fraction 0.1] [--verify]
-    python -m shared.data download --dataset dog  --data-root data
-    python -m shared.data resize   --dataset dog  --data-root data --short-side 256 --out data256
+
+Getting the data (`shared.download`) and a pre-resized copy (`shared.resize`) have their own
+commands; this module imports neither.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from shared.cli import DATASETS, RESIZE_MODES, fraction
+from shared.errors import DataError
 
 FOLDERS = {"bird": "CUB_200_2011", "dog": "StanfordDogs"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,10 +40,6 @@ DOGS_FILES = ("train_list.mat", "test_list.mat", "Images")
 
 # A truncated JPEG must fail loudly, naming the file, never load half grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-class DataError(Exception):
-    """Bad dataset input. The message names the file or folder and what was expected."""
 
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the original image
@@ -84,7 +82,7 @@ def dataset_folder(name: str, data_root: str | os.PathLike) -> Path:
         raise DataError(
             f"{folder} is not a {FOLDERS[name]} folder in the official layout: missing "
             f"{', '.join(missing)} (expected {', '.join(expected)}). Get it with: "
-            f"python -m shared.data download --dataset {name} --data-root {root}"
+            f"python -m shared.download --dataset {name} --data-root {root}"
         )
     return folder
 
@@ -189,7 +187,7 @@ def _every_class_trains(index: DatasetIndex, source: Path) -> DatasetIndex:
     return index
 
 
-def _mat_list(path: Path) -> list[tuple[str, str, int]]:
+def mat_list(path: Path) -> list[tuple[str, str, int]]:
     """(file, annotation, 1-based label) rows of an official `*_list.mat`."""
     try:
         mat = scipy.io.loadmat(path)
@@ -227,7 +225,7 @@ def read_dogs(folder: Path) -> DatasetIndex:
     """Stanford Dogs: labels follow the sorted breed folders; boxes from `Annotation/` when the
     folder is there."""
     folder = Path(folder)
-    splits = {s: _mat_list(folder / f"{s}_list.mat") for s in ("train", "test")}
+    splits = {s: mat_list(folder / f"{s}_list.mat") for s in ("train", "test")}
     breeds = sorted({file.split("/")[0] for rows in splits.values() for file, _, _ in rows})
     label_of = {breed: i for i, breed in enumerate(breeds)}
     mat_label_of: dict[str, int] = {}
@@ -319,7 +317,7 @@ def check_images(records: list[Record], cache: Path | None = None) -> None:
             if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
                 raise DataError(f"{record.path}: {pixels} pixels, over PIL's "
                                 f"decompression-bomb limit of {Image.MAX_IMAGE_PIXELS}; shrink "
-                                "it (python -m shared.data resize) or remove it")
+                                "it (python -m shared.resize) or remove it")
     if cache is not None and unchecked:
         _write_verified(cache, verified | stamps)
 
@@ -722,39 +720,13 @@ def main(argv=None) -> None:
     cmd.add_argument("--seed", type=int, default=0)
     cmd.add_argument("--verify", action="store_true",
                      help="open every image; fail on the first unreadable one")
-    cmd = commands.add_parser("download", help="fetch and extract the official archives")
-    cmd.add_argument("--dataset", choices=DATASETS, required=True)
-    cmd.add_argument("--data-root", default="data")
-    cmd.add_argument("--mirror", default=None,
-                     help="base URL serving the same archive files (checksums still apply)")
-    cmd = commands.add_parser("resize", help="a copy with photos shrunk to a short side, "
-                                             "boxes scaled (faster decoding)")
-    cmd.add_argument("--dataset", choices=DATASETS, required=True)
-    cmd.add_argument("--data-root", default="data")
-    cmd.add_argument("--short-side", type=int, required=True,
-                     help="shrink photos whose short side is longer than this")
-    cmd.add_argument("--out", required=True, help="data root of the copy")
     args = parser.parse_args(argv)
     try:
-        if args.command == "summary":
-            print(json.dumps(summary(args.dataset, args.data_root, args.val_fraction,
-                                     args.seed, args.verify)))
-        elif args.command == "resize":
-            from shared.resize import resize_dataset
-
-            folder = resize_dataset(args.dataset, args.data_root, args.out, args.short_side)
-            print(json.dumps(json.loads((folder / "resized.json").read_text())))
-        else:
-            from shared.download import download_dataset
-
-            folder = download_dataset(args.dataset, args.data_root, mirror=args.mirror)
-            print(json.dumps(summary(args.dataset, folder.parent, 0.0)))
+        print(json.dumps(summary(args.dataset, args.data_root, args.val_fraction, args.seed,
+                                 args.verify)))
     except DataError as e:
         sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-    # Run the importable module's main: shared.download raises *its* DataError class.
-    from shared.data import main as module_main
-
-    module_main()
+    main()

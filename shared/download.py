@@ -1,4 +1,4 @@
-"""Fetch and extract the official dataset archives (`python -m shared.data download`).
+"""Fetch and extract the official dataset archives (`python -m shared.download`).
 
 An interrupted download stays as `<archive>.part` and resumes on the next run; an archive
 appears under its own name only when complete (size, and MD5 where one is published).
@@ -22,7 +22,8 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
-from shared.data import FOLDERS, DataError, read_cub, read_dogs
+from shared.data import FOLDERS, read_cub, read_dogs
+from shared.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -164,3 +165,29 @@ class Progress:
         of = f" / {self.total / 1e6:.1f} MB ({100 * self.done_bytes / self.total:.0f}%)" \
             if self.total else " MB"
         self.log(f"{self.name}: {mb:.1f}{of}, {rate:.1f} MB/s", end=end, file=sys.stderr)
+
+
+def main(argv=None) -> None:
+    import argparse
+    import json
+
+    from shared.cli import DATASETS
+    from shared.data import summary
+
+    parser = argparse.ArgumentParser(prog="python -m shared.download",
+                                     description="Fetch and extract a dataset's official "
+                                                 "archives into --data-root.")
+    parser.add_argument("--dataset", choices=DATASETS, required=True)
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--mirror", default=None,
+                        help="base URL serving the same archive files (checksums still apply)")
+    args = parser.parse_args(argv)
+    try:
+        folder = download_dataset(args.dataset, args.data_root, mirror=args.mirror)
+        print(json.dumps(summary(args.dataset, folder.parent, 0.0)))
+    except DataError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -27,14 +27,11 @@ from torch.utils.data import DataLoader
 
 from shared import checkpoint, figures, models, results, stats
 from shared.data import Loaders, Record, make_loaders, normalize
+from shared.errors import TrainingError
 from shared.models import ModelSpec
 
 BATCH_NORM = nn.modules.batchnorm._BatchNorm
 PREDICTIONS = "test_predictions.npz"  # beside metrics.json: every test image's logits
-
-
-class TrainingError(Exception):
-    """A run that cannot go on (a non-finite loss, a split smaller than a batch)."""
 
 
 # ------------------------------------------------------------------------------- runtime

@@ -31,6 +31,7 @@ from torchvision.models.vision_transformer import VisionTransformer, interpolate
 
 from shared import checkpoint, cli
 from shared.data import IMAGENET_MEAN, IMAGENET_STD
+from shared.errors import UsageError, WeightsError
 
 # model -> the torchvision weights used by `--weights imagenet`
 TORCHVISION_WEIGHTS = {
@@ -45,14 +46,6 @@ ARCHITECTURE = {"vit_b_16_swag": "vit_b_16"}  # model names that are not torchvi
 MODELS = cli.MODELS  # this project's own names, there so that --help needs no torch
 assert set(MODELS) == {*TORCHVISION_WEIGHTS, "tf_efficientnet_lite0", "tf_efficientnet_lite1",
                        "tf_efficientnet_lite2", "vit_tiny"}
-
-
-class WeightsError(Exception):
-    """Weights that cannot be found or do not fit; the message says which file and where."""
-
-
-class UsageError(ValueError):
-    """A flag value that does not fit the model; the message names the flag."""
 
 
 class PackedSelfAttention(nn.MultiheadAttention):

@@ -1,4 +1,4 @@
-"""A pre-resized copy of a dataset in its official layout (`python -m shared.data resize`).
+"""A pre-resized copy of a dataset in its official layout (`python -m shared.resize`).
 
 Photos whose short side exceeds `--short-side` are shrunk to it (aspect kept, JPEG quality
 95), the rest are copied as they are; bounding boxes (CUB's `bounding_boxes.txt`, the Dogs'
@@ -24,12 +24,12 @@ from shared.data import (
     CUB_FILES,
     DOGS_FILES,
     FOLDERS,
-    DataError,
-    _mat_list,
     default_workers,
     load_dataset,
     load_rgb,
+    mat_list,
 )
+from shared.errors import DataError
 
 IMAGE_FOLDERS = {"bird": "images", "dog": "Images"}
 
@@ -110,7 +110,7 @@ def _write_cub_metadata(source: Path, folder: Path, scales: dict) -> None:
 def _write_dogs_metadata(source: Path, folder: Path, scales: dict) -> None:
     if (source / "Annotation").is_dir():
         for split in ("train", "test"):
-            for file, annotation, _ in _mat_list(source / f"{split}_list.mat"):
+            for file, annotation, _ in mat_list(source / f"{split}_list.mat"):
                 target = folder / "Annotation" / annotation
                 target.parent.mkdir(parents=True, exist_ok=True)
                 _scale_voc(source / "Annotation" / annotation, target, *scales[file])
@@ -129,3 +129,28 @@ def _scale_voc(source: Path, target: Path, sx: float, sy: float) -> None:
             node = box.find(tag)
             node.text = str(round(float(node.text) * scale))
     tree.write(target)
+
+
+def main(argv=None) -> None:
+    import argparse
+    import sys
+
+    from shared.cli import DATASETS
+
+    parser = argparse.ArgumentParser(prog="python -m shared.resize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=DATASETS, required=True)
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--short-side", type=int, required=True,
+                        help="shrink photos whose short side is longer than this")
+    parser.add_argument("--out", required=True, help="data root of the copy")
+    args = parser.parse_args(argv)
+    try:
+        folder = resize_dataset(args.dataset, args.data_root, args.out, args.short_side)
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps(json.loads((folder / "resized.json").read_text())))
+
+
+if __name__ == "__main__":
+    main()

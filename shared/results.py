@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from shared import stats
+from shared.errors import TestSetMismatch
 
 
 def git_commit() -> str | None:
@@ -501,10 +502,6 @@ COMPARISONS = {
     "Table 7": (_imagenet_reference, [("linear", "linear_top1"), ("kNN", "knn_top1"),
                                       ("fine-tune", "finetune_top1")], "ImageNet"),
 }
-
-
-class TestSetMismatch(ValueError):
-    """Two runs compared on different test images."""
 
 
 def _correct_of(run: dict, name: str, cache: dict) -> tuple[np.ndarray, np.ndarray] | None:

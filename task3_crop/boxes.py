@@ -13,7 +13,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from shared.data import Box, DataError, Record
+from shared.data import Box, Record
+from shared.errors import DataError
 
 Detection = tuple[Box, float] | None  # the top box and its score, or None: nothing found
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
 
-from shared import cli  # noqa: E402  (argparse only)
+from shared import cli, errors  # noqa: E402  (argparse only)
 
 TASK = "task3_crop"
 SEED_CONFIG = "faster_rcnn/faster-rcnn_r101_fpn_2x_coco.py"
@@ -120,7 +120,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from shared import cam, checkpoint, data, engine, models, results  # noqa: E402
-from shared.data import DataError  # noqa: E402
+from shared.errors import DataError  # noqa: E402
 from task3_crop import boxes as boxes_io  # noqa: E402
 from task3_crop import mmcv_ext  # noqa: E402, F401  (registers mmcv._ext before mmdet loads)
 
@@ -408,7 +408,7 @@ def swept_localiser(args, index, train, val, test, boxes: dict, candidates: tupl
 
 def main(args: argparse.Namespace) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would train its own
-        raise engine.TrainingError("task3_crop/detect.py runs in one process (one GPU); "
+        raise errors.TrainingError("task3_crop/detect.py runs in one process (one GPU); "
                                    "start it without torchrun")
     checkpoint.claim_run_folder(args.out, args.resume)
     index, train, val, test = data.prepare_splits(args)

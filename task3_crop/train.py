@@ -73,7 +73,7 @@ from dataclasses import replace  # noqa: E402
 import torch  # noqa: E402
 
 from shared import checkpoint, data, engine, results, stats  # noqa: E402
-from shared.data import DataError  # noqa: E402
+from shared.errors import DataError  # noqa: E402
 from task3_crop import boxes as boxes_io  # noqa: E402
 
 

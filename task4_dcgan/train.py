@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
 
-from shared import cli  # noqa: E402  (argparse only)
+from shared import cli, errors  # noqa: E402  (argparse only)
 
 TASK = "task4_dcgan"
 FID_SIZE = 224
@@ -357,7 +357,7 @@ def class_accuracy(judge, images: torch.Tensor, labels: torch.Tensor, device) ->
 def main(args: argparse.Namespace) -> None:
     rt = engine.init_runtime(args)
     if rt.world_size > 1:
-        raise engine.TrainingError("task4_dcgan runs in one process (the GAN is small); "
+        raise errors.TrainingError("task4_dcgan runs in one process (the GAN is small); "
                                    "start it without torchrun")
     out = checkpoint.claim_run_folder(args.out, args.resume)
     index, train, val, test = data.prepare_splits(args)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
 
-from shared import cli  # noqa: E402  (argparse only)
+from shared import cli, errors  # noqa: E402  (argparse only)
 
 TASK = "task5_vit"
 
@@ -38,7 +38,7 @@ def default_recipe(model: str) -> str:
 
     try:
         return "strong" if models.is_cnn(model) else "vit"
-    except models.UsageError:
+    except errors.UsageError:
         return "strong"  # an unknown name: the run stops on it with its own message
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
 
-from shared import cli  # noqa: E402  (argparse only)
+from shared import cli, errors  # noqa: E402  (argparse only)
 
 TASK = "task7_fgsm"
 
@@ -297,7 +297,7 @@ def main(args: argparse.Namespace) -> None:
             print(f"clean {metrics['clean_top1']:.4f} robust {metrics['robust_top1']}")
     else:
         if not val and (args.select == "robust" or args.overfit_guard > 0):
-            raise engine.TrainingError("--select robust and --overfit-guard attack the "
+            raise errors.TrainingError("--select robust and --overfit-guard attack the "
                                        "validation split: use --val-fraction > 0, or "
                                        "--select clean --overfit-guard 0")
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
 
-from shared import cli  # noqa: E402  (argparse only)
+from shared import cli, errors  # noqa: E402  (argparse only)
 
 TASK = "task8_simclr"
 
@@ -103,7 +103,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from shared import checkpoint, data, engine, models, results  # noqa: E402
-from shared.data import DataError, Record  # noqa: E402
+from shared.data import Record  # noqa: E402
+from shared.errors import DataError  # noqa: E402
 from task8_simclr.simclr import LARS, ProjectionHead, lars_groups, nt_xent, simclr_views  # noqa: E402
 
 
@@ -163,7 +164,7 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
     dataset = data.ImageDataset(train, simclr_views(args.image_size), need)
     batch = args.simclr_batch_size // rt.world_size
     if len(dataset) < batch * rt.world_size:
-        raise engine.TrainingError(f"--simclr-batch-size {args.simclr_batch_size} exceeds "
+        raise errors.TrainingError(f"--simclr-batch-size {args.simclr_batch_size} exceeds "
                                    f"the {len(dataset)} training images")
     sampler = torch.utils.data.DistributedSampler(dataset, rt.world_size, rt.rank, seed=args.seed)
     workers = data.loader_workers(args, rt.device.type == "cuda")
@@ -205,7 +206,7 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
             except (RuntimeError, torch.OutOfMemoryError) as error:
                 if not out_of_memory(error):
                     raise
-                raise engine.TrainingError(
+                raise errors.TrainingError(
                     f"out of memory in a SimCLR step: --simclr-batch-size "
                     f"{args.simclr_batch_size} is {2 * batch} views of {args.image_size} px "
                     f"a process on {rt.device}; lower --simclr-batch-size or --image-size "

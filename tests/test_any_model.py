@@ -8,8 +8,9 @@ import torch
 import torchvision
 from conftest import run_cli
 
-from shared import cam, engine, models
-from shared.models import WeightsError, build_model, freeze_stages
+from shared import cam, engine, errors, models
+from shared.errors import WeightsError
+from shared.models import build_model, freeze_stages
 from task7_fgsm.fgsm import Normalized, fgsm
 
 # name, input size, the last stage's grid at that size
@@ -92,9 +93,9 @@ def test_normalisation_and_heads_come_from_the_model():
 
 
 def test_unknown_models_and_offline_weights_say_what_to_do(tmp_path, monkeypatch):
-    with pytest.raises(models.UsageError, match="python -m shared.models list"):
+    with pytest.raises(errors.UsageError, match="python -m shared.models list"):
         build_model("resnet19", 3, "none")
-    with pytest.raises(models.UsageError, match="timm has no model 'not_a_net'"):
+    with pytest.raises(errors.UsageError, match="timm has no model 'not_a_net'"):
         build_model("timm/not_a_net", 3, "none")
     from huggingface_hub import constants
 

@@ -12,7 +12,8 @@ from conftest import REPO, assert_predictions_reproduce, run_cli
 from PIL import Image
 
 from shared import checkpoint, data
-from shared.data import DataError, Record
+from shared.data import Record
+from shared.errors import DataError
 from shared.results import write_tables
 from task3_crop import boxes as boxes_io
 

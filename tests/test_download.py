@@ -9,7 +9,8 @@ import pytest
 from conftest import run_cli
 
 from shared import download
-from shared.data import DataError, load_dataset
+from shared.data import load_dataset
+from shared.errors import DataError
 
 
 class ArchiveServer:
@@ -122,7 +123,7 @@ def test_checksum_mismatch_fails_and_keeps_nothing(server, archives, tmp_path):
     # Our archive is not the official one, so the official MD5 rejects it.
     server.files["CUB_200_2011.tgz"] = archives["CUB_200_2011.tgz"]
     root = tmp_path / "data"
-    result = run_cli("-m", "shared.data", "download", "--dataset", "bird", "--data-root",
+    result = run_cli("-m", "shared.download", "--dataset", "bird", "--data-root",
                      str(root), "--mirror", server.url)
     assert result.returncode != 0
     assert "checksum mismatch" in result.stderr and "Traceback" not in result.stderr

@@ -9,8 +9,7 @@ from conftest import assert_predictions_reproduce, run_cli
 from torch.overrides import TorchFunctionMode
 
 from shared import checkpoint, data, engine, models, results
-from shared.checkpoint import CheckpointError
-from shared.engine import TrainingError
+from shared.errors import CheckpointError, TrainingError
 from task1_2_finetune import train as finetune
 
 

@@ -125,7 +125,7 @@ def test_a_trained_model_looks_at_the_object():
 
 
 def test_maps_that_would_be_blank_or_ill_posed_are_refused():
-    from shared.models import UsageError
+    from shared.errors import UsageError
 
     vit, _ = build_model("vit_tiny", 3, "none", image_size=32)
     torch.nn.init.normal_(vit.heads.head.weight, std=0.01)

@@ -5,8 +5,8 @@ import torch
 from conftest import run_cli
 
 from shared import models
-from shared.checkpoint import CheckpointError
-from shared.models import WeightsError, build_model, freeze_stages
+from shared.errors import CheckpointError, WeightsError
+from shared.models import build_model, freeze_stages
 
 
 def test_heads_are_sized_to_the_dataset():

@@ -4,7 +4,8 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
-from shared.data import DataError, load_dataset
+from shared.data import load_dataset
+from shared.errors import DataError
 from shared.resize import resize_dataset
 
 
@@ -60,11 +61,11 @@ def test_resize_refuses_to_overwrite_the_dataset(sample):
 
 def test_resize_command(sample, tmp_path):
     root, _ = sample
-    result = run_cli("-m", "shared.data", "resize", "--dataset", "dog", "--data-root",
+    result = run_cli("-m", "shared.resize", "--dataset", "dog", "--data-root",
                      str(root), "--short-side", "32", "--out", str(tmp_path / "small"))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["short_side"] == 32
-    bad = run_cli("-m", "shared.data", "resize", "--dataset", "dog", "--data-root",
+    bad = run_cli("-m", "shared.resize", "--dataset", "dog", "--data-root",
                   str(tmp_path / "nothing"), "--short-side", "32", "--out", str(tmp_path / "x"))
     assert bad.returncode != 0 and "StanfordDogs" in bad.stderr
     assert "Traceback" not in bad.stderr

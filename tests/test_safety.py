@@ -11,7 +11,7 @@ import torch
 from conftest import run_cli
 
 from shared import checkpoint, models
-from shared.checkpoint import CheckpointError
+from shared.errors import CheckpointError
 
 # ------------------------------------------------------------------------ malicious files
 

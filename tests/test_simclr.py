@@ -11,6 +11,7 @@ from conftest import assert_predictions_reproduce, run_cli
 from PIL import Image
 from torch import nn
 
+from shared import errors
 from shared.results import write_tables
 from task8_simclr import train as simclr_train
 from task8_simclr.simclr import LARS, ProjectionHead, lars_groups, nt_xent, simclr_views
@@ -270,7 +271,7 @@ def test_per_class_budgets_give_exactly_that_many_photos_a_class(sample):
         subset = simclr_train.label_subset(train, f"{count}/class", seed=0)
         per_class = {label: sum(r.label == label for r in subset) for label in range(4)}
         assert per_class == {label: count for label in range(4)}
-    with pytest.raises(data.DataError, match="--label-fractions 99/class: class 0 has only"):
+    with pytest.raises(errors.DataError, match="--label-fractions 99/class: class 0 has only"):
         simclr_train.label_subset(train, "99/class", seed=0)
     args = simclr_train.parse_args(["--label-fractions", "1/class", "0.1", "1"])
     assert args.label_fractions == ["1/class", 0.1, 1.0]
@@ -355,7 +356,7 @@ def test_running_out_of_memory_names_the_flags(sample, tmp_path, monkeypatch):
     backbone, spec = build_model("resnet18", 4, "none", 32)
     features = simclr_train.split_head(backbone, spec)
     train = data.load_dataset("bird", root).train
-    with pytest.raises(engine.TrainingError,
+    with pytest.raises(errors.TrainingError,
                        match="--simclr-batch-size 8 is 16 views of 32 px a process on cpu"):
         simclr_train.pretrain(backbone, features, spec, train, args,
                               engine.Runtime(torch.device("cpu")), tmp_path)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from shared import results, stats
+from shared import errors, results, stats
 
 
 @pytest.mark.parametrize("correct, total", [(8, 10), (0, 20), (20, 20), (1347, 1500)])
@@ -108,7 +108,7 @@ def test_tables_refuse_runs_tested_on_different_images(tmp_path):
     _run(tmp_path, "baseline", "baseline", [str(i) for i in range(50)], np.ones(50, bool))
     _run(tmp_path, "pretrained", "pretrained", [str(i) for i in range(1, 51)],
          np.ones(50, bool))
-    with pytest.raises(results.TestSetMismatch,
+    with pytest.raises(errors.TestSetMismatch,
                        match="pretrained and task1_2_finetune/bird/baseline were tested on "
                              "different images"):
         results.write_tables(tmp_path)

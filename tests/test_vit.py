@@ -8,7 +8,8 @@ import torchvision
 from conftest import assert_predictions_reproduce, run_cli
 
 from shared import engine, models
-from shared.models import PackedSelfAttention, UsageError, WeightsError, build_model
+from shared.errors import UsageError, WeightsError
+from shared.models import PackedSelfAttention, build_model
 from task5_vit import train as vit_train
 
 
