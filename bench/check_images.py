@@ -13,7 +13,6 @@ cache of verified photos (a repeat run: size and mtime only).
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from PIL import Image
 
 from shared import data
+from shared.results import cpu_name
 
 
 def header_only(records) -> None:
@@ -63,8 +63,9 @@ def main() -> None:
     args = parser.parse_args()
     index = data.load_dataset(args.dataset, args.data_root)
     records = index.train + index.test
-    print(f"machine: {platform.processor() or platform.machine()}, "
-          f"{data.default_workers()} threads ({os.cpu_count()} cores)")
+    amx = "with AMX" if "amx_bf16" in open("/proc/cpuinfo").read() else "without AMX"
+    print(f"machine: {cpu_name()} ({amx}), {data.default_workers()} threads "
+          f"({os.cpu_count()} cores)")
     print("| photos | count | header only (s) | full check (s) | ms a photo | repeat, "
           "cached (s) |\n|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:

@@ -26,11 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image, ImageOps
 
-from shared.data import (  # noqa: E402
+from shared.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageDataset,
@@ -39,7 +39,7 @@ from shared.data import (  # noqa: E402
     decode_need,
     make_loader,
 )
-from shared.resize import resize_photo  # noqa: E402
+from shared.resize import resize_photo
 
 
 def recipe(train, size, mode, scale=0.25, ratio=0.875, grayscale=0.0) -> dict:

@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from shared.engine import peak_memory_mb, resolve_amp  # noqa: E402
-from shared.models import build_model  # noqa: E402
+from shared.engine import peak_memory_mb, resolve_amp
+from shared.models import build_model
 
 CONFIGS = ("seed", "engine", "simclr")  # seed: fp32, contiguous; engine: its defaults here
 

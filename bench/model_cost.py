@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from bench.train_speed import engine_steps  # noqa: E402
-from shared import engine  # noqa: E402
-from shared.models import build_model, default_size  # noqa: E402
+from bench.train_speed import engine_steps
+from shared import engine
+from shared.models import build_model, default_size
 
 MODELS = [  # beyond the project's first eight: what `--model` has taken since issue 25
     "convnext_tiny", "efficientnet_b0", "mobilenet_v3_small", "swin_t",

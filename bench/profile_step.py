@@ -12,12 +12,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-from torch.autograd import DeviceType  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-from train_speed import engine_steps  # noqa: E402
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+from train_speed import engine_steps
 
-from shared.engine import resolve_amp  # noqa: E402
+from shared.engine import resolve_amp
 
 # parts of the names of the aten operators (and their backward) that multiply matrices:
 # mm, addmm, bmm, baddbmm, convolutions (cuDNN's, oneDNN's), fused attention

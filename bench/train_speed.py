@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from shared import engine  # noqa: E402
-from shared.engine import count_gflops, cpu_has_amx, peak_memory_mb, resolve_amp  # noqa: E402
-from shared.models import PackedSelfAttention, build_model  # noqa: E402
+from shared import engine
+from shared.engine import count_gflops, cpu_has_amx, peak_memory_mb, resolve_amp
+from shared.models import PackedSelfAttention, build_model
 
 
 def torchvision_attention(model):
@@ -85,13 +85,12 @@ def engine_steps(model_name, batch, size, amp_dtype, device, compile=False, pack
     if device.type == "cuda":  # as the engine's loaders on CUDA
         pixels, labels = pixels.pin_memory(), labels.pin_memory()
     net = torch.compile(model) if compile else model
-    criterion = nn.CrossEntropyLoss()
+    loop = engine.Loop(model, spec, optimizer, scheduler, scaler, nn.CrossEntropyLoss(), rt,
+                       channels_last, clip_grad=0.0, epochs=1, last_path=Path("last.pt"))
 
     def run(count):
         with contextlib.redirect_stdout(io.StringIO()):  # its progress line, past 30 s
-            engine.train_epoch(net, model, spec, [(pixels, labels)] * count, optimizer,
-                               scheduler, scaler, criterion, rt, channels_last, 0, 1,
-                               Path("last.pt"))
+            engine.train_epoch(loop, net, [(pixels, labels)] * count, 0)
 
     run(1)  # warm-up: allocator, oneDNN / cuDNN kernel choice, compilation
     return run

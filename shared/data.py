@@ -19,7 +19,7 @@ import sys
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -366,7 +366,7 @@ def load_rgb(path: str | os.PathLike, region: Box | None = None,
     palette, PNG behind a .jpg name), cropped to `region` (pixels of the full image, clipped
     to it) when given. With `need` (`decode_need`), a JPEG at least twice the size the
     transform needs decodes at 1/2, 1/4 or 1/8 scale (libjpeg's draft mode: 1.5-2.3x the
-    images/s from 1600 x 1200 photos, bench/RESULTS.md), never below that size. 16-bit
+    images/s from 1600 x 1200 photos, docs/speed.md), never below that size. 16-bit
     grayscale becomes 8-bit (value / 257). The EXIF orientation tag is ignored, as
     torchvision's readers ignore it: pixels stay as stored, which is the frame CUB's and
     Stanford Dogs' boxes are given in. Errors name the file."""
@@ -633,37 +633,60 @@ class Loaders:
     test: DataLoader
 
 
-def prepare_splits(args) -> tuple[DatasetIndex, list[Record], list[Record], list[Record]]:
-    """The dataset, then train / val (carved from train) / test, each capped by --limit;
+def prepare_splits(dataset: str, data_root: str | os.PathLike, val_fraction: float = 0.1,
+                   seed: int = 0, limit: int | None = None
+                   ) -> tuple[DatasetIndex, list[Record], list[Record], list[Record]]:
+    """The dataset, then train / val (carved from train) / test, each capped by `limit`;
     every photo of the three is checked to decode (`check_images`) before anything trains."""
-    index = load_dataset(args.dataset, args.data_root)
-    train, val = split_train_val(index.train, args.val_fraction, args.seed)
-    train, val, test = (limit_per_split(r, args.limit, args.seed)
-                        for r in (train, val, index.test))
+    index = load_dataset(dataset, data_root)
+    train, val = split_train_val(index.train, val_fraction, seed)
+    train, val, test = (limit_per_split(r, limit, seed) for r in (train, val, index.test))
     check_images(train + val + test, verified_cache(index.folder))
     return index, train, val, test
 
 
-def make_loaders(args, train: list[Record], val: list[Record], test: list[Record],
-                 cuda: bool = False, whole_share: float = 0.0) -> Loaders:
-    """Loaders of uint8 pixels (`normalize` them on the device) for the three splits from
-    the common flags; `--batch-size` is global, so each DDP process takes its share.
-    `whole_share`: the chance a cropped training record shows its whole photo
-    (`ImageDataset`)."""
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How a classifier's loaders show the images (the common flags of the same names,
+    with their defaults): size, geometry, augmentation, batch, loader processes, seed."""
+    image_size: int = 512
+    resize_mode: str = "letterbox"
+    crop_scale: float = 0.25
+    crop_ratio: float = 0.875
+    hflip: float = 0.5
+    grayscale: float = 0.1
+    batch_size: int = 16  # global: split across DDP processes
+    workers: int | None = None  # None: `loader_workers` decides
+    seed: int = 0
+
+    @classmethod
+    def from_flags(cls, flags: dict) -> LoaderConfig:
+        """The fields of the same names from a script's flags (`vars(args)`)."""
+        return cls(**{f.name: flags[f.name] for f in fields(cls) if f.name in flags})
+
+
+def make_loaders(train: list[Record], val: list[Record], test: list[Record],
+                 config: LoaderConfig, cuda: bool = False, whole_share: float = 0.0
+                 ) -> Loaders:
+    """Loaders of uint8 pixels (`normalize` them on the device) for the three splits;
+    the batch size is global, so each DDP process takes its share. `whole_share`: the
+    chance a cropped training record shows its whole photo (`ImageDataset`)."""
     _, world = dist_rank_world()
-    workers = loader_workers(args, cuda)
-    if args.batch_size % world:
-        raise DataError(f"--batch-size {args.batch_size} does not split over {world} processes")
-    batch = args.batch_size // world
+    workers = loader_workers(config.workers, cuda)
+    if config.batch_size % world:
+        raise DataError(f"--batch-size {config.batch_size} does not split over {world} "
+                        "processes")
+    batch = config.batch_size // world
 
     def loader(records, is_train):
-        geometry = {"crop_scale": (args.crop_scale, 1.0), "crop_ratio": args.crop_ratio}
-        transform = build_transform(is_train, args.image_size, args.resize_mode,
-                                    hflip=args.hflip, grayscale=args.grayscale, **geometry)
-        need = decode_need(is_train, args.image_size, args.resize_mode, **geometry)
+        geometry = {"crop_scale": (config.crop_scale, 1.0), "crop_ratio": config.crop_ratio}
+        transform = build_transform(is_train, config.image_size, config.resize_mode,
+                                    hflip=config.hflip, grayscale=config.grayscale,
+                                    **geometry)
+        need = decode_need(is_train, config.image_size, config.resize_mode, **geometry)
         dataset = ImageDataset(records, transform, need, whole_share if is_train else 0.0)
         return make_loader(dataset, batch, train=is_train,
-                           workers=workers, seed=args.seed, pin_memory=cuda)
+                           workers=workers, seed=config.seed, pin_memory=cuda)
 
     return Loaders(loader(train, True), loader(val, False) if val else None,
                    loader(test, False))
@@ -675,14 +698,14 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) // local_processes)
 
 
-def loader_workers(args, cuda: bool) -> int:
-    """--workers, else a worker a core on CUDA and 0 on CPU. A GPU eats images faster than
-    the seed's fixed 8 workers decode them (ViT-B/16 trains at 2,604 img/s at 224 px on an
-    H200; 8 workers loaded 2,893 there, 1.11x that, 16 workers 4,353, 1.67x:
-    bench/RESULTS.md); CPU training needs every core for the model (on 2 cores, loading in
+def loader_workers(workers: int | None, cuda: bool) -> int:
+    """`workers` (--workers), else a worker a core on CUDA and 0 on CPU. A GPU eats images
+    faster than the seed's fixed 8 workers decode them (ViT-B/16 trains at 2,604 img/s at 224
+    px on an H200; 8 workers loaded 2,893 there, 1.11x that, 16 workers 4,353, 1.67x:
+    docs/speed.md); CPU training needs every core for the model (on 2 cores, loading in
     the main process trained lite0 at 16.4 img/s, one worker process at 13.6)."""
-    if args.workers is not None:
-        return args.workers
+    if workers is not None:
+        return workers
     return default_workers() if cuda else 0
 
 

@@ -1,10 +1,13 @@
 """One training engine for every task: device and DDP set-up, AMP, channels_last, compile,
 optimizers and schedules, checkpoints with exact resume, TensorBoard, evaluation.
 
-    rt = init_runtime(args)
-    result = fit(model, spec, loaders, args, rt)   # trains, then tests the best-on-val weights
+    rt = init_runtime(device="auto", amp="auto", seed=0)
+    cfg = TrainConfig(out=Path("runs/x"), epochs=5)          # or TrainConfig.from_flags(vars(args))
+    result = fit(model, spec, loaders, cfg, rt)   # trains, then tests the best-on-val weights
 
-or, for a task whose novelty is in its data, all of it at once (`train_classifier`).
+or, for a task whose novelty is in its data, all of it at once (`train_classifier`). A task
+changes what an epoch does by passing its own `train_epoch(loop, net, loader, epoch)`
+(task 7 trains on adversarial examples) and its own `validate(loop, loaders, history)`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from shared import checkpoint, figures, models, results, stats
-from shared.data import Loaders, Record, make_loaders, normalize
+from shared.data import LoaderConfig, Loaders, Record, make_loaders, normalize
 from shared.errors import TrainingError
 from shared.models import ModelSpec
 
@@ -51,7 +54,7 @@ class Runtime:
 
 def cpu_has_amx() -> bool:
     """bf16 autocast pays on CPUs with AMX; elsewhere it is over 10x slower than fp32
-    (bench/RESULTS.md, an AMD EPYC without AVX-512: resnet18 7.79 img/s fp32, 0.62 bf16)."""
+    (docs/speed.md, an AMD EPYC without AVX-512: resnet18 7.79 img/s fp32, 0.62 bf16)."""
     try:
         with open("/proc/cpuinfo") as f:
             return "amx_bf16" in f.read()
@@ -73,13 +76,14 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_amx() else None
 
 
-def init_runtime(args) -> Runtime:
-    """Device, DDP when launched by torchrun (NCCL on GPU, gloo on CPU), seed, AMP."""
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    if args.device == "cuda" and not torch.cuda.is_available():
+def init_runtime(device: str = "auto", amp: str = "auto", seed: int = 0) -> Runtime:
+    """Device (`--device`), DDP when launched by torchrun (NCCL on GPU, gloo on CPU), the
+    seed, AMP (`--amp`)."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda, but no CUDA device is visible")
     rank, world = 0, int(os.environ.get("WORLD_SIZE", "1"))
-    device = torch.device("cuda" if use_cuda else "cpu")
+    chosen = torch.device("cuda" if use_cuda else "cpu")
     # Every batch has the same shape: let cuDNN time its convolution algorithms once, keep
     # the fastest.
     torch.backends.cudnn.benchmark = use_cuda
@@ -88,13 +92,13 @@ def init_runtime(args) -> Runtime:
         rank = dist.get_rank()
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if use_cuda:
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
+            chosen = torch.device("cuda", local_rank)
+            torch.cuda.set_device(chosen)
         else:  # share the cores between the processes of this machine
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_world))
-    torch.manual_seed(args.seed)
-    return Runtime(device, rank, world, resolve_amp(args.amp, device))
+    torch.manual_seed(seed)
+    return Runtime(chosen, rank, world, resolve_amp(amp, chosen))
 
 
 def shutdown(rt: Runtime) -> None:
@@ -150,11 +154,6 @@ class Schedule:
     step_size: int = 7  # step: epochs per decay
     gamma: float = 0.1  # step: decay factor
 
-    @classmethod
-    def from_args(cls, args, steps_per_epoch: int) -> Schedule:
-        return cls(args.epochs, steps_per_epoch, args.scheduler, args.warmup_epochs,
-                   args.step_size, args.gamma)
-
     def factor(self, step: int) -> float:
         warmup = round(self.warmup_epochs * self.steps_per_epoch)
         if step < warmup:
@@ -183,7 +182,8 @@ def evaluate(model: nn.Module, spec: ModelSpec, loader: DataLoader, rt: Runtime,
     sums = torch.zeros(4, dtype=torch.float64, device=rt.device)  # correct1, correct5, loss, n
     kept = []
     for images, labels in loader:
-        images, labels = _to_device(images, labels, spec, rt, channels_last)
+        images = model_input(images, spec, rt, channels_last)
+        labels = labels.to(rt.device, non_blocking=True)
         with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
             logits = model(images)
         correct = _correct(logits.float(), labels, k=5)
@@ -223,10 +223,10 @@ def _correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor
     return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()]).float()
 
 
-def use_channels_last(args, spec: ModelSpec) -> bool:
-    """--channels-last, else on for convolutional models (the fast layout for convolutions
-    in cuDNN and oneDNN)."""
-    return args.channels_last if args.channels_last is not None else spec.is_cnn
+def use_channels_last(channels_last: bool | None, spec: ModelSpec) -> bool:
+    """--channels-last, else (None) on for convolutional models (the fast layout for
+    convolutions in cuDNN and oneDNN)."""
+    return channels_last if channels_last is not None else spec.is_cnn
 
 
 def model_input(pixels: torch.Tensor, spec: ModelSpec, rt: Runtime,
@@ -238,12 +238,49 @@ def model_input(pixels: torch.Tensor, spec: ModelSpec, rt: Runtime,
     return normalize(pixels, spec.mean, spec.std)
 
 
-def _to_device(pixels, labels, spec: ModelSpec, rt: Runtime, channels_last: bool):
-    return (model_input(pixels, spec, rt, channels_last),
-            labels.to(rt.device, non_blocking=True))
-
-
 # ------------------------------------------------------------------------------ training
+
+
+@dataclass
+class TrainConfig:
+    """What training a classifier takes from the common flags, with the flags' defaults: a
+    notebook builds one (`TrainConfig(out=Path("runs/x"), epochs=5)`), a script takes it
+    from its flags (`TrainConfig.from_flags(vars(args))`)."""
+    out: Path = Path("results/run")
+    resume: bool = False
+    # the model
+    model: str = "resnext101_32x8d"
+    weights: str = "imagenet"
+    freeze_stages: int = 0
+    drop_path: float = 0.0
+    # optimisation
+    epochs: int = 25
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    scheduler: str = "step"
+    step_size: int = 7
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    head_lr_mult: float = 1.0
+    head_only_epochs: int = 0
+    freeze_bn: bool = False
+    layer_decay: float = 1.0
+    clip_grad: float = 0.0
+    channels_last: bool | None = None
+    compile: bool = False
+    # the images: size, augmentation, batch, loader processes, the sampler's seed
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+
+    @classmethod
+    def from_flags(cls, flags: dict) -> TrainConfig:
+        """The fields of the same names from a script's flags (`vars(args)`)."""
+        own = {f.name: flags[f.name] for f in fields(cls) if f.name in flags}
+        return cls(**own | {"out": Path(flags["out"]),
+                            "loader": LoaderConfig.from_flags(flags)})
 
 
 @dataclass
@@ -255,7 +292,7 @@ class RunState:
     best_epoch: int = -1
     train_seconds: float = 0.0
     train_images: int = 0
-    stopped: str = ""  # why `epoch_end` stopped the run early ("" while it has not)
+    stopped: str = ""  # why `validate` stopped the run early ("" while it has not)
 
 
 class LossGuard:
@@ -303,128 +340,187 @@ class Progress:
                   end="\r" if self.tty else "\n", flush=True)
 
 
-def train_epoch(net, model, spec, loader, optimizer, scheduler, scaler, criterion,
-                rt: Runtime, channels_last: bool, epoch: int, epochs: int, last_path: Path,
-                clip_grad: float = 0.0, perturb=None) -> torch.Tensor:
-    """One pass over the training loader (epoch `epoch` of `epochs`, counted from 0),
-    clipping the gradient norm at `clip_grad` (0: off); returns the summed loss, hits and
-    images (over every process)."""
-    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss, correct, n
-    progress = Progress(rt.main, f"epoch {epoch + 1}/{epochs}", len(loader))
-    guard = LossGuard(rt.device, "loss", epoch + 1,
-                      f"stopped. The last good checkpoint is {last_path}")
-    for step, (images, labels) in enumerate(loader):
-        images, labels = _to_device(images, labels, spec, rt, channels_last)
-        if perturb is not None:  # e.g. adversarial examples made on the current model
-            images = perturb(model, images, labels)
-        with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
-            logits = net(images)
-            loss = criterion(logits.float(), labels)
-        guard.update(step, step + 1 == len(loader), loss)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip_grad > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+class EpochMeter:
+    """A training epoch's summed loss, hits and images (on the device, summed over every
+    process at the end), its non-finite-loss guard and its progress line."""
+
+    def __init__(self, loop: Loop, epoch: int, steps: int):
+        self.rt, self.steps = loop.rt, steps
+        self.sums = torch.zeros(3, dtype=torch.float64, device=loop.rt.device)
+        self.progress = Progress(loop.rt.main, f"epoch {epoch + 1}/{loop.epochs}", steps)
+        self.guard = LossGuard(loop.rt.device, "loss", epoch + 1,
+                               f"stopped. The last good checkpoint is {loop.last_path}")
+
+    def check(self, step: int, loss: torch.Tensor) -> None:
+        """Before the update: a non-finite loss stops the run (`LossGuard`)."""
+        self.guard.update(step, step + 1 == self.steps, loss)
+
+    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor,
+            labels: torch.Tensor) -> None:
         hits = _correct(logits.detach().float(), labels, 1)[0]
         # full_like fills on the device; a tensor made from a host number would be a copy
         # the host waits for
-        sums += torch.stack([loss.detach() * len(labels), hits,
-                             torch.full_like(hits, len(labels))]).to(sums)
-        progress.update(step + 1, (step + 1) * len(labels), loss.detach())
-    if rt.world_size > 1:
-        dist.all_reduce(sums)
-    return sums
+        self.sums += torch.stack([loss.detach() * len(labels), hits,
+                                  torch.full_like(hits, len(labels))]).to(self.sums)
+        self.progress.update(step + 1, (step + 1) * len(labels), loss.detach())
+
+    def total(self) -> torch.Tensor:
+        if self.rt.world_size > 1:
+            dist.all_reduce(self.sums)
+        return self.sums
 
 
-def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
-        frozen_modules: list[str] = (), meta: dict | None = None, perturb=None,
-        epoch_end=None, select: str = "val_top1") -> dict:
-    """Train for `args.epochs` (resuming from `<out>/last.pt` with --resume), keep the
-    best-on-validation weights in `best.pt` (with `meta`, e.g. the class names), then test
-    them once. `perturb(model, images, labels) -> images`, if given, replaces each training
-    batch before the step (adversarial training). `epoch_end(model, loaders, history)`, if
-    given, runs after each epoch's validation and returns more entries for its history
-    record (e.g. a robust validation accuracy); a `stop` entry (the reason) ends training
-    there, that epoch never chosen as the best. `select` names the record entry the best
-    epoch is chosen by. Returns metrics, history and timing."""
-    out = Path(args.out)  # claimed by the caller (train_classifier, a task's main)
-    if rt.main:
-        out.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    channels_last = use_channels_last(args, spec)
+@dataclass
+class Loop:
+    """What a training epoch works with: the model (unwrapped) and its spec, the optimiser,
+    schedule, gradient scaler and loss, the device and precision."""
+    model: nn.Module
+    spec: ModelSpec
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    rt: Runtime
+    channels_last: bool
+    clip_grad: float  # the gradient norm's ceiling (0: off)
+    epochs: int
+    last_path: Path
+
+    def to_device(self, pixels: torch.Tensor, labels: torch.Tensor):
+        """A loader's uint8 batch -> the model's normalised input and the labels."""
+        return (model_input(pixels, self.spec, self.rt, self.channels_last),
+                labels.to(self.rt.device, non_blocking=True))
+
+    def forward(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor):
+        """The loss and logits, under the run's autocast."""
+        rt = self.rt
+        with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
+            logits = net(images)
+            return self.criterion(logits.float(), labels), logits
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Backward, clip, step the optimiser and the schedule."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def evaluate(self, loader: DataLoader, outputs: bool = False) -> dict:
+        return evaluate(self.model, self.spec, loader, self.rt, self.channels_last, outputs)
+
+
+def train_epoch(loop: Loop, net: nn.Module, loader: DataLoader, epoch: int) -> torch.Tensor:
+    """One pass over the training loader (epoch `epoch`, from 0); returns the summed loss,
+    hits and images over every process (`EpochMeter`)."""
+    meter = EpochMeter(loop, epoch, len(loader))
+    for step, (images, labels) in enumerate(loader):
+        images, labels = loop.to_device(images, labels)
+        loss, logits = loop.forward(net, images, labels)
+        meter.check(step, loss)
+        loop.update(loss)
+        meter.add(step, loss, logits, labels)
+    return meter.total()
+
+
+def validate_top1(loop: Loop, loaders: Loaders, history: list[dict]) -> dict:
+    """The validation split's top-1, by which the best epoch is chosen. A task's own
+    `validate` may add entries (task 7: robust accuracy) and `stop` (the reason), which
+    ends training there, that epoch never chosen as the best."""
+    return {"val_top1": loop.evaluate(loaders.val)["top1"]}
+
+
+def make_loop(model: nn.Module, spec: ModelSpec, cfg: TrainConfig, rt: Runtime,
+              steps_per_epoch: int) -> tuple[Loop, Schedule]:
+    """The model on the device (channels_last for CNNs), its optimiser and schedule."""
+    channels_last = use_channels_last(cfg.channels_last, spec)
     model.to(rt.device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    groups = param_groups(model, spec, args.lr, args.head_lr_mult, args.weight_decay,
-                          args.layer_decay)
-    optimizer = make_optimizer(groups, rt.device, args.optimizer, args.lr, args.momentum,
-                               args.nesterov)
-    steps_per_epoch = len(loaders.train)
+    groups = param_groups(model, spec, cfg.lr, cfg.head_lr_mult, cfg.weight_decay,
+                          cfg.layer_decay)
+    optimizer = make_optimizer(groups, rt.device, cfg.optimizer, cfg.lr, cfg.momentum,
+                               cfg.nesterov)
     if steps_per_epoch == 0:
         raise TrainingError(f"the training split has fewer images than one batch "
-                            f"(--batch-size {args.batch_size})")
-    schedule = Schedule.from_args(args, steps_per_epoch)
-    scheduler = schedule.scheduler_for(optimizer)
+                            f"(--batch-size {cfg.loader.batch_size})")
+    schedule = Schedule(cfg.epochs, steps_per_epoch, cfg.scheduler, cfg.warmup_epochs,
+                        cfg.step_size, cfg.gamma)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
-    resumable = checkpoint.Resumable(last_path, model=model, optimizer=optimizer,
-                                     scheduler=scheduler, scaler=scaler)
-    saved = resumable.restore() if args.resume else None
-    state = RunState(**saved) if saved else RunState()
-    if saved:
-        if rt.main:
-            print(f"resumed from {last_path} at epoch {state.epoch}", flush=True)
+    return Loop(model, spec, optimizer, schedule.scheduler_for(optimizer), scaler,
+                nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), rt, channels_last,
+                cfg.clip_grad, cfg.epochs, Path(cfg.out) / "last.pt"), schedule
 
-    # --head-only-epochs: a linear probe first (backbone and its batch norm fixed), then
-    # fine-tuning from a trained head, which distorts the features less (Kumar et al. 2022).
-    body = [p for n, p in model.named_parameters() if p.requires_grad
-            and not n.startswith(spec.head)]
-    head_modules = {n for n, _ in model.named_modules() if (n + ".").startswith(spec.head)}
-    net, net_head_only = None, None
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    writer = None
-    if rt.main:
-        from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(out / "tb")
+class Phases:
+    """Which parameters and batch norms train in an epoch. --head-only-epochs: a linear
+    probe first (backbone and its batch norm fixed), then fine-tuning from a trained head,
+    which distorts the features less (Kumar et al. 2022); `frozen` modules and, with
+    --freeze-bn, every batch norm keep their statistics. DDP registers the trainable
+    parameters once, so the model is wrapped anew when the phase changes."""
 
-    frozen_modules = set(frozen_modules)
-    if state.stopped and rt.main:
-        print(f"stopped at epoch {state.epoch} already: {state.stopped}", flush=True)
-    for epoch in range(state.epoch, 0 if state.stopped else args.epochs):
-        head_only = epoch < args.head_only_epochs
-        if net is None or head_only != net_head_only:  # DDP registers trainable params once
-            for param in body:
+    def __init__(self, model: nn.Module, spec: ModelSpec, cfg: TrainConfig, rt: Runtime,
+                 frozen: list[str]):
+        self.model, self.cfg, self.rt, self.frozen = model, cfg, rt, set(frozen)
+        self.body = [p for n, p in model.named_parameters() if p.requires_grad
+                     and not n.startswith(spec.head)]
+        self.head_modules = {n for n, _ in model.named_modules()
+                             if (n + ".").startswith(spec.head)}
+        self.net, self.head_only = None, None
+
+    def net_for(self, epoch: int) -> nn.Module:
+        """The network to train in `epoch`, in train mode but for its fixed modules."""
+        head_only = epoch < self.cfg.head_only_epochs
+        if self.net is None or head_only != self.head_only:
+            for param in self.body:
                 param.requires_grad_(not head_only)
-            net = DistributedDataParallel(model) if rt.world_size > 1 else model
-            net = torch.compile(net) if args.compile else net
-            net_head_only = head_only
-        loaders.train.sampler.set_epoch(epoch)
-        net.train()
-        for name, module in model.named_modules():  # fixed batch norm keeps its statistics
-            if head_only:
-                fixed = name not in head_modules
-            else:
-                fixed = name in frozen_modules or (args.freeze_bn
-                                                   and isinstance(module, BATCH_NORM))
+            net = (DistributedDataParallel(self.model) if self.rt.world_size > 1
+                   else self.model)
+            self.net = torch.compile(net) if self.cfg.compile else net
+            self.head_only = head_only
+        self.net.train()
+        for name, module in self.model.named_modules():
+            fixed = (name not in self.head_modules if head_only else name in self.frozen
+                     or (self.cfg.freeze_bn and isinstance(module, BATCH_NORM)))
             if name and fixed:
                 module.eval()
+        return self.net
+
+
+def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, cfg: TrainConfig, rt: Runtime,
+        *, frozen: list[str] = (), meta: dict | None = None, train_epoch=train_epoch,
+        validate=validate_top1, select: str = "val_top1") -> dict:
+    """Train for `cfg.epochs` (resuming from `<out>/last.pt` with `cfg.resume`), keep the
+    best-on-validation weights in `best.pt` (with `meta`, e.g. the class names), then test
+    them once. `train_epoch(loop, net, loader, epoch)` runs an epoch; `validate(loop,
+    loaders, history)` scores it (its `select` entry chooses the best epoch; a `stop` entry
+    ends training). Returns metrics, history and timing."""
+    out = Path(cfg.out)  # claimed by the caller (train_classifier, a task's main)
+    if rt.main:
+        out.mkdir(parents=True, exist_ok=True)
+    loop, schedule = make_loop(model, spec, cfg, rt, len(loaders.train))
+    resumable = checkpoint.Resumable(loop.last_path, model=model, optimizer=loop.optimizer,
+                                     scheduler=loop.scheduler, scaler=loop.scaler)
+    saved = resumable.restore() if cfg.resume else None
+    state = RunState(**saved) if saved else RunState()
+    log = RunLog(out, rt, cfg.epochs)
+    log.resumed(saved and loop.last_path, state)
+    phases = Phases(model, spec, cfg, rt, frozen)
+    for epoch in range(state.epoch, 0 if state.stopped else cfg.epochs):
+        net = phases.net_for(epoch)
+        loaders.train.sampler.set_epoch(epoch)
         start = time.perf_counter()
-        sums = train_epoch(net, model, spec, loaders.train, optimizer, scheduler, scaler,
-                           criterion, rt, channels_last, epoch, args.epochs, last_path,
-                           args.clip_grad, perturb)
+        sums = train_epoch(loop, net, loaders.train, epoch)
         state.train_seconds += time.perf_counter() - start
         state.train_images += int(sums[2])
         record = {"epoch": epoch + 1, "train_loss": (sums[0] / sums[2]).item(),
                   "train_top1": (sums[1] / sums[2]).item(), "val_top1": None,
-                  "lr": args.lr * schedule.factor((epoch + 1) * steps_per_epoch - 1)}
+                  "lr": cfg.lr * schedule.factor((epoch + 1) * schedule.steps_per_epoch - 1)}
         if loaders.val is not None:  # the plain model: DDP's forward would sync buffers
-            record["val_top1"] = evaluate(model, spec, loaders.val, rt, channels_last)["top1"]
-        if epoch_end is not None:
-            record |= epoch_end(model, loaders, state.history)
+            record |= validate(loop, loaders, state.history)
         state.stopped = record.pop("stop", "")
         state.history.append(record)
         improved = not state.stopped and (loaders.val is None
@@ -436,35 +532,69 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
         if rt.main:
             if improved:
                 checkpoint.save_atomic({"model": model.state_dict(), "epoch": epoch + 1,
-                             "val_top1": record["val_top1"], "model_name": spec.name,
-                             **(meta or {})}, best_path)
+                                        "val_top1": record["val_top1"],
+                                        "model_name": spec.name, **(meta or {})},
+                                       out / "best.pt")
             resumable.save(**vars(state))
-            for key in ("train_loss", "train_top1", "val_top1", "lr"):
-                if record[key] is not None:
-                    writer.add_scalar(key.replace("_", "/", 1) if key != "lr" else key,
-                                      record[key], epoch + 1)
-            writer.flush()
-            val = "" if record["val_top1"] is None else f" val_top1 {record['val_top1']:.4f}"
-            print(f"{' ' * 70}\r" if sys.stdout.isatty() else "", end="")  # clear progress
-            more = "".join(f" {key} {value:.4f}" for key, value in record.items()
-                           if key not in ("epoch", "train_loss", "train_top1", "val_top1", "lr")
-                           and isinstance(value, float))
-            print(f"epoch {epoch + 1}/{args.epochs} train_loss {record['train_loss']:.4f} "
-                  f"train_top1 {record['train_top1']:.4f}{val}{more}", flush=True)
-            if state.stopped:
-                print(f"stopped: {state.stopped}", flush=True)
+        log.epoch(record, state.stopped)
         if state.stopped:
             break
+    return test_best(loop, loaders, state, select, log)
 
-    # The test split is evaluated once, with the best-on-validation weights.
+
+class RunLog:
+    """What the main process says of a run: TensorBoard scalars (`train/loss`,
+    `train/top1`, `val/top1`, `lr`, then `test/top1`) and one line an epoch."""
+
+    def __init__(self, out: Path, rt: Runtime, epochs: int):
+        self.epochs, self.writer = epochs, None
+        if rt.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(out / "tb")
+
+    def resumed(self, path: Path | None, state: RunState) -> None:
+        if self.writer is not None and path:
+            print(f"resumed from {path} at epoch {state.epoch}", flush=True)
+        if self.writer is not None and state.stopped:
+            print(f"stopped at epoch {state.epoch} already: {state.stopped}", flush=True)
+
+    def epoch(self, record: dict, stopped: str) -> None:
+        if self.writer is None:
+            return
+        step = record["epoch"]
+        for key in ("train_loss", "train_top1", "val_top1", "lr"):
+            if record[key] is not None:
+                self.writer.add_scalar(key.replace("_", "/", 1) if key != "lr" else key,
+                                       record[key], step)
+        self.writer.flush()
+        val = "" if record["val_top1"] is None else f" val_top1 {record['val_top1']:.4f}"
+        print(f"{' ' * 70}\r" if sys.stdout.isatty() else "", end="")  # clear progress
+        more = "".join(f" {key} {value:.4f}" for key, value in record.items()
+                       if key not in ("epoch", "train_loss", "train_top1", "val_top1", "lr")
+                       and isinstance(value, float))
+        print(f"epoch {step}/{self.epochs} train_loss {record['train_loss']:.4f} "
+              f"train_top1 {record['train_top1']:.4f}{val}{more}", flush=True)
+        if stopped:
+            print(f"stopped: {stopped}", flush=True)
+
+    def test(self, top1: float, epoch: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("test/top1", top1, epoch)
+            self.writer.close()
+
+
+def test_best(loop: Loop, loaders: Loaders, state: RunState, select: str, log: RunLog) -> dict:
+    """The test split, evaluated once, with the best-on-validation weights; its figures
+    come from the predictions file's own float16 logits, so that the file reproduces them."""
+    rt, out = loop.rt, loop.last_path.parent
     if state.best_epoch < 0:
         raise TrainingError(f"stopped at epoch {state.epoch} before any epoch was kept: "
                             f"{state.stopped}")
     if rt.world_size > 1:
         dist.barrier()  # best.pt is written by the main process
-    model.load_state_dict(checkpoint.load(best_path, "best.pt")["model"])
-    test = evaluate(model, spec, loaders.test, rt, channels_last, outputs=True)
-    # the figures come from the predictions file's own float16 logits: it reproduces them
+    loop.model.load_state_dict(checkpoint.load(out / "best.pt", "best.pt")["model"])
+    test = loop.evaluate(loaders.test, outputs=True)
     records = loaders.test.dataset.records
     labels = np.array([r.label for r in records], dtype=np.int64)
     predicted = results.score_predictions(out, PREDICTIONS, [r.image_id or r.key for r in records],
@@ -478,9 +608,7 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
         {"metrics": {"test_ece": stats.expected_calibration_error(logits, labels),
                      "best_val_top1": best.get("val_top1"), **selected,
                      "best_epoch": state.best_epoch}})
-    if writer is not None:
-        writer.add_scalar("test/top1", scores["metrics"]["test_top1"], state.best_epoch)
-        writer.close()
+    log.test(scores["metrics"]["test_top1"], state.best_epoch)
     return {
         **scores,
         "test_count": test["count"],
@@ -490,7 +618,7 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, args, rt: Runtime,
         "timing": {"train_seconds": state.train_seconds,
                    "train_images_per_s": state.train_images / max(state.train_seconds, 1e-9),
                    "peak_mem_mb": peak_memory_mb(rt.device)},
-        "channels_last": channels_last,
+        "channels_last": loop.channels_last,
     }
 
 
@@ -534,17 +662,19 @@ def inference_speed(model: nn.Module, image_size: int, batch: int, rt: Runtime,
     return batch / statistics.median(seconds[1:])  # the first is the warm-up
 
 
-def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[str],
-                     train: list[Record], val: list[Record], test: list[Record],
-                     counts: dict | None = None, measure_cost: bool = False,
-                     perturb=None, after=None, claim: bool = True, whole_share: float = 0.0,
-                     epoch_end=None, select: str = "val_top1", **task_metrics) -> dict:
-    """The common flags' classifier trained on these splits by `fit`; the main process writes
-    `<out>/metrics.json` (with `counts` and `task_metrics` added) and prints the test score.
-    `measure_cost` adds params_m, gflops, infer_images_per_s and the training cost
-    (train_images_per_s, peak_mem_mb, train_seconds) to the metrics; `perturb`, `epoch_end`
-    and `select` go to `fit`;
-    `after(model, spec, loaders, fitted)`, called with the tested model and `fit`'s result,
+def train_classifier(task: str, variant: str, flags: dict, cfg: TrainConfig, rt: Runtime,
+                     classes: list[str], train: list[Record], val: list[Record],
+                     test: list[Record], *, counts: dict | None = None,
+                     measure_cost: bool = False, after=None, claim: bool = True,
+                     whole_share: float = 0.0, train_epoch=train_epoch,
+                     validate=validate_top1, select: str = "val_top1",
+                     **task_metrics) -> dict:
+    """`cfg`'s classifier trained on these splits by `fit`; the main process writes
+    `<out>/metrics.json` (`flags`, the script's flags, recorded as they were; `counts` and
+    `task_metrics` added) and prints the test score. `measure_cost` adds params_m, gflops,
+    infer_images_per_s and the training cost (train_images_per_s, peak_mem_mb,
+    train_seconds) to the metrics; `train_epoch`, `validate` and `select` go to `fit`;
+    `after(loop, loaders, fitted)`, called with the tested model and `fit`'s result,
     returns more scores (`results.merge` of `results.scored` ones: metrics, intervals and
     predictions files; a score of the same name replaces fit's, and `test_logits`, if given,
     the logits the confusions are drawn from). `whole_share` goes to the training loader.
@@ -552,19 +682,19 @@ def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[s
     `claim`: refuse an `--out` that holds a run (False: the caller claimed it and wrote
     there already)."""
     if claim:
-        checkpoint.claim_run_folder(args.out, args.resume)
-    model, spec = models.build_model(args.model, len(classes), args.weights, args.image_size,
-                                     args.drop_path)
-    frozen = models.freeze_stages(model, spec, args.freeze_stages)
-    loaders = make_loaders(args, train, val, test, cuda=rt.device.type == "cuda",
+        checkpoint.claim_run_folder(cfg.out, cfg.resume)
+    model, spec = models.build_model(cfg.model, len(classes), cfg.weights,
+                                     cfg.loader.image_size, cfg.drop_path)
+    frozen = models.freeze_stages(model, spec, cfg.freeze_stages)
+    loaders = make_loaders(train, val, test, cfg.loader, cuda=rt.device.type == "cuda",
                            whole_share=whole_share)
-    result = fit(model, spec, loaders, args, rt, frozen,
-                 meta={"classes": classes, "image_size": args.image_size,
+    result = fit(model, spec, loaders, cfg, rt, frozen=frozen,
+                 meta={"classes": classes, "image_size": cfg.loader.image_size,
                        "mean": spec.mean, "std": spec.std,
                        # what it learnt from: task 3's CAM boxes refuse a classifier that
                        # trained on their validation or test images
-                       "train_keys": sorted({r.key for r in train})}, perturb=perturb,
-                 epoch_end=epoch_end, select=select)
+                       "train_keys": sorted({r.key for r in train})},
+                 train_epoch=train_epoch, validate=validate, select=select)
     if after is not None:
         more = after(model, spec, loaders, result)
         result |= results.merge(result, more)
@@ -573,20 +703,21 @@ def train_classifier(task: str, variant: str, args, rt: Runtime, classes: list[s
         timing = result["timing"]
         task_metrics |= {
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            "gflops": count_gflops(model, args.image_size, rt.device),
+            "gflops": count_gflops(model, cfg.loader.image_size, rt.device),
             "train_images_per_s": timing["train_images_per_s"],
-            "infer_images_per_s": inference_speed(model, args.image_size, args.batch_size,
-                                                  rt, result["channels_last"]),
+            "infer_images_per_s": inference_speed(model, cfg.loader.image_size,
+                                                  cfg.loader.batch_size, rt,
+                                                  result["channels_last"]),
             "peak_mem_mb": timing["peak_mem_mb"], "train_seconds": timing["train_seconds"]}
     if rt.main:
         data = {"classes": len(classes), "train": len(train), "val": len(val),
                 "test": len(test), "test_evaluated": result["test_count"], **(counts or {})}
-        record = results.make_record(task, variant, args, rt, data, result, **task_metrics)
-        figures.write_confusions(Path(args.out), classes, test, result["test_labels"],
+        record = results.make_record(task, variant, flags, rt, data, result, **task_metrics)
+        figures.write_confusions(Path(cfg.out), classes, test, result["test_labels"],
                                  result["test_logits"])
-        results.write_json(record, Path(args.out) / "metrics.json")
+        results.write_json(record, Path(cfg.out) / "metrics.json")
         print(f"test_top1 {result['metrics']['test_top1']:.4f} "
-              f"test_top5 {result['metrics']['test_top5']:.4f} -> {args.out}/metrics.json")
+              f"test_top5 {result['metrics']['test_top5']:.4f} -> {cfg.out}/metrics.json")
     return result
 
 

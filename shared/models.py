@@ -52,7 +52,7 @@ class PackedSelfAttention(nn.MultiheadAttention):
     """torchvision's ViT self-attention computed batch-first. nn.MultiheadAttention's training
     path turns its input sequence-first, reorders the packed q/k/v projection with a copy and
     permutes the output back: layout copies that took a fifth of ViT-B/16's step on an H200
-    (bench/RESULTS.md). Here q, k and v are strided views of one projection, passed as they
+    (docs/speed.md). Here q, k and v are strided views of one projection, passed as they
     are to scaled_dot_product_attention. Same parameters and state-dict keys: ViTs get it by
     a class swap in build_model."""
 

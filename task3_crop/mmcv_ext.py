@@ -6,7 +6,7 @@ Faster R-CNN needs, NMS and RoIAlign (forward and backward), exist in torchvisio
 CUDA; this module registers them under mmcv's names. Any other op raises NotImplementedError
 naming it. Import this module before anything from mmcv.ops or mmdet:
 
-    from task3_crop import mmcv_ext  # noqa: F401  (registers mmcv._ext)
+    import mmcv_ext  # noqa: F401  (registers mmcv._ext)
 """
 
 import importlib.machinery

@@ -29,9 +29,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # shared/ without PYTHONPATH
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's modules, any name
 
-from shared import cli  # noqa: E402  (argparse only)
+from shared import cli  # argparse only: torch loads in main, so --help answers at once
 
 TASK = "task3_crop"
 
@@ -64,19 +65,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-if __name__ == "__main__":  # --help and bad flags answer before torch loads below
-    ARGS = parse_args()
-
-import copy  # noqa: E402
-from dataclasses import replace  # noqa: E402
-
-import torch  # noqa: E402
-
-from shared import checkpoint, data, engine, results, stats  # noqa: E402
-from shared.errors import DataError  # noqa: E402
-from task3_crop import boxes as boxes_io  # noqa: E402
-
-
 def variant(args) -> str:
     if args.crop == "none":
         return "none"
@@ -85,41 +73,17 @@ def variant(args) -> str:
             + ("-tta" if args.tta == "whole+crop" else ""))
 
 
-WHOLE_SHARE = 0.5  # --tta whole+crop: how often a training image is shown whole
-
-
-def whole_and_crop(args, rt: engine.Runtime, test: list[data.Record]):
-    """`train_classifier`'s `after` for --tta whole+crop: the tested model's class
-    probabilities on each test crop (fit's predictions) and on the whole photo, averaged;
-    their log is the row's test logits (tta_predictions.npz, test_top1), and the crop
-    alone stays in test_predictions.npz as crop_view_top1."""
-    def after(model, spec, loaders, fitted):
-        whole = copy.copy(loaders.test.dataset)
-        whole.records = [replace(r, crop=None) for r in whole.records]
-        loader = data.make_loader(whole, loaders.test.batch_size, train=False,
-                                  workers=loaders.test.num_workers, seed=args.seed)
-        whole_logits = engine.evaluate(model, spec, loader, rt, fitted["channels_last"],
-                                       outputs=True)["logits"]
-        crop_logits = torch.from_numpy(fitted["test_logits"]).float()
-        averaged = (crop_logits.softmax(1) + whole_logits.softmax(1)) / 2
-        labels = fitted["test_labels"]
-        scores = results.score_predictions(
-            Path(args.out), "tta_predictions.npz", [r.image_id or r.key for r in test],
-            labels, averaged.clamp_min(1e-30).log().numpy(),
-            {"test_top1": 1, "test_top5": 5}, write=rt.main)
-        crop_view = results.merge(*(  # fit's own file and logits: the same figures
-            results.scored(f"crop_view_top{k}", results.hits(fitted["test_logits"], labels, k),
-                           engine.PREDICTIONS) for k in (1, 5)))
-        logits = scores.pop("logits")
-        ece = {"metrics": {"test_ece": stats.expected_calibration_error(logits, labels)}}
-        return {**results.merge(crop_view, scores, ece), "test_logits": logits}
-    return after
-
-
 def main(args: argparse.Namespace) -> None:
-    rt = engine.init_runtime(args)
+    import boxes as boxes_io  # torch loads here
+    import refine
+
+    from shared import checkpoint, data, engine
+    from shared.errors import DataError
+
+    rt = engine.init_runtime(args.device, args.amp, args.seed)
     checkpoint.claim_run_folder(args.out, args.resume)
-    index, train, val, test = data.prepare_splits(args)
+    index, train, val, test = data.prepare_splits(args.dataset, args.data_root,
+                                                  args.val_fraction, args.seed, args.limit)
 
     uses_predictions = args.crop != "none" and "pred" in (args.train_boxes, args.test_boxes)
     detections, quality = None, {}
@@ -142,11 +106,12 @@ def main(args: argparse.Namespace) -> None:
                                                  args.margin)
 
     localiser = boxes_io.localiser_name(args.boxes) if uses_predictions else "true boxes"
-    refine = args.tta == "whole+crop"
-    engine.train_classifier(TASK, variant(args), args, rt, index.classes, train, val, test,
-                            {"whole_image_fallback": fallback}, localiser=localiser,
-                            after=whole_and_crop(args, rt, test) if refine else None,
-                            whole_share=WHOLE_SHARE if refine else 0.0,
+    both_views = args.tta == "whole+crop"
+    after = refine.whole_and_crop(Path(args.out), args.seed, rt, test) if both_views else None
+    cfg = engine.TrainConfig.from_flags(vars(args))
+    engine.train_classifier(TASK, variant(args), vars(args), cfg, rt, index.classes, train, val,
+                            test, counts={"whole_image_fallback": fallback}, localiser=localiser,
+                            after=after, whole_share=refine.WHOLE_SHARE if both_views else 0.0,
                             tta=args.tta, **quality)
     if rt.main:
         print(f"crop {args.crop}, train boxes {args.train_boxes}, test boxes "
@@ -155,4 +120,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, ARGS)
+    cli.run(main, parse_args())

@@ -22,9 +22,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `shared` without PYTHONPATH
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # shared/ without PYTHONPATH
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's modules, any name
 
-from shared import cli, errors  # noqa: E402  (argparse only)
+from shared import cli, errors  # argparse only: torch loads in main, so --help answers at once
 
 TASK = "task5_vit"
 
@@ -59,20 +60,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-if __name__ == "__main__":  # --help and bad flags answer before torch loads below
-    ARGS = parse_args()
-
-from shared import checkpoint, data, engine  # noqa: E402
-
-
 def main(args: argparse.Namespace) -> None:
-    rt = engine.init_runtime(args)
+    from shared import checkpoint, data, engine  # torch loads here
+
+    rt = engine.init_runtime(args.device, args.amp, args.seed)
     checkpoint.claim_run_folder(args.out, args.resume)
-    index, train, val, test = data.prepare_splits(args)
-    engine.train_classifier(TASK, args.model, args, rt, index.classes, train, val, test,
-                            measure_cost=True)
+    index, train, val, test = data.prepare_splits(args.dataset, args.data_root,
+                                                  args.val_fraction, args.seed, args.limit)
+    cfg = engine.TrainConfig.from_flags(vars(args))
+    engine.train_classifier(TASK, args.model, vars(args), cfg, rt, index.classes, train, val,
+                            test, measure_cost=True)
     engine.shutdown(rt)
 
 
 if __name__ == "__main__":
-    cli.run(main, ARGS)
+    cli.run(main, parse_args())

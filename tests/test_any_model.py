@@ -7,11 +7,11 @@ import pytest
 import torch
 import torchvision
 from conftest import run_cli
+from fgsm import Normalized, fgsm
 
 from shared import cam, engine, errors, models
 from shared.errors import WeightsError
 from shared.models import build_model, freeze_stages
-from task7_fgsm.fgsm import Normalized, fgsm
 
 # name, input size, the last stage's grid at that size
 REPRESENTATIVE = [

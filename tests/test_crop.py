@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import boxes as boxes_io
 import numpy as np
 import pytest
 import torch
@@ -15,7 +16,6 @@ from shared import checkpoint, data
 from shared.data import Record
 from shared.errors import DataError
 from shared.results import write_tables
-from task3_crop import boxes as boxes_io
 
 
 def record(key="a.jpg", boxes=((10.0, 20.0, 50.0, 40.0),), path="a.jpg", label=0):
@@ -295,6 +295,8 @@ def test_offline_backbone_weights_name_the_file(sample, tmp_path):
 def test_mmdet_faster_rcnn_from_the_bundled_config_trains_on_cpu(sample, tmp_path):
     """Two iterations through mmdet's own loss and optimiser on the seed's config (made
     one-class and narrow), then inference: the loss falls on a repeated batch."""
+    import localisers
+
     from task3_crop import detect
 
     root, _ = sample
@@ -305,10 +307,10 @@ def test_mmdet_faster_rcnn_from_the_bundled_config_trains_on_cpu(sample, tmp_pat
     from mmengine.dataset import Compose, pseudo_collate
 
     register_all_modules()
-    index, train, _, _ = data.prepare_splits(args)
+    index, train, _, _ = data.prepare_splits("bird", root, limit=4)
     ann = tmp_path / "coco.json"
-    detect.coco_json(train, ann)
-    cfg = detect.detector_config(args, index.folder / "images", ann, len(train))
+    localisers.coco_json(train, ann)
+    cfg = localisers.detector_config(args, index.folder / "images", ann, len(train))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()

@@ -3,15 +3,16 @@ images (training split only) and the GAN quality measures."""
 
 import json
 
+import diffaugment
+import gan
 import numpy as np
 import pytest
 import torch
 from conftest import assert_predictions_reproduce, run_cli
+from dcgan import Discriminator, Generator
 
 from shared import checkpoint, data, engine, models
-from task4_dcgan import diffaugment
 from task4_dcgan import train as dcgan_train
-from task4_dcgan.dcgan import Discriminator, Generator
 
 
 @pytest.mark.parametrize("size", [32, 64, 128])
@@ -61,14 +62,14 @@ def test_one_d_step_and_one_g_step_change_the_right_parameters():
 
     g0, d0 = params(G), params(D)
     fake = G(torch.randn(8, 16), y)
-    loss_d, d_real, d_fake = dcgan_train.d_step(D, opt_d, real, fake, y)
+    loss_d, d_real, d_fake = gan.d_step(D, opt_d, real, fake, y)
     assert torch.isfinite(loss_d) and 0 < d_real < 1 and 0 < d_fake < 1
     assert all(changed(d0, D)) and not any(changed(g0, G))
     # in the d step, G received no gradient at all
     assert all(p.grad is None for p in G.parameters())
 
     d1 = params(D)
-    loss_g = dcgan_train.g_step(D, opt_g, fake, y)
+    loss_g = gan.g_step(D, opt_g, fake, y)
     assert torch.isfinite(loss_g)
     assert all(changed(g0, G)) and not any(changed(d1, D))
 
@@ -76,13 +77,13 @@ def test_one_d_step_and_one_g_step_change_the_right_parameters():
 def test_frechet_distance():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(500, 4))
-    assert dcgan_train.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    assert gan.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
     shift = np.array([1.0, 2.0, 0.0, -1.0])
     # same covariance, means apart by `shift`: the distance is |shift|^2 = 6
-    assert dcgan_train.frechet_distance(a, a + shift) == pytest.approx(6.0, abs=1e-6)
+    assert gan.frechet_distance(a, a + shift) == pytest.approx(6.0, abs=1e-6)
     # twice the spread: trace(S + 4S - 2 * 2S) = trace(S), plus the means' |m - 2m|^2
     expected = np.trace(np.cov(a.T)) + (a.mean(0) ** 2).sum()
-    assert dcgan_train.frechet_distance(a, 2 * a) == pytest.approx(expected)
+    assert gan.frechet_distance(a, 2 * a) == pytest.approx(expected)
 
 
 def test_kernel_inception_distance_matches_its_closed_form():
@@ -100,13 +101,13 @@ def test_kernel_inception_distance_matches_its_closed_form():
     closed = kernel(s_set, s_set).mean() + kernel(t_set, t_set).mean() - \
         2 * kernel(s_set, t_set).mean()
     a, b = s_set[rng.integers(0, 3, 4000)], t_set[rng.integers(0, 2, 4000)]
-    kid, std = dcgan_train.kernel_inception_distance(a, b, subsets=50, subset_size=1000)
+    kid, std = gan.kernel_inception_distance(a, b, subsets=50, subset_size=1000)
     assert kid == pytest.approx(closed, abs=3 * std / np.sqrt(50) + 1e-3) and std > 0
-    same, same_std = dcgan_train.kernel_inception_distance(a, s_set[rng.integers(0, 3, 4000)],
+    same, same_std = gan.kernel_inception_distance(a, s_set[rng.integers(0, 3, 4000)],
                                                            subsets=50, subset_size=1000)
     assert abs(same) < 3 * same_std / np.sqrt(50) + 1e-3 and same < 0.1 * closed
     with pytest.raises(ValueError, match="at least 2 images"):
-        dcgan_train.kernel_inception_distance(a[:1], b)
+        gan.kernel_inception_distance(a[:1], b)
 
 
 def test_diffaugment_translation_and_cutout_move_and_blank_pixels_only():
@@ -157,9 +158,9 @@ def test_diffaugment_is_random_per_image_and_call_and_lets_gradients_reach_g():
         seen.append(images)
         return diffaugment.diff_augment(images, policy)
 
-    dcgan_train.d_step(D, opt_d, x, fake, y, spy)
+    gan.d_step(D, opt_d, x, fake, y, spy)
     assert len(seen) == 2 and seen[0] is x and not seen[1].requires_grad  # real, fake
-    dcgan_train.g_step(D, opt_g, fake, y, spy)
+    gan.g_step(D, opt_g, fake, y, spy)
     assert len(seen) == 3 and seen[2] is fake
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in G.net.parameters())
 
@@ -169,21 +170,21 @@ def test_no_diffaugment_trains_the_gan_as_before(sample, tmp_path, monkeypatch):
     before DiffAugment), for the same seed."""
     root, _ = sample
     args = gan_args(root, tmp_path / "none", "--gan-epochs", "1", "--diffaugment", "none")
-    rt = engine.init_runtime(args)
-    _, train, _, _ = data.prepare_splits(args)
-    images, labels = dcgan_train.load_images(train, 32, 0), torch.tensor([r.label for r in train])
+    rt = engine.init_runtime(args.device, args.amp, args.seed)
+    _, train, _, _ = data.prepare_splits("bird", root, args.val_fraction)
+    images, labels = gan.load_images(train, 32, 0), torch.tensor([r.label for r in train])
     torch.manual_seed(0)
-    off = dcgan_train.train_gan(images, labels, 4, args, rt, tmp_path / "none")
-    d_step, g_step = dcgan_train.d_step, dcgan_train.g_step
-    monkeypatch.setattr(dcgan_train, "d_step", lambda D, o, r, f, y, a: d_step(D, o, r, f, y))
-    monkeypatch.setattr(dcgan_train, "g_step", lambda D, o, f, y, a: g_step(D, o, f, y))
+    off = gan.train_gan(images, labels, 4, args, rt, tmp_path / "none")
+    d_step, g_step = gan.d_step, gan.g_step
+    monkeypatch.setattr(gan, "d_step", lambda D, o, r, f, y, a: d_step(D, o, r, f, y))
+    monkeypatch.setattr(gan, "g_step", lambda D, o, f, y, a: g_step(D, o, f, y))
     torch.manual_seed(0)
-    before = dcgan_train.train_gan(images, labels, 4, args, rt, tmp_path / "before")
+    before = gan.train_gan(images, labels, 4, args, rt, tmp_path / "before")
     for a, b in zip(off.state_dict().values(), before.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     monkeypatch.undo()
     torch.manual_seed(0)
-    on = dcgan_train.train_gan(images, labels, 4, gan_args(root, tmp_path / "on", "--gan-epochs",
+    on = gan.train_gan(images, labels, 4, gan_args(root, tmp_path / "on", "--gan-epochs",
                                                            "1"), rt, tmp_path / "on")
     assert not torch.equal(on.net[0].weight, off.net[0].weight)  # DiffAugment changes training
 
@@ -200,19 +201,19 @@ def gan_args(root, out, *extra):
 def test_gan_training_resumes_to_the_same_generator(sample, tmp_path):
     root, _ = sample
     args = gan_args(root, tmp_path / "whole")
-    rt = engine.init_runtime(args)
-    _, train, _, _ = data.prepare_splits(args)
-    images = dcgan_train.load_images(train, 32, 0)
+    rt = engine.init_runtime(args.device, args.amp, args.seed)
+    _, train, _, _ = data.prepare_splits("bird", root, args.val_fraction)
+    images = gan.load_images(train, 32, 0)
     labels = torch.tensor([r.label for r in train])
     assert images.dtype == torch.uint8 and images.shape == (len(train), 3, 32, 32)
     torch.manual_seed(0)
-    whole = dcgan_train.train_gan(images, labels, 4, args, rt, tmp_path / "whole")
+    whole = gan.train_gan(images, labels, 4, args, rt, tmp_path / "whole")
 
     torch.manual_seed(0)
     first = gan_args(root, tmp_path / "split", "--gan-epochs", "1")
-    dcgan_train.train_gan(images, labels, 4, first, rt, tmp_path / "split")
+    gan.train_gan(images, labels, 4, first, rt, tmp_path / "split")
     torch.manual_seed(123)  # the resumed run restores the RNG from the checkpoint
-    resumed = dcgan_train.train_gan(images, labels, 4, gan_args(root, tmp_path / "split",
+    resumed = gan.train_gan(images, labels, 4, gan_args(root, tmp_path / "split",
                                                                 "--resume"),
                                     rt, tmp_path / "split")
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
@@ -227,7 +228,8 @@ def test_synthetic_images_reach_only_the_training_split(sample, tmp_path, monkey
     root, _ = sample
     seen = {}
 
-    def capture(task, variant, args, rt, classes, train, val, test, counts, **metrics):
+    def capture(task, variant, flags, cfg, rt, classes, train, val, test, *, counts,
+                **metrics):
         seen.update(train=train, val=val, test=test, counts=counts, metrics=metrics)
 
     monkeypatch.setattr(engine, "train_classifier", capture)

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_predictions_reproduce, run_cli
+from fgsm import Normalized, fgsm, gradient_masking_checks, pgd
 from torch import nn
 
 from shared.results import hits, load_predictions, write_tables
-from task7_fgsm.fgsm import Normalized, fgsm, gradient_masking_checks, pgd
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -144,23 +144,21 @@ def test_adversarial_training_raises_robust_accuracy(attack):
 
 
 def test_adversarial_training_replaces_the_chosen_images_by_fgsm_examples():
-    from types import SimpleNamespace
+    from adversarial import Adversary
 
     from shared.engine import Runtime
-    from task7_fgsm.train import adversarial_batches
 
     g = torch.Generator().manual_seed(0)
     pixels, labels = squares(16, g)
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     images = (pixels - mean) / std
-    model = small_cnn()
+    attacked = Normalized(small_cnn(), MEAN, STD)
 
     def perturbed(mode, prob, attack="fgsm"):
-        args = SimpleNamespace(model="resnet18", adv_mode=mode, adv_prob=prob, adv_eps=8.0,
-                               fast=False, adv_attack=attack, adv_steps=2)
-        # resnet18: ImageNet's mean and std, as MEAN, STD
+        adversary = Adversary(attack, eps=8.0, steps=2, random_start=False, mode=mode,
+                              prob=prob)
         torch.manual_seed(0)
-        out = adversarial_batches(args, Runtime(torch.device("cpu")))(model, images, labels)
+        out = adversary.perturb(attacked, images, labels, Runtime(torch.device("cpu")))
         return ((out - images) * std).flatten(1).abs().amax(1)  # each image's pixel change
 
     assert torch.equal(perturbed("batch", 0.0), torch.zeros(16))
@@ -177,8 +175,9 @@ def attack_run(model: nn.Module, tmp_path, name: str, restarts: int = 1, eps=(2,
     """task 7's test-split evaluation on [0, 1] squares made uint8, in process."""
     from types import SimpleNamespace
 
+    from adversarial import robust_accuracy
+
     from shared.engine import Runtime
-    from task7_fgsm.train import robust_accuracy
 
     x, y = squares(images, torch.Generator().manual_seed(7))
     pixels = (x * 255).round().to(torch.uint8)
@@ -186,12 +185,11 @@ def attack_run(model: nn.Module, tmp_path, name: str, restarts: int = 1, eps=(2,
                for i, label in enumerate(y.tolist())]
     loader = Batches([(pixels[i:i + 32], y[i:i + 32]) for i in range(0, images, 32)],
                      SimpleNamespace(records=records))
-    args = SimpleNamespace(pgd_steps=3, robust_eps=list(eps), restarts=restarts, seed=0)
     spec = SimpleNamespace(mean=MEAN, std=STD)
     out = tmp_path / name
     out.mkdir()
-    return robust_accuracy(model, spec, loader, args, Runtime(torch.device("cpu")), out
-                           ) | {"out": out}
+    return robust_accuracy(model, spec, loader, eps=list(eps), pgd_steps=3, restarts=restarts,
+                           seed=0, rt=Runtime(torch.device("cpu")), out=out) | {"out": out}
 
 
 class Batches(list):
@@ -283,10 +281,12 @@ def test_the_guard_stops_a_collapsing_run_and_keeps_the_best_epoch(sample, tmp_p
     """A constructed collapse: the guard's PGD accuracy reads 50%, 60%, then 30% (30 points
     below the best): training stops after epoch 3 of 5, the epoch tested is 1 or 2, and a
     resumed run does not train on."""
+    import adversarial
+
     import task7_fgsm.train as task7
 
     readings = iter([(5, 10), (6, 10), (3, 10), (9, 10), (9, 10)])
-    monkeypatch.setattr(task7, "pgd_correct", lambda *args: next(readings))
+    monkeypatch.setattr(adversarial, "pgd_correct", lambda *args: next(readings))
     root, _ = sample
     out = tmp_path / "guarded"
     flags = ["--dataset", "bird", "--data-root", str(root), "--model", "resnet18",

@@ -27,14 +27,15 @@ def test_one_epoch_lowers_the_training_loss(tmp_path):
     args = small_args(tmp_path / "data", tmp_path / "run", "--model", "vit_tiny", "--epochs", "1",
                       "--optimizer", "adamw", "--lr", "0.002", "--scheduler", "constant",
                       "--val-fraction", "0", "--hflip", "0", "--grayscale", "0")
-    rt = engine.init_runtime(args)
-    index, train, val, test = data.prepare_splits(args)
+    rt = engine.init_runtime(args.device, args.amp, args.seed)
+    index, train, val, test = data.prepare_splits("bird", tmp_path / "data", args.val_fraction)
     model, model_spec = models.build_model("vit_tiny", 4, "none", 32)
-    loaders = data.make_loaders(args, train, val, test)
+    cfg = engine.TrainConfig.from_flags(vars(args))
+    loaders = data.make_loaders(train, val, test, cfg.loader)
     assert loaders.train.dataset.need == ("long", 32)  # JPEGs larger than 64 px decode smaller
     fixed = data.make_loader(loaders.train.dataset, 8, train=False)  # no augmentation
     before = engine.evaluate(model, model_spec, fixed, rt, False)["loss"]
-    engine.fit(model, model_spec, loaders, args, rt)
+    engine.fit(model, model_spec, loaders, cfg, rt)
     after = engine.evaluate(model, model_spec, fixed, rt, False)["loss"]
     assert after < before - 0.02
 
@@ -166,12 +167,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(sample, tmp_pa
 def _changed_by_one_epoch(root, tmp_path, *flags) -> set[str]:
     """Train resnet18 one epoch with `flags`; the state-dict keys whose values changed."""
     args = small_args(root, tmp_path / "run", "--epochs", "1", *flags)
-    rt = engine.init_runtime(args)
-    index, train, val, test = data.prepare_splits(args)
+    rt = engine.init_runtime(args.device, args.amp, args.seed)
+    index, train, val, test = data.prepare_splits("bird", root, args.val_fraction)
     model, model_spec = models.build_model("resnet18", 4, "none")
     frozen = models.freeze_stages(model, model_spec, args.freeze_stages)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    engine.fit(model, model_spec, data.make_loaders(args, train, val, test), args, rt, frozen)
+    cfg = engine.TrainConfig.from_flags(vars(args))
+    engine.fit(model, model_spec, data.make_loaders(train, val, test, cfg.loader), cfg, rt,
+               frozen=frozen)
     return {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
 
 
@@ -269,9 +272,12 @@ def test_training_and_evaluation_read_the_device_per_epoch_not_per_step(tmp_path
             run(batches(steps))
         return counter.count
 
+    loop = engine.Loop(model, model_spec, optimizer, scheduler, scaler,
+                       torch.nn.CrossEntropyLoss(), rt, channels_last=True, clip_grad=0.0,
+                       epochs=1, last_path=tmp_path / "x")
+
     def train(loader):
-        engine.train_epoch(model, model, model_spec, loader, optimizer, scheduler, scaler,
-                           torch.nn.CrossEntropyLoss(), rt, True, 0, 1, tmp_path / "x")
+        engine.train_epoch(loop, model, loader, 0)
 
     def evaluate(loader):
         engine.evaluate(model, model_spec, loader, rt, True)

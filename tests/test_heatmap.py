@@ -4,6 +4,9 @@ autograd, on a model that learned where the object is, and through the command l
 import json
 import shutil
 
+import boxes as boxes_io
+import heatmaps
+import maps
 import pytest
 import torch
 from conftest import run_cli
@@ -12,9 +15,6 @@ from torch import nn
 from shared import cam
 from shared.models import build_model
 from shared.results import write_tables
-from task3_crop import boxes as boxes_io
-from task6_heatmap import heatmaps
-from task6_heatmap import train as heatmap_train
 
 
 def no_hooks(model: nn.Module) -> bool:
@@ -103,13 +103,13 @@ def test_a_trained_model_looks_at_the_object():
         optimizer.step()
     x, labels, boxes = batch(64)
     assert (model(x).argmax(1) == labels).float().mean() > 0.9
-    maps, _ = heatmaps.grad_cam(model, x, "2", labels)  # the last conv's ReLU
-    hits, energy, area = heatmap_train.box_scores(maps, boxes, 32)
+    found_maps, _ = heatmaps.grad_cam(model, x, "2", labels)  # the last conv's ReLU
+    hits, energy, area = maps.box_scores(found_maps, boxes, 32)
     chance = 64 / 32 ** 2
     assert area == pytest.approx([chance] * 64)
     assert sum(hits) / len(hits) > 3 * chance and sum(energy) / len(energy) > 2 * chance
     # task 3's CAM box: the largest region above half the maximum finds the square
-    found = cam.map_boxes(maps, (0.5,), 32)
+    found = cam.map_boxes(found_maps, (0.5,), 32)
     ious = [boxes_io.iou(f[0.5], b[0]) for f, b in zip(found, boxes, strict=True)]
     assert sum(iou >= 0.5 for iou in ious) / len(ious) >= 0.8
     # without boxes: the true object's mask is a faithful map, a random one is not

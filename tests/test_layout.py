@@ -2,6 +2,7 @@
 light, and no module reaches into another's private names."""
 
 import ast
+import re
 from pathlib import Path
 
 from conftest import REPO
@@ -90,3 +91,76 @@ def test_no_module_uses_another_modules_private_names():
                     and Path(REPO / "shared" / f"{node.value.id}.py").exists()):
                 raise AssertionError(f"{path.relative_to(REPO)}:{node.lineno} uses "
                                      f"{node.value.id}.{node.attr}")
+
+
+def test_shared_names_no_task():
+    """shared/ knows no task: no task folder's name in its code, docstrings aside (each
+    table is declared in its task's folder)."""
+    for path in (REPO / "shared").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and id(node) not in docstrings):
+                assert not re.search(r"\btask\d+_[a-z]", node.value), \
+                    f"shared/{path.name}:{node.lineno}: {node.value[:60]!r}"
+
+
+def test_a_table_declared_in_a_new_folder_joins_tables_md(tmp_path):
+    from shared import results
+
+    repository = tmp_path / "repo"
+    (repository / "task9_new").mkdir(parents=True)
+    (repository / "task9_new" / "table.py").write_text(
+        "from shared.results import DATASET, Table\n"
+        "TABLES = [Table('Table 9: a new task', rows=lambda r: r['task'] == 'task9_new',\n"
+        "                order=lambda r: r['dataset'], columns=[DATASET])]\n")
+    declared = results.declared_tables(repository)
+    assert [t.title for t in declared] == ["Table 9: a new task"]
+    every = [t.title.split(":")[0] for t in results.declared_tables()]
+    assert every == ["Table 1", "Table 2", "Table 2b", "Table 3", "Table 4", "Table 5",
+                     "Table 6", "Table 7"]
+    runs = tmp_path / "runs" / "a"
+    runs.mkdir(parents=True)
+    (runs / "metrics.json").write_text('{"task": "task9_new", "dataset": "dog"}')
+    tables = results.write_tables(tmp_path / "runs", declared).read_text()
+    assert "## Table 9: a new task\n\n| Dataset |\n|---|\n| Stanford Dogs |" in tables
+
+
+def test_a_task_folder_copied_under_another_name_runs(tmp_path, sample):
+    """A user copies task4_dcgan (with shared/) into their own work as gan/: its script
+    finds its own modules and shared/ by where it lies, not by its folder's name."""
+    import shutil
+
+    from conftest import run_cli
+
+    checkout = tmp_path / "work"
+    shutil.copytree(REPO / "shared", checkout / "shared",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "task4_dcgan", checkout / "gan",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "run"
+    result = run_cli("gan/train.py", "--dataset", "bird", "--data-root", str(sample[0]),
+                     "--out", str(out), "--gan-size", "32", "--gan-epochs", "1",
+                     "--gan-batch-size", "8", "--z-dim", "8", "--gan-width", "8",
+                     "--synthetic-per-class", "1", "--model", "resnet18", "--weights", "none",
+                     "--image-size", "32", "--batch-size", "8", "--epochs", "1",
+                     "--val-fraction", "0.25", "--judge", str(tmp_path / "none.pt"),
+                     "--gan-only", cwd=checkout,
+                     env_extra={"PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "metrics.json").exists() and (out / "gan" / "last.pt").exists()
+
+
+def test_task_scripts_share_one_import_pattern():
+    """Every task script: the standard library, the two sys.path lines, shared.cli; the
+    heavy imports wait in main, so that --help answers before torch loads."""
+    for script in sorted(REPO.glob("task*/train.py")) + [REPO / "task3_crop" / "detect.py"]:
+        tree = ast.parse(script.read_text())
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        modules = {a.name.split(".")[0] for n in top for a in n.names} | {
+            (n.module or "").split(".")[0] for n in top if isinstance(n, ast.ImportFrom)}
+        assert not modules & HEAVY, f"{script.relative_to(REPO)} imports {modules & HEAVY}"
+        assert "noqa: E402" not in script.read_text()

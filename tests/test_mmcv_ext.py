@@ -1,14 +1,13 @@
 """mmcv's NMS and RoIAlign, served by task3_crop/mmcv_ext on torchvision.ops, give torchvision's
 results through mmcv's own Python wrappers (the code path mmdet calls)."""
 
+import mmcv_ext  # noqa: F401  (registers mmcv._ext, which mmcv.ops needs at import)
+
+# isort: split
+import mmcv.ops as mmcv_ops
 import pytest
 import torch
 import torchvision
-
-from task3_crop import mmcv_ext
-
-mmcv_ext.install()  # registers mmcv._ext (idempotent); mmcv.ops needs it at import
-import mmcv.ops as mmcv_ops  # noqa: E402
 
 # CUDA runs where there is a GPU (the shim serves torchvision's CUDA kernels there too).
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -269,7 +269,8 @@ def test_weights_that_contradict_the_run_name_are_refused():
 
 
 def test_the_gan_sizes_of_the_flag_are_the_dcgan_s():
-    from task4_dcgan import dcgan
+    import dcgan
+
     from task4_dcgan import train as dcgan_train
 
     assert dcgan_train.GAN_SIZES == dcgan.SIZES

@@ -4,17 +4,19 @@ probe, kNN, label subsets, the DDP gather, and the pipeline from the command lin
 import json
 import math
 
+import pretrain
+import probes
 import pytest
 import torch
 import torch.multiprocessing as mp
 from conftest import assert_predictions_reproduce, run_cli
 from PIL import Image
+from simclr import LARS, ProjectionHead, lars_groups, nt_xent, simclr_views
 from torch import nn
 
 from shared import errors
 from shared.results import write_tables
 from task8_simclr import train as simclr_train
-from task8_simclr.simclr import LARS, ProjectionHead, lars_groups, nt_xent, simclr_views
 
 
 def slow_nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> float:
@@ -90,7 +92,7 @@ def test_linear_probe_and_knn_leave_the_backbone_bitwise_unchanged(sample):
     from shared.models import build_model
 
     backbone, model_spec = build_model("resnet18", 4, "none", 32)
-    features = simclr_train.split_head(backbone, model_spec)
+    features = pretrain.split_head(backbone, model_spec)
     assert features == 512 and isinstance(backbone.fc, nn.Identity)
     backbone.train()  # the probe must switch batch norm to eval itself
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
@@ -98,19 +100,19 @@ def test_linear_probe_and_knn_leave_the_backbone_bitwise_unchanged(sample):
     transform = data.build_transform(False, 32)
     need = data.decode_need(False, 32)
     rt = engine.Runtime(torch.device("cpu"))
-    train_x, train_y = simclr_train.extract(backbone, model_spec, index.train, transform, need,
+    train_x, train_y = probes.extract(backbone, model_spec, index.train, transform, need,
                                             rt, workers=0)
-    test_x, test_y = simclr_train.extract(backbone, model_spec, index.test, transform, need, rt,
+    test_x, test_y = probes.extract(backbone, model_spec, index.test, transform, need, rt,
                                           workers=0)
     assert train_x.shape == (len(index.train), 512)
-    linear = simclr_train.linear_probe(train_x, train_y, test_x, 4, 20, 0)
-    knn = simclr_train.knn_scores(train_x, train_y, test_x, 4, 5)
+    linear = probes.linear_probe(train_x, train_y, test_x, 4, 20, 0)
+    knn = probes.knn_scores(train_x, train_y, test_x, 4, 5)
     assert linear.shape == knn.shape == (len(test_y), 4)
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
     # kNN on features equal to one-hot labels is perfect, and a class without votes scores
     # -inf
     onehot = torch.eye(4)[train_y]
-    knn = simclr_train.knn_scores(onehot, train_y, onehot, 4, 3)
+    knn = probes.knn_scores(onehot, train_y, onehot, 4, 3)
     assert torch.equal(knn.argmax(1), train_y) and torch.isinf(knn).any()
 
 
@@ -119,12 +121,12 @@ def test_label_subsets_are_class_balanced_seeded_and_never_empty(sample):
     from shared import data
 
     train = data.load_dataset("dog", root).train
-    subset = simclr_train.label_subset(train, 0.01, seed=0)
+    subset = probes.label_subset(train, 0.01, seed=0)
     assert sorted(r.label for r in subset) == [0, 1, 2, 3]  # one of each class
-    half = simclr_train.label_subset(train, 0.5, seed=0)
-    assert half == simclr_train.label_subset(train, 0.5, seed=0)
-    assert half != simclr_train.label_subset(train, 0.5, seed=1)
-    assert simclr_train.label_subset(train, 1.0, seed=0).__len__() == len(train)
+    half = probes.label_subset(train, 0.5, seed=0)
+    assert half == probes.label_subset(train, 0.5, seed=0)
+    assert half != probes.label_subset(train, 0.5, seed=1)
+    assert probes.label_subset(train, 1.0, seed=0).__len__() == len(train)
 
 
 def _gathered_loss(rank, world, init_file, z1, z2, results):
@@ -133,7 +135,7 @@ def _gathered_loss(rank, world, init_file, z1, z2, results):
     half = len(z1) // world
     mine = slice(rank * half, (rank + 1) * half)
     local1, local2 = z1[mine].clone().requires_grad_(), z2[mine].clone().requires_grad_()
-    loss, _ = nt_xent(simclr_train.gather(local1), simclr_train.gather(local2))
+    loss, _ = nt_xent(pretrain.gather(local1), pretrain.gather(local2))
     loss.backward()
     results[rank] = (loss.item(), local1.grad.clone())
     torch.distributed.destroy_process_group()
@@ -213,9 +215,9 @@ def test_pretraining_resumes_to_the_same_weights(sample, tmp_path):
             + (["--resume"] if resume else []))
         torch.manual_seed(0)
         backbone, model_spec = build_model("resnet18", 4, "none", 32)
-        features = simclr_train.split_head(backbone, model_spec)
+        features = pretrain.split_head(backbone, model_spec)
         rt = engine.Runtime(torch.device("cpu"))
-        simclr_train.pretrain(backbone, features, model_spec, train, args, rt, out)
+        pretrain.pretrain(backbone, features, model_spec, train, args, rt, out)
         return checkpoint.load(out / "pretrain.pt")["parts"]["net"]
 
     whole = run(tmp_path / "whole", 2, False)
@@ -268,11 +270,11 @@ def test_per_class_budgets_give_exactly_that_many_photos_a_class(sample):
 
     train = data.load_dataset("dog", root).train
     for count in (1, 3):
-        subset = simclr_train.label_subset(train, f"{count}/class", seed=0)
+        subset = probes.label_subset(train, f"{count}/class", seed=0)
         per_class = {label: sum(r.label == label for r in subset) for label in range(4)}
         assert per_class == {label: count for label in range(4)}
     with pytest.raises(errors.DataError, match="--label-fractions 99/class: class 0 has only"):
-        simclr_train.label_subset(train, "99/class", seed=0)
+        probes.label_subset(train, "99/class", seed=0)
     args = simclr_train.parse_args(["--label-fractions", "1/class", "0.1", "1"])
     assert args.label_fractions == ["1/class", 0.1, 1.0]
     for bad in ("0/class", "2/image", "1.5"):
@@ -310,11 +312,12 @@ def test_the_knn_monitor_scores_as_the_final_knn_evaluation(sample, tmp_path):
     # the monitor's function, pointed at the test split with every training label, is the
     # final evaluation's kNN at 100% of the labels
     args = simclr_train.parse_args(flags)
-    index, train, _, test = data.prepare_splits(args)
+    index, train, _, test = data.prepare_splits("bird", root, args.val_fraction, args.seed)
     backbone, spec = build_model("resnet18", len(index.classes), str(out / "backbone.pt"), 32)
-    simclr_train.split_head(backbone, spec)
+    pretrain.split_head(backbone, spec)
     rt = engine.Runtime(torch.device("cpu"))
-    again = simclr_train.knn_top1(backbone, spec, train, test, len(index.classes), args, rt)
+    again = probes.knn_top1(backbone, spec, train, test, len(index.classes), args.knn,
+                            args.image_size, args.resize_mode, args.workers, rt)
     assert again == record["metrics"]["knn_top1"]
 
 
@@ -329,14 +332,14 @@ def test_pretraining_from_imagenet_starts_from_imagenet_weights(sample, tmp_path
         started.update({k: v.clone() for k, v in backbone.state_dict().items()})
         return []
 
-    monkeypatch.setattr(simclr_train, "pretrain", first_state)
+    monkeypatch.setattr(pretrain, "pretrain", first_state)
     simclr_train.main(simclr_train.parse_args([
         "--dataset", "bird", "--data-root", str(root), "--model", "tf_efficientnet_lite0",
         "--weights", "imagenet", "--image-size", "32", "--label-fractions", "1",
         "--epochs", "1", "--batch-size", "8", "--probe-epochs", "2",
         "--out", str(tmp_path / "imagenet-simclr")]))
     imagenet, spec = build_model("tf_efficientnet_lite0", 4, "imagenet", 32)
-    simclr_train.split_head(imagenet, spec)
+    pretrain.split_head(imagenet, spec)
     assert started.keys() == imagenet.state_dict().keys()
     assert all(torch.equal(started[k], v) for k, v in imagenet.state_dict().items())
 
@@ -350,17 +353,17 @@ def test_running_out_of_memory_names_the_flags(sample, tmp_path, monkeypatch):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
                            "allocate 53687091200 bytes")
 
-    monkeypatch.setattr(simclr_train, "nt_xent", refused)
+    monkeypatch.setattr(pretrain, "nt_xent", refused)
     args = simclr_train.parse_args(["--model", "resnet18", "--image-size", "32",
                                     "--simclr-epochs", "1", "--simclr-batch-size", "8"])
     backbone, spec = build_model("resnet18", 4, "none", 32)
-    features = simclr_train.split_head(backbone, spec)
+    features = pretrain.split_head(backbone, spec)
     train = data.load_dataset("bird", root).train
     with pytest.raises(errors.TrainingError,
                        match="--simclr-batch-size 8 is 16 views of 32 px a process on cpu"):
-        simclr_train.pretrain(backbone, features, spec, train, args,
+        pretrain.pretrain(backbone, features, spec, train, args,
                               engine.Runtime(torch.device("cpu")), tmp_path)
-    assert not simclr_train.out_of_memory(RuntimeError("shape mismatch"))
+    assert not pretrain.out_of_memory(RuntimeError("shape mismatch"))
 
 
 def test_linear_probe_keeps_a_feature_constant_in_training_on_its_scale():
@@ -369,5 +372,5 @@ def test_linear_probe_keeps_a_feature_constant_in_training_on_its_scale():
     g = torch.Generator().manual_seed(0)
     train_x, test_x = torch.randn(8, 4, generator=g), torch.randn(3, 4, generator=g)
     train_x[:, 0], test_x[:, 0] = 0.0, 1.0
-    logits = simclr_train.linear_probe(train_x, torch.arange(8) % 2, test_x, 2, 5, 0)
+    logits = probes.linear_probe(train_x, torch.arange(8) % 2, test_x, 2, 5, 0)
     assert logits.abs().max() < 100

@@ -1,0 +1,53 @@
+"""Table 3 (`python -m shared.results` reads this): DCGAN images added to the training set,
+each row compared with task 1-2's pretrained run trained alike (real images only)."""
+
+from shared.results import (
+    ACCURACY,
+    DATASET,
+    DEVICE,
+    MODEL,
+    Table,
+    first,
+    pct,
+    trained_alike,
+)
+
+
+def real_only(r) -> bool:
+    """Task 1-2's pretrained runs (any recipe): Table 3's rows without DCGAN images."""
+    return r["task"] == "task1_2_finetune" and r["variant"] == "pretrained"
+
+
+def gan(r) -> bool:
+    return r["task"] == "task4_dcgan"
+
+
+def reference(r, rows):
+    return None if real_only(r) else first(rows, lambda o: real_only(o) and trained_alike(r, o))
+
+
+TABLES = [Table(
+    "Table 3: DCGAN images added to the training set (task 4); task 1-2's pretrained runs "
+    "are the rows without them, each row compared with the one trained alike",
+    # a --gan-only run has no classifier: not a row
+    rows=lambda r: real_only(r) or (gan(r) and r["variant"] == "dcgan"),
+    order=lambda r: (r["dataset"], r["task"]),
+    columns=[
+        MODEL, DATASET,
+        ("Training images", lambda r: f"{r['data']['real_train']} real + "
+                                      f"{r['data']['synthetic']} DCGAN"
+            if gan(r) else f"{r['data']['train']} real"),
+        ("Recipe", lambda r: f"{r['args'].get('recipe', 'seed')}, {r['args']['image_size']} px"),
+        *ACCURACY,
+        ("GAN size", lambda r: r["args"].get("gan_size", "–")),
+        ("DiffAugment", lambda r: r["args"].get("diffaugment", "none") if gan(r) else "–"),
+        ("FID (lite0)", lambda r: f"{r['metrics']['fid']:.1f}" if "fid" in r["metrics"]
+            else "–"),
+        ("KID x 1000 (± sd over subsets)", lambda r: f"{1000 * r['metrics']['kid']:.1f} ± "
+            f"{1000 * r['metrics']['kid_std']:.1f}" if "kid" in r["metrics"] else "–"),
+        ("Generated class acc. (%)", lambda r: pct(r["metrics"].get("gen_class_acc"))),
+        DEVICE,
+    ],
+    reference=reference, compared=[("top-1", "test_top1")],
+    reference_name="no DCGAN images", confusions=True,
+)]

@@ -1,0 +1,141 @@
+"""SimCLR pre-training of a backbone (Chen et al. 2020) with simclr.py's views, projection
+head, NT-Xent loss and LARS: resumable, with a kNN monitor on the validation split."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from simclr import LARS, ProjectionHead, lars_groups, nt_xent, simclr_views
+from torch import nn
+
+from shared import checkpoint, data, engine, errors, models
+from shared.data import Record
+
+
+def split_head(model: nn.Module, spec: models.ModelSpec) -> int:
+    """Replaces the classifier head (both, for a distilled DeiT) by an identity (the model
+    then returns features) and returns the feature size."""
+    for prefix in (spec.head,) if isinstance(spec.head, str) else spec.head:
+        path = prefix.rstrip(".").split(".")
+        parent = model
+        for name in path[:-1]:
+            parent = getattr(parent, name)
+        head = getattr(parent, path[-1])
+        linear = head if isinstance(head, nn.Linear) else \
+            next(m for m in head.modules() if isinstance(m, nn.Linear))
+        setattr(parent, path[-1], nn.Identity())
+    return linear.in_features
+
+
+def gather(z: torch.Tensor) -> torch.Tensor:
+    """Every process's embeddings, in rank order, with gradients flowing back to each owner."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return z
+    import torch.distributed.nn.functional as dist_fn
+    return torch.cat(dist_fn.all_gather(z))
+
+
+def make_optimizer(net: nn.Module, args, fused: bool) -> torch.optim.Optimizer:
+    if args.simclr_optimizer == "lars":
+        return LARS(lars_groups(net), args.simclr_lr, momentum=0.9, weight_decay=1e-6)
+    if args.simclr_optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), args.simclr_lr, momentum=0.9,
+                               weight_decay=1e-6, fused=fused)
+    return torch.optim.AdamW(net.parameters(), args.simclr_lr, weight_decay=1e-6, fused=fused)
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """A CUDA out-of-memory error, or a CPU allocation the system refused."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args, rt,
+             out: Path, monitor=None) -> list[dict]:
+    """SimCLR pre-training of `backbone` (resumable); `monitor(backbone)`, if given, scores
+    it (the validation kNN) before the first epoch (history's epoch 0), every --knn-every
+    epochs and after the last. Returns the history: each epoch's loss, positive-pair
+    accuracy, seconds and `val_knn_top1`."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    head = ProjectionHead(features, out_features=args.proj_dim)
+    net = nn.Sequential(backbone, head).to(rt.device)
+    channels_last = engine.use_channels_last(args.channels_last, spec)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    need = data.decode_need(True, args.image_size, "random-resized-crop",
+                            crop_scale=(0.08, 1.0))  # simclr_views' crops
+    dataset = data.ImageDataset(train, simclr_views(args.image_size), need)
+    batch = args.simclr_batch_size // rt.world_size
+    if len(dataset) < batch * rt.world_size:
+        raise errors.TrainingError(f"--simclr-batch-size {args.simclr_batch_size} exceeds "
+                                   f"the {len(dataset)} training images")
+    sampler = torch.utils.data.DistributedSampler(dataset, rt.world_size, rt.rank, seed=args.seed)
+    workers = data.loader_workers(args.workers, rt.device.type == "cuda")
+    loader = torch.utils.data.DataLoader(dataset, batch, sampler=sampler, num_workers=workers,
+                                         persistent_workers=workers > 0, drop_last=True,
+                                         pin_memory=rt.device.type == "cuda")
+    optimizer = make_optimizer(net, args, fused=rt.device.type == "cuda")
+    scheduler = engine.Schedule(args.simclr_epochs, len(loader), "cosine",
+                                args.simclr_warmup_epochs).scheduler_for(optimizer)
+    ddp = (torch.nn.parallel.DistributedDataParallel(net) if rt.world_size > 1 else net)
+    ddp = torch.compile(ddp) if args.compile else ddp
+    path = out / "pretrain.pt"
+    resumable = checkpoint.Resumable(path, net=net, optimizer=optimizer, scheduler=scheduler)
+    saved = resumable.restore() if args.resume else None
+    start, history = (saved["epoch"], saved.get("history", [])) if saved else (0, [])
+    writer = SummaryWriter(out / "tb") if rt.main else None
+    if start == 0 and monitor is not None and args.knn_every:
+        # the starting point (epoch 0), so the curve shows whether pre-training helps
+        history.append({"epoch": 0, "val_knn_top1": monitor(backbone)})
+        if rt.main:
+            writer.add_scalar("simclr/val_knn_top1", history[0]["val_knn_top1"], 0)
+            print(f"SimCLR epoch 0 val kNN {history[0]['val_knn_top1']:.3f}", flush=True)
+    for epoch in range(start, args.simclr_epochs):
+        sampler.set_epoch(epoch)
+        net.train()
+        sums, begin = torch.zeros(2, device=rt.device), time.perf_counter()  # loss, accuracy
+        guard = engine.LossGuard(rt.device, "SimCLR loss", epoch + 1,
+                                 f"the last good checkpoint is {path}")
+        for step, ((view1, view2), _) in enumerate(loader):
+            try:
+                views = engine.model_input(torch.cat([view1, view2]), spec, rt, channels_last)
+                with torch.autocast(rt.device.type, rt.amp_dtype,
+                                    enabled=rt.amp_dtype is not None):
+                    z1, z2 = ddp(views).float().chunk(2)
+                loss, accuracy = nt_xent(gather(z1), gather(z2), args.temperature)
+                guard.update(step, step + 1 == len(loader), loss)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            except (RuntimeError, torch.OutOfMemoryError) as error:
+                if not out_of_memory(error):
+                    raise
+                raise errors.TrainingError(
+                    f"out of memory in a SimCLR step: --simclr-batch-size "
+                    f"{args.simclr_batch_size} is {2 * batch} views of {args.image_size} px "
+                    f"a process on {rt.device}; lower --simclr-batch-size or --image-size "
+                    f"(docs/speed.md lists what fits in 24 GB)") from None
+            optimizer.step()
+            scheduler.step()
+            sums += torch.stack([loss.detach(), accuracy])
+        loss, accuracy = (sums / len(loader)).tolist()
+        record = {"epoch": epoch + 1, "loss": loss, "positive_acc": accuracy,
+                  "seconds": time.perf_counter() - begin}
+        if monitor is not None and args.knn_every and (
+                (epoch + 1) % args.knn_every == 0 or epoch + 1 == args.simclr_epochs):
+            record["val_knn_top1"] = monitor(backbone)
+        history.append(record)
+        if rt.main:
+            for key in ("loss", "positive_acc", "val_knn_top1"):
+                if key in record:
+                    writer.add_scalar(f"simclr/{key}", record[key], epoch + 1)
+            writer.flush()
+            resumable.save(epoch=epoch + 1, history=history)
+            knn = f" val kNN {record['val_knn_top1']:.3f}" if "val_knn_top1" in record else ""
+            print(f"SimCLR epoch {epoch + 1}/{args.simclr_epochs} loss {loss:.4f} positive "
+                  f"acc {accuracy:.3f}{knn} ({record['seconds']:.0f} s)", flush=True)
+    if writer:
+        writer.close()
+    return history

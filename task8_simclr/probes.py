@@ -1,0 +1,106 @@
+"""Task 8's evaluation protocol, the same for every backbone: a seeded share of the training
+labels (or N photos a class), frozen features, a linear probe and a kNN classifier on them
+(the full fine-tune is the engine's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared import data, engine, results
+from shared.data import Record
+from shared.errors import DataError
+
+
+def label_subset(records: list[Record], budget: float | str, seed: int) -> list[Record]:
+    """A seeded, class-balanced share (`budget` a fraction: at least one image of every
+    class), or exactly N images of every class (`budget` "N/class")."""
+    by_class: dict[int, list[Record]] = {}
+    for r in records:
+        by_class.setdefault(r.label, []).append(r)
+    per_class = int(budget.split("/")[0]) if isinstance(budget, str) else None
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in sorted(by_class):
+        group = by_class[label]
+        if per_class is not None and len(group) < per_class:
+            raise DataError(f"--label-fractions {budget}: class {label} has only {len(group)} "
+                            f"training images")
+        count = per_class or max(1, round(budget * len(group)))
+        order = torch.randperm(len(group), generator=generator).tolist()
+        chosen += [group[i] for i in order[:count]]
+    return chosen
+
+
+def budget_folder(budget: float | str) -> str:
+    return (f"per-class-{budget.split('/')[0]}" if isinstance(budget, str)
+            else f"fraction-{budget:g}")
+
+
+@torch.no_grad()
+def extract(backbone: nn.Module, spec, records: list[Record], transform, need, rt,
+            workers: int, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of every record, in order, on the host. Every DDP process extracts them
+    all (a loader sharded over processes would leave each with a part), so the probes see
+    the whole split in each."""
+    backbone.eval()  # batch norm on its running statistics; nothing here updates it
+    cuda = rt.device.type == "cuda"
+    loader = torch.utils.data.DataLoader(data.ImageDataset(records, transform, need), batch,
+                                         num_workers=workers, pin_memory=cuda)
+    feats, labels = [], []
+    for pixels, y in loader:
+        images = engine.model_input(pixels, spec, rt, channels_last=False)
+        feats.append(backbone(images).float())  # kept on the device: no wait a batch
+        labels.append(y)
+    return torch.cat(feats).cpu(), torch.cat(labels)
+
+
+def linear_probe(train_x, train_y, test_x, classes: int, epochs: int, seed: int
+                 ) -> torch.Tensor:
+    """A softmax classifier on standardised frozen features (full-batch AdamW); returns its
+    logits for the test features. A feature constant over the training images (a ReLU that
+    never fires on a few labelled photos) keeps its scale, as scikit-learn's StandardScaler
+    does: dividing by its ~0 spread would blow its test values up past float16's range."""
+    mean, std = train_x.mean(0), train_x.std(0)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    torch.manual_seed(seed)
+    probe = nn.Linear(train_x.shape[1], classes)
+    optimizer = torch.optim.AdamW(probe.parameters(), 1e-2, weight_decay=1e-4)
+    for _ in range(epochs):
+        loss = F.cross_entropy(probe(train_x), train_y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return probe(test_x)
+
+
+def knn_scores(train_x, train_y, test_x, classes: int, k: int) -> torch.Tensor:
+    """Cosine-similarity kNN, votes weighted by exp(similarity / 0.07) (Wu et al. 2018);
+    returns the log of each class's votes for the test features (-inf: none), scores whose
+    argmax is the vote and which fit a float16 predictions file."""
+    train_x, test_x = F.normalize(train_x, dim=1), F.normalize(test_x, dim=1)
+    similarity, index = (test_x @ train_x.T).topk(min(k, len(train_x)), dim=1)
+    votes = torch.zeros(len(test_x), classes, dtype=torch.float64).scatter_add_(
+        1, train_y[index], (similarity.double() / 0.07).exp())
+    return votes.log()
+
+
+def knn_top1(backbone: nn.Module, spec, train: list[Record], held_out: list[Record],
+             classes: int, k: int, image_size: int, resize_mode: str, workers: int | None,
+             rt) -> float:
+    """kNN top-1 on `held_out` with every `train` image's label, scored as the final
+    evaluation scores it (float16 scores, `results.score_predictions`): the online monitor."""
+    transform = data.build_transform(False, image_size, resize_mode)
+    need = data.decode_need(False, image_size, resize_mode)
+    workers = data.loader_workers(workers, rt.device.type == "cuda")
+    train_x, train_y = extract(backbone, spec, train, transform, need, rt, workers)
+    x, y = extract(backbone, spec, held_out, transform, need, rt, workers)
+    scores = knn_scores(train_x, train_y, x, classes, k).numpy()
+    keys = [r.image_id or r.key for r in held_out]
+    return results.score_predictions(Path("."), "", keys, y.numpy(), scores, {"knn_top1": 1},
+                                     write=False)["metrics"]["knn_top1"]
