@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -206,6 +207,13 @@ def parse_with_recipes(parser: argparse.ArgumentParser, argv=None) -> argparse.N
         recipe = peek.parse_known_args(argv)[0].recipe
         parser.set_defaults(**RECIPES[recipe], recipe=recipe)
     return parser.parse_args(argv)
+
+
+def pick(config: type, flags: dict, **values):
+    """The dataclass `config` with its fields taken from a script's flags of the same names
+    (`vars(args)`), `values` overriding them; fields without a flag keep their defaults."""
+    names = {f.name for f in dataclasses.fields(config)}
+    return config(**{k: v for k, v in flags.items() if k in names} | values)
 
 
 def task_parser(doc: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ import sys
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from shared.cli import DATASETS, RESIZE_MODES, fraction
+from shared.cli import DATASETS, RESIZE_MODES, fraction, pick
 from shared.errors import DataError
 
 FOLDERS = {"bird": "CUB_200_2011", "dog": "StanfordDogs"}
@@ -662,7 +662,7 @@ class LoaderConfig:
     @classmethod
     def from_flags(cls, flags: dict) -> LoaderConfig:
         """The fields of the same names from a script's flags (`vars(args)`)."""
-        return cls(**{f.name: flags[f.name] for f in fields(cls) if f.name in flags})
+        return pick(cls, flags)
 
 
 def make_loaders(train: list[Record], val: list[Record], test: list[Record],

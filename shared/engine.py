@@ -18,7 +18,7 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from shared import checkpoint, figures, models, results, stats
+from shared.cli import pick
 from shared.data import LoaderConfig, Loaders, Record, make_loaders, normalize
 from shared.errors import TrainingError
 from shared.models import ModelSpec
@@ -278,9 +279,7 @@ class TrainConfig:
     @classmethod
     def from_flags(cls, flags: dict) -> TrainConfig:
         """The fields of the same names from a script's flags (`vars(args)`)."""
-        own = {f.name: flags[f.name] for f in fields(cls) if f.name in flags}
-        return cls(**own | {"out": Path(flags["out"]),
-                            "loader": LoaderConfig.from_flags(flags)})
+        return pick(cls, flags, out=Path(flags["out"]), loader=LoaderConfig.from_flags(flags))
 
 
 @dataclass

@@ -5,6 +5,7 @@ it made (FID and KID in lite0 features, the judge classifier's accuracy, a figur
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from dcgan import Discriminator, Generator
 from diffaugment import diff_augment
 from PIL import Image
 
-from shared import checkpoint, data, engine, models
+from shared import checkpoint, cli, data, engine, models
 from shared.data import Record
 
 FID_SIZE = 224  # the generated and real images are compared in lite0 features at this size
@@ -66,40 +67,59 @@ def g_step(D: Discriminator, opt_g, fake: torch.Tensor, y: torch.Tensor,
     return loss.detach()
 
 
-def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, args,
+@dataclass(frozen=True)
+class GanConfig:
+    """The GAN's settings, named as train.py's flags (--gan-size, ...), with their defaults:
+    the seed's BCE, Adam lr 2e-4, batch 100, 100 epochs; DiffAugment on."""
+    gan_size: int = 32
+    gan_epochs: int = 100
+    gan_batch_size: int = 100
+    gan_lr: float = 2e-4
+    z_dim: int = 100
+    gan_width: int = 64
+    diffaugment: str = "color,translation,cutout"
+    seed: int = 0
+    resume: bool = False
+
+    @classmethod
+    def from_flags(cls, flags: dict) -> GanConfig:
+        return cli.pick(cls, flags)
+
+
+def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, config: GanConfig,
               rt: engine.Runtime, out: Path) -> Generator:
     """The seed's recipe: BCE on D's logits (real 1, generated 0), G trained to make D say 1;
     Adam lr 2e-4, betas (0.5, 0.999); D sees every image through --diffaugment. Resumes from
-    `out/last.pt`."""
+    `out/last.pt` (with `config.resume`)."""
     from torch.utils.tensorboard import SummaryWriter
     from torchvision.utils import save_image
 
     device = rt.device
-    G = Generator(num_classes, args.gan_size, args.z_dim, args.gan_width).to(device)
-    D = Discriminator(num_classes, args.gan_size, args.gan_width).to(device)
+    G = Generator(num_classes, config.gan_size, config.z_dim, config.gan_width).to(device)
+    D = Discriminator(num_classes, config.gan_size, config.gan_width).to(device)
     fused = device.type == "cuda"  # one kernel for the whole update
-    opt_g = torch.optim.Adam(G.parameters(), args.gan_lr, betas=(0.5, 0.999), fused=fused)
-    opt_d = torch.optim.Adam(D.parameters(), args.gan_lr, betas=(0.5, 0.999), fused=fused)
-    seed = torch.Generator().manual_seed(args.seed)
-    fixed_z = torch.randn(num_classes * 8, args.z_dim, generator=seed).to(device)
+    opt_g = torch.optim.Adam(G.parameters(), config.gan_lr, betas=(0.5, 0.999), fused=fused)
+    opt_d = torch.optim.Adam(D.parameters(), config.gan_lr, betas=(0.5, 0.999), fused=fused)
+    seed = torch.Generator().manual_seed(config.seed)
+    fixed_z = torch.randn(num_classes * 8, config.z_dim, generator=seed).to(device)
     fixed_y = torch.arange(num_classes).repeat_interleave(8).to(device)  # a row per class
     last = out / "last.pt"
     resumable = checkpoint.Resumable(last, G=G, D=D, opt_g=opt_g, opt_d=opt_d)
-    saved = resumable.restore() if args.resume else None
+    saved = resumable.restore() if config.resume else None
     start_epoch, history = (saved["epoch"], saved["history"]) if saved else (0, [])
     if saved:
         print(f"GAN resumed from {last} at epoch {start_epoch}", flush=True)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(out / "tb")
-    policy = () if args.diffaugment == "none" else tuple(args.diffaugment.split(","))
+    policy = () if config.diffaugment == "none" else tuple(config.diffaugment.split(","))
 
     def augment(x):
         return diff_augment(x, policy)
 
-    n, batch = len(images), min(args.gan_batch_size, len(images))
+    n, batch = len(images), min(config.gan_batch_size, len(images))
     steps = n // batch  # the last partial batch is dropped (batch norm)
     images, labels = images.to(device), labels.to(device)  # uint8, small: copied once
-    for epoch in range(start_epoch, args.gan_epochs):
+    for epoch in range(start_epoch, config.gan_epochs):
         G.train()
         D.train()
         order = torch.randperm(n).to(device)
@@ -112,7 +132,7 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, args
             real, y = to_unit(images[index]), labels[index]
             flip = (torch.rand(len(index)) < 0.5).to(device, non_blocking=True)
             real = torch.where(flip[:, None, None, None], real.flip(-1), real)
-            fake = G(torch.randn(len(index), args.z_dim, device=device), y)
+            fake = G(torch.randn(len(index), config.z_dim, device=device), y)
             loss_d, d_real, d_fake = d_step(D, opt_d, real, fake, y, augment)
             loss_g = g_step(D, opt_g, fake, y, augment)
             guard.update(step, step + 1 == steps, loss_d, loss_g)
@@ -131,7 +151,7 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, args
         writer.add_images("gan/samples", grid, epoch + 1)
         writer.flush()
         resumable.save(epoch=epoch + 1, history=history)
-        print(f"GAN epoch {epoch + 1}/{args.gan_epochs} loss_D {record['loss_d']:.3f} "
+        print(f"GAN epoch {epoch + 1}/{config.gan_epochs} loss_D {record['loss_d']:.3f} "
               f"loss_G {record['loss_g']:.3f} D(x) {record['d_real']:.3f} "
               f"D(G(z)) {record['d_fake']:.3f}", flush=True)
     writer.close()

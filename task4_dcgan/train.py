@@ -85,6 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     import torch  # torch loads here
     from gan import (
+        GanConfig,
         class_accuracy,
         frechet_distance,
         generate,
@@ -110,7 +111,8 @@ def main(args: argparse.Namespace) -> None:
     workers = data.loader_workers(args.workers, rt.device.type == "cuda")
     real = load_images(train, args.gan_size, workers)  # the train split alone
     real_labels = torch.tensor([r.label for r in train])
-    G = train_gan(real, real_labels, len(index.classes), args, rt, out / "gan")
+    G = train_gan(real, real_labels, len(index.classes), GanConfig.from_flags(vars(args)), rt,
+                  out / "gan")
 
     # FID compares as many generated images as there are real ones (at least K per class);
     # the first K of each class augment the classifier.

@@ -4,13 +4,14 @@ head, NT-Xent loss and LARS: resumable, with a kNN monitor on the validation spl
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from simclr import LARS, ProjectionHead, lars_groups, nt_xent, simclr_views
 from torch import nn
 
-from shared import checkpoint, data, engine, errors, models
+from shared import checkpoint, cli, data, engine, errors, models
 from shared.data import Record
 
 
@@ -37,13 +38,37 @@ def gather(z: torch.Tensor) -> torch.Tensor:
     return torch.cat(dist_fn.all_gather(z))
 
 
-def make_optimizer(net: nn.Module, args, fused: bool) -> torch.optim.Optimizer:
-    if args.simclr_optimizer == "lars":
-        return LARS(lars_groups(net), args.simclr_lr, momentum=0.9, weight_decay=1e-6)
-    if args.simclr_optimizer == "sgd":
-        return torch.optim.SGD(net.parameters(), args.simclr_lr, momentum=0.9,
+@dataclass(frozen=True)
+class SimCLRConfig:
+    """SimCLR's settings, named as train.py's flags (--simclr-epochs, ...), with their
+    defaults (AdamW's learning rate; train.py scales SGD's and LARS's with the batch)."""
+    simclr_epochs: int = 100
+    simclr_batch_size: int = 256
+    simclr_optimizer: str = "adamw"
+    simclr_lr: float = 1e-3
+    simclr_warmup_epochs: float = 5.0
+    temperature: float = 0.5
+    proj_dim: int = 128
+    knn_every: int = 5
+    image_size: int = 224
+    channels_last: bool | None = None
+    compile: bool = False
+    workers: int | None = None
+    seed: int = 0
+    resume: bool = False
+
+    @classmethod
+    def from_flags(cls, flags: dict) -> SimCLRConfig:
+        return cli.pick(cls, flags)
+
+
+def make_optimizer(net: nn.Module, config: SimCLRConfig, fused: bool) -> torch.optim.Optimizer:
+    if config.simclr_optimizer == "lars":
+        return LARS(lars_groups(net), config.simclr_lr, momentum=0.9, weight_decay=1e-6)
+    if config.simclr_optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), config.simclr_lr, momentum=0.9,
                                weight_decay=1e-6, fused=fused)
-    return torch.optim.AdamW(net.parameters(), args.simclr_lr, weight_decay=1e-6, fused=fused)
+    return torch.optim.AdamW(net.parameters(), config.simclr_lr, weight_decay=1e-6, fused=fused)
 
 
 def out_of_memory(error: BaseException) -> bool:
@@ -52,48 +77,48 @@ def out_of_memory(error: BaseException) -> bool:
         isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
 
 
-def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args, rt,
-             out: Path, monitor=None) -> list[dict]:
+def pretrain(backbone: nn.Module, features: int, spec, train: list[Record],
+             config: SimCLRConfig, rt, out: Path, monitor=None) -> list[dict]:
     """SimCLR pre-training of `backbone` (resumable); `monitor(backbone)`, if given, scores
     it (the validation kNN) before the first epoch (history's epoch 0), every --knn-every
     epochs and after the last. Returns the history: each epoch's loss, positive-pair
     accuracy, seconds and `val_knn_top1`."""
     from torch.utils.tensorboard import SummaryWriter
 
-    head = ProjectionHead(features, out_features=args.proj_dim)
+    head = ProjectionHead(features, out_features=config.proj_dim)
     net = nn.Sequential(backbone, head).to(rt.device)
-    channels_last = engine.use_channels_last(args.channels_last, spec)
+    channels_last = engine.use_channels_last(config.channels_last, spec)
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    need = data.decode_need(True, args.image_size, "random-resized-crop",
+    need = data.decode_need(True, config.image_size, "random-resized-crop",
                             crop_scale=(0.08, 1.0))  # simclr_views' crops
-    dataset = data.ImageDataset(train, simclr_views(args.image_size), need)
-    batch = args.simclr_batch_size // rt.world_size
+    dataset = data.ImageDataset(train, simclr_views(config.image_size), need)
+    batch = config.simclr_batch_size // rt.world_size
     if len(dataset) < batch * rt.world_size:
-        raise errors.TrainingError(f"--simclr-batch-size {args.simclr_batch_size} exceeds "
+        raise errors.TrainingError(f"--simclr-batch-size {config.simclr_batch_size} exceeds "
                                    f"the {len(dataset)} training images")
-    sampler = torch.utils.data.DistributedSampler(dataset, rt.world_size, rt.rank, seed=args.seed)
-    workers = data.loader_workers(args.workers, rt.device.type == "cuda")
+    sampler = torch.utils.data.DistributedSampler(dataset, rt.world_size, rt.rank, seed=config.seed)
+    workers = data.loader_workers(config.workers, rt.device.type == "cuda")
     loader = torch.utils.data.DataLoader(dataset, batch, sampler=sampler, num_workers=workers,
                                          persistent_workers=workers > 0, drop_last=True,
                                          pin_memory=rt.device.type == "cuda")
-    optimizer = make_optimizer(net, args, fused=rt.device.type == "cuda")
-    scheduler = engine.Schedule(args.simclr_epochs, len(loader), "cosine",
-                                args.simclr_warmup_epochs).scheduler_for(optimizer)
+    optimizer = make_optimizer(net, config, fused=rt.device.type == "cuda")
+    scheduler = engine.Schedule(config.simclr_epochs, len(loader), "cosine",
+                                config.simclr_warmup_epochs).scheduler_for(optimizer)
     ddp = (torch.nn.parallel.DistributedDataParallel(net) if rt.world_size > 1 else net)
-    ddp = torch.compile(ddp) if args.compile else ddp
+    ddp = torch.compile(ddp) if config.compile else ddp
     path = out / "pretrain.pt"
     resumable = checkpoint.Resumable(path, net=net, optimizer=optimizer, scheduler=scheduler)
-    saved = resumable.restore() if args.resume else None
+    saved = resumable.restore() if config.resume else None
     start, history = (saved["epoch"], saved.get("history", [])) if saved else (0, [])
     writer = SummaryWriter(out / "tb") if rt.main else None
-    if start == 0 and monitor is not None and args.knn_every:
+    if start == 0 and monitor is not None and config.knn_every:
         # the starting point (epoch 0), so the curve shows whether pre-training helps
         history.append({"epoch": 0, "val_knn_top1": monitor(backbone)})
         if rt.main:
             writer.add_scalar("simclr/val_knn_top1", history[0]["val_knn_top1"], 0)
             print(f"SimCLR epoch 0 val kNN {history[0]['val_knn_top1']:.3f}", flush=True)
-    for epoch in range(start, args.simclr_epochs):
+    for epoch in range(start, config.simclr_epochs):
         sampler.set_epoch(epoch)
         net.train()
         sums, begin = torch.zeros(2, device=rt.device), time.perf_counter()  # loss, accuracy
@@ -105,7 +130,7 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
                 with torch.autocast(rt.device.type, rt.amp_dtype,
                                     enabled=rt.amp_dtype is not None):
                     z1, z2 = ddp(views).float().chunk(2)
-                loss, accuracy = nt_xent(gather(z1), gather(z2), args.temperature)
+                loss, accuracy = nt_xent(gather(z1), gather(z2), config.temperature)
                 guard.update(step, step + 1 == len(loader), loss)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -114,7 +139,7 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
                     raise
                 raise errors.TrainingError(
                     f"out of memory in a SimCLR step: --simclr-batch-size "
-                    f"{args.simclr_batch_size} is {2 * batch} views of {args.image_size} px "
+                    f"{config.simclr_batch_size} is {2 * batch} views of {config.image_size} px "
                     f"a process on {rt.device}; lower --simclr-batch-size or --image-size "
                     f"(docs/speed.md lists what fits in 24 GB)") from None
             optimizer.step()
@@ -123,8 +148,8 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
         loss, accuracy = (sums / len(loader)).tolist()
         record = {"epoch": epoch + 1, "loss": loss, "positive_acc": accuracy,
                   "seconds": time.perf_counter() - begin}
-        if monitor is not None and args.knn_every and (
-                (epoch + 1) % args.knn_every == 0 or epoch + 1 == args.simclr_epochs):
+        if monitor is not None and config.knn_every and (
+                (epoch + 1) % config.knn_every == 0 or epoch + 1 == config.simclr_epochs):
             record["val_knn_top1"] = monitor(backbone)
         history.append(record)
         if rt.main:
@@ -134,7 +159,7 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record], args
             writer.flush()
             resumable.save(epoch=epoch + 1, history=history)
             knn = f" val kNN {record['val_knn_top1']:.3f}" if "val_knn_top1" in record else ""
-            print(f"SimCLR epoch {epoch + 1}/{args.simclr_epochs} loss {loss:.4f} positive "
+            print(f"SimCLR epoch {epoch + 1}/{config.simclr_epochs} loss {loss:.4f} positive "
                   f"acc {accuracy:.3f}{knn} ({record['seconds']:.0f} s)", flush=True)
     if writer:
         writer.close()

@@ -96,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> None:
     import torch  # torch loads here
-    from pretrain import pretrain, split_head
+    from pretrain import SimCLRConfig, pretrain, split_head
     from probes import budget_folder, extract, knn_scores, knn_top1, label_subset, linear_probe
 
     from shared import checkpoint, data, engine, models, results
@@ -115,7 +115,8 @@ def main(args: argparse.Namespace) -> None:
         monitor = (lambda net: knn_top1(net, spec, train, val, len(index.classes), args.knn,
                                         args.image_size, args.resize_mode, args.workers, rt)
                    ) if val else None
-        history = pretrain(backbone, features, spec, train, args, rt, out, monitor)
+        history = pretrain(backbone, features, spec, train,
+                           SimCLRConfig.from_flags(vars(args)), rt, out, monitor)
     backbone.to(rt.device)
     if rt.main:  # the backbone alone, loadable by build_model (the head is left out)
         checkpoint.save_atomic({"model": backbone.state_dict(), "model_name": args.model},

@@ -174,19 +174,25 @@ def test_no_diffaugment_trains_the_gan_as_before(sample, tmp_path, monkeypatch):
     _, train, _, _ = data.prepare_splits("bird", root, args.val_fraction)
     images, labels = gan.load_images(train, 32, 0), torch.tensor([r.label for r in train])
     torch.manual_seed(0)
-    off = gan.train_gan(images, labels, 4, args, rt, tmp_path / "none")
+    off = gan.train_gan(images, labels, 4, gan.GanConfig.from_flags(vars(args)), rt,
+                         tmp_path / "none")
     d_step, g_step = gan.d_step, gan.g_step
     monkeypatch.setattr(gan, "d_step", lambda D, o, r, f, y, a: d_step(D, o, r, f, y))
     monkeypatch.setattr(gan, "g_step", lambda D, o, f, y, a: g_step(D, o, f, y))
     torch.manual_seed(0)
-    before = gan.train_gan(images, labels, 4, args, rt, tmp_path / "before")
+    before = gan.train_gan(images, labels, 4, gan.GanConfig.from_flags(vars(args)), rt,
+                         tmp_path / "before")
     for a, b in zip(off.state_dict().values(), before.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     monkeypatch.undo()
     torch.manual_seed(0)
-    on = gan.train_gan(images, labels, 4, gan_args(root, tmp_path / "on", "--gan-epochs",
+    on = gan.train_gan(images, labels, 4, gan_config(root, tmp_path / "on", "--gan-epochs",
                                                            "1"), rt, tmp_path / "on")
     assert not torch.equal(on.net[0].weight, off.net[0].weight)  # DiffAugment changes training
+
+
+def gan_config(root, out, *extra):
+    return gan.GanConfig.from_flags(vars(gan_args(root, out, *extra)))
 
 
 def gan_args(root, out, *extra):
@@ -207,13 +213,15 @@ def test_gan_training_resumes_to_the_same_generator(sample, tmp_path):
     labels = torch.tensor([r.label for r in train])
     assert images.dtype == torch.uint8 and images.shape == (len(train), 3, 32, 32)
     torch.manual_seed(0)
-    whole = gan.train_gan(images, labels, 4, args, rt, tmp_path / "whole")
+    whole = gan.train_gan(images, labels, 4, gan.GanConfig.from_flags(vars(args)), rt,
+                         tmp_path / "whole")
 
     torch.manual_seed(0)
     first = gan_args(root, tmp_path / "split", "--gan-epochs", "1")
-    gan.train_gan(images, labels, 4, first, rt, tmp_path / "split")
+    gan.train_gan(images, labels, 4, gan.GanConfig.from_flags(vars(first)), rt,
+                         tmp_path / "split")
     torch.manual_seed(123)  # the resumed run restores the RNG from the checkpoint
-    resumed = gan.train_gan(images, labels, 4, gan_args(root, tmp_path / "split",
+    resumed = gan.train_gan(images, labels, 4, gan_config(root, tmp_path / "split",
                                                                 "--resume"),
                                     rt, tmp_path / "split")
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):

@@ -217,7 +217,8 @@ def test_pretraining_resumes_to_the_same_weights(sample, tmp_path):
         backbone, model_spec = build_model("resnet18", 4, "none", 32)
         features = pretrain.split_head(backbone, model_spec)
         rt = engine.Runtime(torch.device("cpu"))
-        pretrain.pretrain(backbone, features, model_spec, train, args, rt, out)
+        pretrain.pretrain(backbone, features, model_spec, train,
+                          pretrain.SimCLRConfig.from_flags(vars(args)), rt, out)
         return checkpoint.load(out / "pretrain.pt")["parts"]["net"]
 
     whole = run(tmp_path / "whole", 2, False)
@@ -361,8 +362,9 @@ def test_running_out_of_memory_names_the_flags(sample, tmp_path, monkeypatch):
     train = data.load_dataset("bird", root).train
     with pytest.raises(errors.TrainingError,
                        match="--simclr-batch-size 8 is 16 views of 32 px a process on cpu"):
-        pretrain.pretrain(backbone, features, spec, train, args,
-                              engine.Runtime(torch.device("cpu")), tmp_path)
+        pretrain.pretrain(backbone, features, spec, train,
+                          pretrain.SimCLRConfig.from_flags(vars(args)),
+                          engine.Runtime(torch.device("cpu")), tmp_path)
     assert not pretrain.out_of_memory(RuntimeError("shape mismatch"))
 
 
