@@ -300,7 +300,7 @@ def check_images(records: list[Record], cache: Path | None = None) -> None:
             with Image.open(record.path) as image:
                 pixels = image.width * image.height
                 if not Image.MAX_IMAGE_PIXELS or pixels <= Image.MAX_IMAGE_PIXELS:
-                    image.draft("RGB", (image.width // 8, image.height // 8))
+                    image.draft(None, (image.width // 8, image.height // 8))
                     image.load()
                 return record, pixels
         except FileNotFoundError:

@@ -673,7 +673,7 @@ def train_classifier(task: str, variant: str, flags: dict, cfg: TrainConfig, rt:
     `task_metrics` added) and prints the test score. `measure_cost` adds params_m, gflops,
     infer_images_per_s and the training cost (train_images_per_s, peak_mem_mb,
     train_seconds) to the metrics; `train_epoch`, `validate` and `select` go to `fit`;
-    `after(loop, loaders, fitted)`, called with the tested model and `fit`'s result,
+    `after(model, spec, loaders, fitted)`, called with the tested model and `fit`'s result,
     returns more scores (`results.merge` of `results.scored` ones: metrics, intervals and
     predictions files; a score of the same name replaces fit's, and `test_logits`, if given,
     the logits the confusions are drawn from). `whole_share` goes to the training loader.
