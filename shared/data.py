@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import math
 import os
@@ -325,8 +326,6 @@ def check_images(records: list[Record], cache: Path | None = None) -> None:
 def verified_cache(folder: Path) -> Path:
     """Where `check_images` remembers the photos of a dataset folder it found whole:
     $FGVC_CACHE (default ~/.cache/fgvc), one file per folder."""
-    import hashlib
-
     root = Path(os.environ.get("FGVC_CACHE") or Path.home() / ".cache" / "fgvc")
     digest = hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:16]
     return root / f"verified-{digest}.json"
