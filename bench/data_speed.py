@@ -1,17 +1,19 @@
-"""Data pipeline: decoded + augmented images/s of one loader process, side by side in one
-run, on JPEG photos of the real datasets' typical size (500 x 375) and of their large tail
-(1600 x 1200, a quarter as many), for the seed's training transform (letterbox 512, random
+"""Data pipeline: decoded + augmented images/s of one loader process, side by side in one run,
+on JPEG photos of the real datasets' typical size (500 x 375) and of their large tail (1600
+x 1200, a quarter as many), for the seed's training transform (letterbox 512, random
 grayscale, flip), the recipes' and the evaluation's. Columns: the photo read and transformed
 as the seed (and this toolkit until the speed issue) did, `Image.open(path).convert("RGB")`
 and Pillow geometry ending in normalised floats; ours (`shared.data.load_rgb`, torch's uint8
 resizing, uint8 pixels out: `shared.data.build_transform`) decoding the whole JPEG, in
-libjpeg's draft mode where the transform allows (the loaders' default,
-`shared.data.decode_need`), and from a copy pre-resized to a short side of 256 (`python -m
-shared.resize`). One process is what a worker gives, so the loader's rate is about
-this times `--workers`; the last table checks that with a real DataLoader (pinned memory
-where CUDA is, as the engine's). `--epoch-images` sets the DataLoader's epoch (the photos
-repeated): an epoch of a few batches a worker times the workers' start of the epoch and its
-uneven end more than their pace (CUB's training split is 5,994 images, 187 batches).
+libjpeg's draft mode where the transform allows (`shared.data.decode_need`), from a copy
+pre-resized to a short side of 256 (`python -m shared.resize`), and from the decoded cache
+(the loaders' default: the draft decode stored once, read memory-mapped;
+`shared.data.DecodedCache`, here in a temporary folder). One process is what a worker gives,
+so the loader's rate is about this times `--workers`; the last table checks that with a real
+DataLoader (pinned memory where CUDA is, as the engine's). `--epoch-images` sets the
+DataLoader's epoch (the photos repeated): an epoch of a few batches a worker times the
+workers' start of the epoch and its uneven end more than their pace (CUB's training split is
+5,994 images, 187 batches).
 
     python bench/data_speed.py [--images 200] [--repeats 2] [--loader-workers 0 1 2]
     python bench/data_speed.py --loader-only --images 800 --epoch-images 5994 \
@@ -19,6 +21,7 @@ uneven end more than their pace (CUB's training split is 5,994 images, 187 batch
 """
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -80,6 +83,9 @@ def pillow_transform(train, image_size, resize_mode, crop_scale, crop_ratio, gra
 
 class SeedWayDataset(ImageDataset):
     """Reads as the seed did: `Image.open(path).convert("RGB")`, a full decode and a copy."""
+
+    def __init__(self, records: list[Record], transform):
+        super().__init__(records, transform, decoded_cache=False)
 
     def load(self, record: Record) -> Image.Image:
         return Image.open(record.path).convert("RGB")
@@ -154,6 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in a DataLoader worker
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["FGVC_CACHE"] = str(Path(tmp, "cache"))  # the decoded cache's store
         sets = {(500, 375): photos(Path(tmp, "500"), args.images, (500, 375))}
         if not args.loader_only:  # the large tail is for the per-process table
             sets[1600, 1200] = photos(Path(tmp, "1600"), args.images // 4, (1600, 1200))
@@ -166,17 +173,21 @@ def main() -> None:
         if not args.loader_only:
             print("images/s of one process, best of 3 rounds\n\n| pipeline | photos | seed's "
                   "way: Pillow, floats | ours: full decode | ours: draft decode (default) | "
-                  "ours: pre-resized to 256 |\n|---|---|---|---|---|---|")
+                  "ours: pre-resized to 256 | ours: decoded cache (default) |\n"
+                  "|---|---|---|---|---|---|---|")
             for name, settings in PIPELINES.items():
                 transform, need = build_transform(**settings), need_of(settings)
                 for (w, h), records in sets.items():
                     datasets = [SeedWayDataset(records, pillow_transform(**settings)),
-                                ImageDataset(records, transform),
-                                ImageDataset(records, transform, need)]
+                                ImageDataset(records, transform, decoded_cache=False),
+                                ImageDataset(records, transform, need, decoded_cache=False)]
                     if settings["image_size"] <= 224 and w == 500:
-                        datasets.append(ImageDataset(resized, transform, need))
+                        datasets.append(ImageDataset(resized, transform, need,
+                                                     decoded_cache=False))
                     speeds = [f"{speed:.1f}" for speed in rate(datasets, args.repeats)]
                     speeds += [""] * (4 - len(speeds))  # no pre-resized copy for this row
+                    cached = ImageDataset(records, transform, need, decoded_cache=True)
+                    speeds.append(f"{rate([cached], args.repeats)[0]:.1f}")
                     print(f"| {name} | {w} x {h} | {' | '.join(speeds)} |", flush=True)
         # (pipeline, photos, transform): the seed's way against the default, from the photos
         # and, at 224 px, from the 256 px copy
@@ -199,7 +210,8 @@ def main() -> None:
                 records = [records[i % len(records)] for i in range(epoch_images)]
                 dataset = (SeedWayDataset(records, pillow_transform(**settings))
                            if way == "seed's way" else
-                           ImageDataset(records, build_transform(**settings), need_of(settings)))
+                           ImageDataset(records, build_transform(**settings), need_of(settings),
+                                        decoded_cache=False))
                 cells.append(f"{loader_rate(dataset, workers, args.repeats):.1f}")
             print(f"| {workers} | {' | '.join(cells)} |", flush=True)
 

@@ -57,6 +57,9 @@ share = _number(float, lambda v: 0 < v <= 1, "a share in (0, 1]")
 
 
 # Training recipes: defaults a task script applies with `--recipe NAME` (flags still win).
+# evaluation's batch on a CPU at most: larger ones were slower on 2 cores (lite0 at 224 px:
+# 0.94x at 32, 0.68x at 64; docs/speed.md)
+CPU_EVAL_BATCH_SIZE = 16
 RECIPES = {
     "seed": {},  # the common flags' defaults are the seed's settings
     "strong": {
@@ -99,6 +102,10 @@ def common_parser() -> argparse.ArgumentParser:
     group.add_argument("--epochs", type=positive_int, default=25)
     group.add_argument("--batch-size", type=positive_int, default=16,
                        help="global batch size (split across DDP processes)")
+    group.add_argument("--eval-batch-size", type=positive_int, default=None,
+                       help="global batch size of evaluation (default: --batch-size on "
+                            f"CUDA, at most {CPU_EVAL_BATCH_SIZE} on a CPU, where larger "
+                            "batches ran slower)")
     group.add_argument("--lr", type=positive_float, default=0.01)
     group.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     group.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum")
@@ -127,10 +134,16 @@ def common_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("runtime")
     group.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     group.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
-                       help="auto: bf16 on CUDA and on CPUs with AMX, fp32 on other CPUs")
+                       help="autocast; auto: bf16 on CUDA (fp16 where the GPU lacks bf16) and "
+                            "on CPUs with AMX, fp32 on other CPUs, where bf16 ran 13x slower "
+                            "(docs/speed.md, 'Defaults by machine'); off forces fp32")
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                       help="default: on for CNNs")
-    group.add_argument("--compile", action="store_true", help="torch.compile the model")
+                       help="the channels-last memory format; default: on for CNNs on every "
+                            "machine measured, off for transformers (docs/speed.md); "
+                            "--no-channels-last forces it off")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (off unless given: it paid 1.24-1.33x "
+                            "on an H200 after 40 s of compiling, 0.85-1.03x on CPUs)")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--out", type=Path, default=None,
                        help="run folder (default results/<task>/<dataset>/<variant>)")

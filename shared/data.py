@@ -17,6 +17,7 @@ import math
 import os
 import random
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from shared.cli import DATASETS, RESIZE_MODES, fraction, pick
+from shared.cli import CPU_EVAL_BATCH_SIZE, DATASETS, RESIZE_MODES, fraction, pick
 from shared.errors import DataError
 
 FOLDERS = {"bird": "CUB_200_2011", "dog": "StanfordDogs"}
@@ -290,10 +291,7 @@ def check_images(records: list[Record], cache: Path | None = None) -> None:
     verified = _read_verified(cache)
 
     def stamp(record: Record) -> list[int]:
-        try:
-            status = record.path.stat()
-        except FileNotFoundError:
-            raise DataError(f"{record.path}: image file is missing") from None
+        status = _status(record.path)
         return [status.st_size, status.st_mtime_ns]
 
     def check(record: Record) -> tuple[Record, int]:
@@ -323,12 +321,23 @@ def check_images(records: list[Record], cache: Path | None = None) -> None:
         _write_verified(cache, verified | stamps)
 
 
+def _status(path: Path) -> os.stat_result:
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file is missing") from None
+
+
 def verified_cache(folder: Path) -> Path:
     """Where `check_images` remembers the photos of a dataset folder it found whole:
     $FGVC_CACHE (default ~/.cache/fgvc), one file per folder."""
-    root = Path(os.environ.get("FGVC_CACHE") or Path.home() / ".cache" / "fgvc")
     digest = hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:16]
-    return root / f"verified-{digest}.json"
+    return cache_root() / f"verified-{digest}.json"
+
+
+def cache_root() -> Path:
+    """$FGVC_CACHE, default ~/.cache/fgvc: the photo check's and the decoded cache's."""
+    return Path(os.environ.get("FGVC_CACHE") or Path.home() / ".cache" / "fgvc")
 
 
 def _read_verified(cache: Path | None) -> dict:
@@ -369,18 +378,24 @@ def load_rgb(path: str | os.PathLike, region: Box | None = None,
     grayscale becomes 8-bit (value / 257). The EXIF orientation tag is ignored, as
     torchvision's readers ignore it: pixels stay as stored, which is the frame CUB's and
     Stanford Dogs' boxes are given in. Errors name the file."""
+    image, full_size = decode_rgb(path, lambda width, height: draft_factor_for(
+        (width, height), region, need))
+    return crop_decoded(image, full_size, region)
+
+
+def decode_rgb(path: str | os.PathLike, factor_for=None, header_only: bool = False
+               ) -> tuple[Image.Image | None, tuple[int, int]]:
+    """The whole photo as RGB, decoded at 1 / `factor_for(width, height)` scale (a JPEG's
+    draft mode; 1 = full size), and the photo's full size (`load_rgb`). `header_only`:
+    (None, the size), nothing decoded."""
     try:
         with Image.open(path) as image:
-            full_w, full_h = image.size
-            if region is not None:
-                x0, y0, x1, y1 = region
-                region = (max(x0, 0), max(y0, 0), min(x1, full_w), min(y1, full_h))
-            if need is not None:
-                seen = (full_w, full_h) if region is None else (region[2] - region[0],
-                                                               region[3] - region[1])
-                factor = draft_factor(*seen, need)
-                if factor > 1:
-                    image.draft(None, (full_w // factor, full_h // factor))
+            full_size = image.size
+            if header_only:
+                return None, full_size
+            factor = factor_for(*full_size) if factor_for is not None else 1
+            if factor > 1:
+                image.draft(None, (full_size[0] // factor, full_size[1] // factor))
             image.load()
             if image.mode in ("P", "PA"):  # palette transparency must go through RGBA
                 image = image.convert("RGBA")
@@ -395,10 +410,123 @@ def load_rgb(path: str | os.PathLike, region: Box | None = None,
         raise DataError(f"{path}: image file is missing") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot read the image ({e})") from None
+    return image, full_size
+
+
+def _clipped(region: Box, full_size: tuple[int, int]) -> Box:
+    x0, y0, x1, y1 = region
+    return max(x0, 0), max(y0, 0), min(x1, full_size[0]), min(y1, full_size[1])
+
+
+def draft_factor_for(full_size: tuple[int, int], region: Box | None, need: Need | None) -> int:
+    """The draft-mode scale-down `load_rgb` decodes a photo of `full_size` at, for the part
+    of it that is seen (`region`, else all of it)."""
+    if need is None:
+        return 1
+    if region is None:
+        return draft_factor(*full_size, need)
+    x0, y0, x1, y1 = _clipped(region, full_size)
+    return draft_factor(x1 - x0, y1 - y0, need)
+
+
+def crop_decoded(image: Image.Image, full_size: tuple[int, int], region: Box | None
+                 ) -> Image.Image:
+    """`region` (pixels of the full photo, clipped to it) of a photo decoded at any scale."""
     if region is None:
         return image
-    scale = image.width / full_w  # < 1 after a draft-mode decode
-    return image.crop(tuple(v * scale for v in region))
+    scale = image.width / full_size[0]  # < 1 after a draft-mode decode
+    return image.crop(tuple(v * scale for v in _clipped(region, full_size)))
+
+
+class DecodedCache:
+    """Decoded photos kept on disk as raw uint8 RGB and read back memory-mapped, so that no
+    table, run or epoch decodes the same JPEG twice (docs/speed.md). A photo is stored at
+    each draft-mode scale a run has asked for (`draft_factor_for`: one per image size and
+    geometry), exactly as `load_rgb` decodes it, and decoded again when its size or mtime
+    changes. One store under $FGVC_CACHE/decoded (default ~/.cache/fgvc), shared by every
+    dataset, run and process: an append-only pixel file and a JSON index, written under a
+    lock. FGVC_DECODED_CACHE=off turns it off."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.index: dict = {}
+        self.pixels_name = None
+        self._pixels = None  # the memory map, opened in each process on first read
+
+    @staticmethod
+    def enabled() -> bool:
+        return os.environ.get("FGVC_DECODED_CACHE", "on").lower() not in ("off", "0", "no")
+
+    @classmethod
+    def default(cls) -> DecodedCache:
+        return cls(cache_root() / "decoded")
+
+    def prepare(self, records: list[Record], need: Need | None) -> DecodedCache:
+        """Decode and store what these records need that the store lacks or holds stale."""
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # other runs, DDP ranks: one writer at a time
+            index = self._read_index()
+            wanted = {}  # (path, factor) -> record
+            for record in records:
+                path = str(record.path)
+                status = _status(record.path)
+                entry = index["photos"].get(path)
+                if entry is None or entry["stamp"] != [status.st_size, status.st_mtime_ns]:
+                    size = decode_rgb(path, None, header_only=True)[1]
+                    entry = index["photos"][path] = {
+                        "stamp": [status.st_size, status.st_mtime_ns], "size": size,
+                        "decodes": {}}
+                factor = draft_factor_for(tuple(entry["size"]), record.crop, need)
+                if str(factor) not in entry["decodes"]:
+                    wanted[path, factor] = record
+            if wanted:
+                self._store(index, list(wanted))
+        self.index, self.pixels_name = index["photos"], index["pixels"]
+        self._pixels = None
+        return self
+
+    def _read_index(self) -> dict:
+        try:
+            index = json.loads((self.folder / "index.json").read_text())
+            if (self.folder / index["pixels"]).stat().st_size >= index["end"]:
+                return index
+        except (OSError, ValueError, KeyError):
+            pass  # none yet, or damaged: a new pixel file (readers may still map the old)
+        return {"pixels": f"pixels-{os.getpid()}-{time.time_ns()}.u8", "end": 0, "photos": {}}
+
+    def _store(self, index: dict, wanted: list[tuple[str, int]]) -> None:
+        def decode(path_factor):
+            path, factor = path_factor
+            image, _ = decode_rgb(path, lambda width, height: factor)
+            return path, factor, np.asarray(image)
+
+        with open(self.folder / index["pixels"], "ab") as pixels, \
+                ThreadPoolExecutor(default_workers()) as pool:  # PIL decodes without the GIL
+            pixels.truncate(index["end"])  # drop what a killed writer left past the index
+            for path, factor, array in pool.map(decode, wanted):
+                pixels.write(array.tobytes())
+                index["photos"][path]["decodes"][str(factor)] = [index["end"], *array.shape[:2]]
+                index["end"] += array.nbytes
+        tmp = self.folder / f"index.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(index))
+        os.replace(tmp, self.folder / "index.json")
+
+    def load(self, record: Record, need: Need | None) -> Image.Image:
+        """What `load_rgb(record.path, record.crop, need)` gives, from the store."""
+        entry = self.index[str(record.path)]
+        full_size = tuple(entry["size"])
+        offset, height, width = entry["decodes"][str(draft_factor_for(full_size, record.crop,
+                                                                      need))]
+        if self._pixels is None:
+            self._pixels = np.memmap(self.folder / self.pixels_name, np.uint8, "r")
+        pixels = self._pixels[offset:offset + height * width * 3].reshape(height, width, 3)
+        return crop_decoded(Image.fromarray(pixels), full_size, record.crop)
+
+    def __getstate__(self) -> dict:  # a spawned loader worker maps the file itself
+        return {**self.__dict__, "_pixels": None}
 
 
 def _eight_bit(image: Image.Image, path) -> Image.Image:
@@ -531,21 +659,34 @@ def _shift_scale(mean: tuple, std: tuple, device: torch.device):
 
 class ImageDataset(Dataset):
     """(image tensor, label) for a list of records, cropped to `record.crop` where set
-    (clipped to the image); JPEGs decode at reduced scale where `need` allows (`load_rgb`).
-    An index may come with a seed from `AugmentSeedSampler`; the transform's randomness is
-    then drawn from that seed alone, and so is whether a record with a crop shows its whole
-    photo instead (with probability `whole_share`: both views for task 3's test-time
-    refine)."""
+    (clipped to the image); JPEGs decode at reduced scale where `need` allows (`load_rgb`),
+    once: the pixels are kept in the `DecodedCache` (unless `decoded_cache` is False or
+    FGVC_DECODED_CACHE=off). An index may come with a seed from `AugmentSeedSampler`; the
+    transform's randomness is then drawn from that seed alone, and so is whether a record
+    with a crop shows its whole photo instead (with probability `whole_share`: both views
+    for task 3's test-time refine)."""
 
     def __init__(self, records: list[Record], transform, need: Need | None = None,
-                 whole_share: float = 0.0):
+                 whole_share: float = 0.0, decoded_cache: bool | None = None):
         self.records, self.transform, self.need = records, transform, need
         self.whole_share = whole_share
+        use_cache = DecodedCache.enabled() if decoded_cache is None else decoded_cache
+        self.decoded = None
+        if use_cache and records:
+            views = records + [replace(r, crop=None) for r in records
+                               if r.crop is not None and whole_share > 0]
+            try:
+                self.decoded = DecodedCache.default().prepare(views, need)
+            except OSError as e:  # a read-only or full disk: decode every time instead
+                print(f"warning: no decoded cache ({e}); photos are decoded each time they "
+                      "are read", file=sys.stderr)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def load(self, record: Record) -> Image.Image:
+        if self.decoded is not None:
+            return self.decoded.load(record, self.need)
         return load_rgb(record.path, record.crop, self.need)
 
     def __getitem__(self, item):
@@ -655,6 +796,7 @@ class LoaderConfig:
     hflip: float = 0.5
     grayscale: float = 0.1
     batch_size: int = 16  # global: split across DDP processes
+    eval_batch_size: int | None = None  # None: batch_size (at most 16 on a CPU)
     workers: int | None = None  # None: `loader_workers` decides
     seed: int = 0
 
@@ -676,6 +818,8 @@ def make_loaders(train: list[Record], val: list[Record], test: list[Record],
         raise DataError(f"--batch-size {config.batch_size} does not split over {world} "
                         "processes")
     batch = config.batch_size // world
+    eval_batch = max(1, (config.eval_batch_size or (
+        config.batch_size if cuda else min(config.batch_size, CPU_EVAL_BATCH_SIZE))) // world)
 
     def loader(records, is_train):
         geometry = {"crop_scale": (config.crop_scale, 1.0), "crop_ratio": config.crop_ratio}
@@ -684,7 +828,7 @@ def make_loaders(train: list[Record], val: list[Record], test: list[Record],
                                     **geometry)
         need = decode_need(is_train, config.image_size, config.resize_mode, **geometry)
         dataset = ImageDataset(records, transform, need, whole_share if is_train else 0.0)
-        return make_loader(dataset, batch, train=is_train,
+        return make_loader(dataset, batch if is_train else eval_batch, train=is_train,
                            workers=workers, seed=config.seed, pin_memory=cuda)
 
     return Loaders(loader(train, True), loader(val, False) if val else None,

@@ -53,14 +53,49 @@ class Runtime:
         return self.rank == 0
 
 
-def cpu_has_amx() -> bool:
-    """bf16 autocast pays on CPUs with AMX; elsewhere it is over 10x slower than fp32
-    (docs/speed.md, an AMD EPYC without AVX-512: resnet18 7.79 img/s fp32, 0.62 bf16)."""
+def cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            return "amx_bf16" in f.read()
+            return set(next((line for line in f if line.startswith("flags")), ":").split(":")[1]
+                       .split())
     except OSError:
-        return False
+        return set()
+
+
+def cpu_has_amx() -> bool:
+    """Whether torch may use AMX here: the CPU has it and ONEDNN_MAX_CPU_ISA (which caps what
+    oneDNN uses) does not hide it."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    return "amx_bf16" in cpu_flags() and (cap in ("ALL", "DEFAULT") or "AMX" in cap)
+
+
+def machine_kind(device: torch.device) -> str:
+    """The key of `SPEED_DEFAULTS`: cuda, cpu-amx or cpu (AVX2 or AVX-512 without AMX)."""
+    if device.type == "cuda":
+        return "cuda"
+    return "cpu-amx" if cpu_has_amx() else "cpu"
+
+
+def model_kind(model: nn.Module, spec: ModelSpec) -> str:
+    """The other key of `SPEED_DEFAULTS`: transformer (any attention block), depthwise-cnn
+    (EfficientNets, MobileNets, ConvNeXts: a convolution with a group per channel) or cnn."""
+    if not spec.is_cnn:
+        return "transformer"
+    depthwise = any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+                    for m in model.modules())
+    return "depthwise-cnn" if depthwise else "cnn"
+
+
+# What the engine turns on by default, by machine and model kind, each from a benchmark on
+# such a machine (the table "Defaults by machine" in docs/speed.md, its figures and
+# commands): bf16 autocast and channels_last. --amp, --channels-last / --no-channels-last
+# and --compile force them. torch.compile is never on by default: on CPUs it gave
+# 0.85-1.03x after a minute of compiling, on an H200 1.24-1.33x after 40 s.
+SPEED_DEFAULTS = {
+    "cuda": {"bf16": True, "channels_last": {"depthwise-cnn", "cnn"}},
+    "cpu-amx": {"bf16": True, "channels_last": {"depthwise-cnn", "cnn"}},
+    "cpu": {"bf16": False, "channels_last": {"depthwise-cnn", "cnn"}},
+}
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -72,9 +107,11 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.float16
     if amp == "bf16":
         return torch.bfloat16
-    if device.type == "cuda":  # auto
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_amx() else None
+    if not SPEED_DEFAULTS[machine_kind(device)]["bf16"]:  # auto
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
 
 def init_runtime(device: str = "auto", amp: str = "auto", seed: int = 0) -> Runtime:
@@ -173,7 +210,7 @@ class Schedule:
 # ---------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all (no_grad still versions tensors)
 def evaluate(model: nn.Module, spec: ModelSpec, loader: DataLoader, rt: Runtime,
              channels_last: bool, outputs: bool = False) -> dict:
     """Top-1, top-5 and loss over every image of the loader's split, summed across
@@ -224,10 +261,13 @@ def _correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor
     return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()]).float()
 
 
-def use_channels_last(channels_last: bool | None, spec: ModelSpec) -> bool:
-    """--channels-last, else (None) on for convolutional models (the fast layout for
-    convolutions in cuDNN and oneDNN)."""
-    return channels_last if channels_last is not None else spec.is_cnn
+def use_channels_last(channels_last: bool | None, spec: ModelSpec, model: nn.Module,
+                      device: torch.device) -> bool:
+    """--channels-last / --no-channels-last, else (None) what `SPEED_DEFAULTS` says for
+    this machine and kind of model."""
+    if channels_last is not None:
+        return channels_last
+    return model_kind(model, spec) in SPEED_DEFAULTS[machine_kind(device)]["channels_last"]
 
 
 def model_input(pixels: torch.Tensor, spec: ModelSpec, rt: Runtime,
@@ -435,7 +475,7 @@ def validate_top1(loop: Loop, loaders: Loaders, history: list[dict]) -> dict:
 def make_loop(model: nn.Module, spec: ModelSpec, cfg: TrainConfig, rt: Runtime,
               steps_per_epoch: int) -> tuple[Loop, Schedule]:
     """The model on the device (channels_last for CNNs), its optimiser and schedule."""
-    channels_last = use_channels_last(cfg.channels_last, spec)
+    channels_last = use_channels_last(cfg.channels_last, spec, model, rt.device)
     model.to(rt.device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -639,7 +679,7 @@ def count_gflops(model: nn.Module, image_size: int, device: torch.device) -> flo
     return counter.get_total_flops() / 2 / 1e9
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def inference_speed(model: nn.Module, image_size: int, batch: int, rt: Runtime,
                     channels_last: bool) -> float:
     """Images per second of the model's forward pass alone (no data loading), at the run's
@@ -650,8 +690,7 @@ def inference_speed(model: nn.Module, image_size: int, batch: int, rt: Runtime,
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     seconds = []
-    with torch.no_grad(), torch.autocast(rt.device.type, rt.amp_dtype,
-                                         enabled=rt.amp_dtype is not None):
+    with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
         for _ in range(1 + (10 if rt.device.type == "cuda" else 5)):
             start = time.perf_counter()
             model(x)

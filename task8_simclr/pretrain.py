@@ -87,7 +87,7 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record],
 
     head = ProjectionHead(features, out_features=config.proj_dim)
     net = nn.Sequential(backbone, head).to(rt.device)
-    channels_last = engine.use_channels_last(config.channels_last, spec)
+    channels_last = engine.use_channels_last(config.channels_last, spec, backbone, rt.device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
     need = data.decode_need(True, config.image_size, "random-resized-crop",

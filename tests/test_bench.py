@@ -3,6 +3,7 @@ asserted: speed is for the benchmarks themselves to show)."""
 
 import re
 
+import pytest
 from conftest import run_cli
 
 
@@ -47,9 +48,9 @@ def test_data_speed_prints_every_pipeline_and_loader_row():
     assert result.returncode == 0, result.stderr
     assert "epochs of 40 images" in result.stdout  # the flag reaches the loader table
     rows = [r for r in table_rows(result.stdout, "") if r[0] and not r[0].startswith("-")]
-    pipelines = [r for r in rows if len(r) == 6 and r[1] in ("500 x 375", "1600 x 1200")]
+    pipelines = [r for r in rows if len(r) == 7 and r[1] in ("500 x 375", "1600 x 1200")]
     assert [r[1] for r in pipelines] == ["500 x 375", "1600 x 1200"] * 6
-    assert all(float(cell) > 0 for r in pipelines for cell in r[2:5])
+    assert all(float(cell) > 0 for r in pipelines for cell in (*r[2:5], r[6]))  # cache: r[6]
     assert sum(bool(r[5]) for r in pipelines) == 3  # the copy serves the 224 and 128 px rows
     loader_rows = [r for r in rows if len(r) == 6 and r[0].isdigit()]
     assert [r[0] for r in loader_rows] == ["0", "1"]
@@ -79,3 +80,40 @@ def test_profile_step_lists_operators_and_the_matmul_share():
     assert any(r[0].startswith("aten::convolution") for r in rows)  # a CNN's main cost
     share = re.search(r"convolutions .*: (\d+\.\d)% of the self CPU time", result.stdout)
     assert share and 0 < float(share.group(1)) <= 100
+
+
+def test_cam_speed_times_both_ways_of_the_same_maps():
+    result = run_cli("bench/cam_speed.py", "--model", "resnet18", "--image-size", "64",
+                     "--batch-size", "2", "--rounds", "1")
+    assert result.returncode == 0, result.stderr  # it checks the two ways' maps are equal
+    rows = [r for r in table_rows(result.stdout, "") if r[0] and r[1][:1].isdigit()]
+    assert len(rows) == 3 and all(float(r[1]) > 0 for r in rows)
+
+
+def test_eval_speed_prints_no_grad_then_each_batch():
+    result = run_cli("bench/eval_speed.py", "--models", "resnet18", "--image-size", "32",
+                     "--batch-sizes", "4", "8", "--images", "8", "--rounds", "1")
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout, "resnet18")
+    assert [(r[2], r[3]) for r in rows] == [("no_grad", "4"), ("inference_mode", "4"),
+                                            ("inference_mode", "8")]
+    assert all(float(r[4]) > 0 for r in rows)
+
+
+def test_quick_profile_reports_every_table_it_ran(sample, tmp_path):
+    """Table 1's three runs on generated data, a few photos each, then the report alone
+    from the log the first call wrote."""
+    root, _ = sample
+    common = ["--data-root", str(root), "--limit", "8", "--tables", "1",
+              "--results", str(tmp_path / "quick")]
+    result = run_cli("bench/quick_profile.py", *common,
+                     env_extra={"ARGS_task1_2_finetune": "--epochs 1 --image-size 32"})
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "quick" / "profile.jsonl").read_text().splitlines()
+    assert len(log) == 4  # three runs and the tables
+    rows = table_rows(result.stdout, "**")
+    shares = {r[0].strip("*"): float(r[3].strip("*%")) for r in rows}
+    assert set(shares) == {"Table 1", "tables"}
+    assert sum(shares.values()) == pytest.approx(100, abs=0.2)
+    report = run_cli("bench/quick_profile.py", *common, "--report")
+    assert report.returncode == 0 and report.stdout == result.stdout

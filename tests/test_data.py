@@ -1,5 +1,6 @@
 import io
 import json
+import os
 import shutil
 
 import numpy as np
@@ -14,6 +15,7 @@ from shared.data import (
     IMAGENET_STD,
     DataError,
     ImageDataset,
+    Record,
     ShardSampler,
     build_transform,
     decode_need,
@@ -543,3 +545,94 @@ def test_the_verified_cache_lives_outside_the_data(tmp_path, monkeypatch):
     monkeypatch.setenv("FGVC_CACHE", str(tmp_path / "c"))
     first, second = data.verified_cache(tmp_path / "a"), data.verified_cache(tmp_path / "b")
     assert first.parent == tmp_path / "c" and first != second
+
+
+# ------------------------------------------------------------------------ decoded cache
+
+
+def _photos(tmp_path, count=4):
+    """JPEGs of different sizes (one big enough for draft-mode decodes) and a PNG."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, size in enumerate([(120, 90), (800, 600), (64, 200), (300, 300)][:count]):
+        path = tmp_path / f"p{i}.jpg"
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    png = tmp_path / "p.png"
+    Image.fromarray(rng.integers(0, 256, (50, 70), dtype=np.uint8)).save(png)  # grayscale
+    return [*paths, png]
+
+
+@pytest.mark.parametrize("train, size, mode", [(True, 64, "random-resized-crop"),
+                                                (False, 96, "letterbox"),
+                                                (False, 48, "center-crop")])
+def test_the_decoded_cache_gives_exactly_the_pixels_of_a_plain_decode(tmp_path, monkeypatch,
+                                                                      train, size, mode):
+    monkeypatch.setenv("FGVC_CACHE", str(tmp_path / "cache"))
+    paths = _photos(tmp_path)
+    records = [Record(path=p, label=i, key=p.name) for i, p in enumerate(paths)]
+    records += [Record(path=p, label=0, key=f"crop{i}", crop=(10, 20, 500, 400))
+                for i, p in enumerate(paths)]  # clipped to small photos; drafted on the big one
+    transform, need = build_transform(train, size, mode), decode_need(train, size, mode)
+    cached = ImageDataset(records, transform, need, whole_share=0.5, decoded_cache=True)
+    plain = ImageDataset(records, transform, need, whole_share=0.5, decoded_cache=False)
+    assert cached.decoded is not None and plain.decoded is None
+    for i in range(len(records)):
+        seeded = (i, 1000 + i)  # augmented from this seed, and maybe the whole photo
+        assert torch.equal(cached[seeded][0], plain[seeded][0])
+        torch.manual_seed(i)
+        unseeded = cached[i][0]
+        torch.manual_seed(i)
+        assert torch.equal(unseeded, plain[i][0])
+    # a second dataset decodes nothing: the store already holds every photo it needs
+    store = tmp_path / "cache" / "decoded"
+    before = {p.name: p.stat().st_size for p in store.glob("pixels-*")}
+    ImageDataset(records, transform, need, whole_share=0.5, decoded_cache=True)
+    assert {p.name: p.stat().st_size for p in store.glob("pixels-*")} == before
+
+
+def test_the_decoded_cache_decodes_a_photo_again_when_it_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("FGVC_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "a.jpg"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(path)
+    records = [Record(path=path, label=0, key="a")]
+    transform = build_transform(False, 32)
+    first = ImageDataset(records, transform, decoded_cache=True)[0][0]
+    Image.new("RGB", (40, 30), (10, 10, 200)).save(path)  # same size in bytes, new mtime
+    os.utime(path, ns=(1, 1))
+    second = ImageDataset(records, transform, decoded_cache=True)[0][0]
+    assert torch.equal(second, ImageDataset(records, transform, decoded_cache=False)[0][0])
+    assert not torch.equal(first, second)
+    Image.new("RGB", (60, 20), (10, 200, 10)).save(path)  # another size: another shape
+    third = ImageDataset(records, transform, decoded_cache=True)
+    assert torch.equal(third[0][0], ImageDataset(records, transform, decoded_cache=False)[0][0])
+    assert list(third.decoded.index[str(path)]["size"]) == [60, 20]
+
+
+def test_a_damaged_cache_index_is_rebuilt_not_trusted(tmp_path, monkeypatch):
+    monkeypatch.setenv("FGVC_CACHE", str(tmp_path / "cache"))
+    records = [Record(path=p, label=0, key=p.name) for p in _photos(tmp_path)]
+    transform = build_transform(False, 32)
+    ImageDataset(records, transform, decoded_cache=True)
+    (tmp_path / "cache" / "decoded" / "index.json").write_text("{not json")
+    rebuilt = ImageDataset(records, transform, decoded_cache=True)
+    plain = ImageDataset(records, transform, decoded_cache=False)
+    assert all(torch.equal(rebuilt[i][0], plain[i][0]) for i in range(len(records)))
+
+
+def test_fgvc_decoded_cache_off_decodes_every_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("FGVC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FGVC_DECODED_CACHE", "off")
+    records = [Record(path=p, label=0, key=p.name) for p in _photos(tmp_path, 1)]
+    assert ImageDataset(records, build_transform(False, 32)).decoded is None
+    assert not (tmp_path / "cache" / "decoded").exists()
+
+
+def test_a_cache_that_cannot_be_written_falls_back_to_decoding(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("FGVC_CACHE", str(blocker))  # $FGVC_CACHE/decoded cannot be made
+    records = [Record(path=p, label=0, key=p.name) for p in _photos(tmp_path, 1)]
+    dataset = ImageDataset(records, build_transform(False, 32))
+    assert dataset.decoded is None and "no decoded cache" in capsys.readouterr().err
+    assert torch.equal(dataset[0][0], build_transform(False, 32)(load_rgb(records[0].path)))

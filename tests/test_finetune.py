@@ -285,3 +285,60 @@ def test_training_and_evaluation_read_the_device_per_epoch_not_per_step(tmp_path
     # one finiteness check at the end of the epoch; four numbers read after evaluation
     assert reads(train, 2) == reads(train, 12) == 1
     assert reads(evaluate, 1) == reads(evaluate, 5) == 4
+
+
+def test_evaluation_at_its_own_batch_size_gives_the_predictions_of_a_plain_loop(sample):
+    """The engine evaluates under inference_mode at its own batch size in the machine's
+    memory format: the same logits, to float rounding, and the same predictions as the
+    plainest loop, one image at a time in fp32."""
+    root, _ = sample
+    rt = engine.init_runtime("cpu", "off")
+    index, train, val, test = data.prepare_splits("bird", root, 0.25)
+    torch.manual_seed(0)
+    model, spec = models.build_model("resnet18", len(index.classes), "none", 32)
+    model.eval()
+    for module in model.modules():  # running statistics far from 0 / 1, as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    config = data.LoaderConfig(image_size=32, batch_size=4, eval_batch_size=7)
+    loaders = data.make_loaders(train, val, test, config)
+    assert loaders.test.batch_size == 7 and len(test) % 7  # a partial last batch too
+    channels_last = engine.use_channels_last(None, spec, model, rt.device)
+    assert channels_last  # a CNN on every CPU
+    model.to(memory_format=torch.channels_last)
+    result = engine.evaluate(model, spec, loaders.test, rt, channels_last, outputs=True)
+    plain_model = model.to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        plain = torch.cat([plain_model(data.normalize(loaders.test.dataset[i][0][None],
+                                                      spec.mean, spec.std))
+                           for i in range(len(test))])
+    assert result["count"] == len(test)
+    torch.testing.assert_close(result["logits"], plain, rtol=1e-4, atol=1e-4)
+    assert torch.equal(result["logits"].argmax(1), plain.argmax(1))
+    labels = torch.tensor([r.label for r in test])
+    assert result["top1"] == pytest.approx((plain.argmax(1) == labels).float().mean().item())
+
+
+def test_speed_defaults_follow_the_machine_and_the_kind_of_model(monkeypatch):
+    kinds = {name: engine.model_kind(*models.build_model(name, 3, "none", 32))
+             for name in ("tf_efficientnet_lite0", "resnet18", "vit_tiny")}
+    assert kinds == {"tf_efficientnet_lite0": "depthwise-cnn", "resnet18": "cnn",
+                     "vit_tiny": "transformer"}
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(engine, "cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16"})
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert engine.machine_kind(cpu) == "cpu-amx"
+    assert engine.resolve_amp("auto", cpu) == torch.bfloat16
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # AMX hidden from oneDNN: fp32
+    assert engine.machine_kind(cpu) == "cpu" and engine.resolve_amp("auto", cpu) is None
+    assert engine.resolve_amp("bf16", cpu) == torch.bfloat16  # forced
+    monkeypatch.setattr(engine, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert engine.machine_kind(cpu) == "cpu" and engine.machine_kind(cuda) == "cuda"
+    vit, vit_spec = models.build_model("vit_tiny", 3, "none", 32)
+    lite, lite_spec = models.build_model("tf_efficientnet_lite0", 3, "none", 32)
+    assert engine.use_channels_last(None, lite_spec, lite, cpu)
+    assert not engine.use_channels_last(None, vit_spec, vit, cpu)
+    assert not engine.use_channels_last(False, lite_spec, lite, cpu)  # --no-channels-last
+    assert engine.use_channels_last(True, vit_spec, vit, cpu)  # --channels-last
