@@ -4,7 +4,7 @@
 #   bash run_all.sh --quick  every table on the real photos under DATA (default data/), sized
 #                            for a CPU (lite0 at 224 px) -> results/quick/TABLES.md
 #   bash run_all.sh --demo   the same studies on generated sample data, CPU settings
-#                            -> results/demo/TABLES.md (about 17 minutes on 2 cores)
+#                            -> results/demo/TABLES.md (about 12 minutes on 2 cores)
 #   --datasets bird          only CUB (or dog; both by default)
 #   --dry-run                print every command, run none
 # RESULTS=<folder> writes elsewhere. A run whose metrics.json exists is not run again; a
