@@ -56,10 +56,11 @@ probability = _number(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
 share = _number(float, lambda v: 0 < v <= 1, "a share in (0, 1]")
 
 
-# Training recipes: defaults a task script applies with `--recipe NAME` (flags still win).
-# evaluation's batch on a CPU at most: larger ones were slower on 2 cores (lite0 at 224 px:
-# 0.94x at 32, 0.68x at 64; docs/speed.md)
+# Evaluation's batch on a CPU at most: larger ones were slower on 2 cores (lite0 at 224 px:
+# 0.94x at 32, 0.68x at 64; docs/speed.md).
 CPU_EVAL_BATCH_SIZE = 16
+
+# Training recipes: defaults a task script applies with `--recipe NAME` (flags still win).
 RECIPES = {
     "seed": {},  # the common flags' defaults are the seed's settings
     "strong": {
