@@ -181,11 +181,13 @@ def main() -> None:
                 phases["process start and imports"] = wall - sum(phases.values())
                 with open(log, "a") as f:
                     f.write(json.dumps({"table": table, "argv": argv, "wall": wall,
-                                        "phases": phases}) + "\n")
+                                        "phases": phases, "limit": args.limit,
+                                        "avx2": args.avx2}) + "\n")
                 print(f"{wall:7.1f} s  {' '.join(argv)[:150]}", file=sys.stderr, flush=True)
         per_table = defaultdict(lambda: defaultdict(float))
         for line in log.read_text().splitlines():
             run = json.loads(line)
+            args.limit, args.avx2 = run.get("limit", args.limit), run.get("avx2", args.avx2)
             for phase, seconds in run["phases"].items():
                 per_table[run["table"]][phase] += seconds
 
