@@ -321,10 +321,10 @@ def test_evaluation_at_its_own_batch_size_gives_the_predictions_of_a_plain_loop(
 
 
 def test_speed_defaults_follow_the_machine_and_the_kind_of_model(monkeypatch):
-    kinds = {name: engine.model_kind(*models.build_model(name, 3, "none", 32))
+    built = {name: models.build_model(name, 3, "none", 32)
              for name in ("tf_efficientnet_lite0", "resnet18", "vit_tiny")}
-    assert kinds == {"tf_efficientnet_lite0": "depthwise-cnn", "resnet18": "cnn",
-                     "vit_tiny": "transformer"}
+    assert {name: engine.model_kind(*pair) for name, pair in built.items()} == {
+        "tf_efficientnet_lite0": "depthwise-cnn", "resnet18": "cnn", "vit_tiny": "transformer"}
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(engine, "cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16"})
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
@@ -336,8 +336,7 @@ def test_speed_defaults_follow_the_machine_and_the_kind_of_model(monkeypatch):
     monkeypatch.setattr(engine, "cpu_flags", lambda: {"avx2"})
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     assert engine.machine_kind(cpu) == "cpu" and engine.machine_kind(cuda) == "cuda"
-    vit, vit_spec = models.build_model("vit_tiny", 3, "none", 32)
-    lite, lite_spec = models.build_model("tf_efficientnet_lite0", 3, "none", 32)
+    (vit, vit_spec), (lite, lite_spec) = built["vit_tiny"], built["tf_efficientnet_lite0"]
     assert engine.use_channels_last(None, lite_spec, lite, cpu)
     assert not engine.use_channels_last(None, vit_spec, vit, cpu)
     assert not engine.use_channels_last(False, lite_spec, lite, cpu)  # --no-channels-last
