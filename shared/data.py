@@ -805,6 +805,12 @@ class LoaderConfig:
         """The fields of the same names from a script's flags (`vars(args)`)."""
         return pick(cls, flags)
 
+    def eval_batch(self, cuda: bool) -> int:
+        """Images an evaluation pass takes at once (global): --eval-batch-size, else
+        --batch-size, at most `CPU_EVAL_BATCH_SIZE` on a CPU (larger is slower there)."""
+        return self.eval_batch_size or (self.batch_size if cuda
+                                        else min(self.batch_size, CPU_EVAL_BATCH_SIZE))
+
 
 def make_loaders(train: list[Record], val: list[Record], test: list[Record],
                  config: LoaderConfig, cuda: bool = False, whole_share: float = 0.0
@@ -818,8 +824,7 @@ def make_loaders(train: list[Record], val: list[Record], test: list[Record],
         raise DataError(f"--batch-size {config.batch_size} does not split over {world} "
                         "processes")
     batch = config.batch_size // world
-    eval_batch = max(1, (config.eval_batch_size or (
-        config.batch_size if cuda else min(config.batch_size, CPU_EVAL_BATCH_SIZE))) // world)
+    eval_batch = max(1, config.eval_batch(cuda) // world)
 
     def loader(records, is_train):
         geometry = {"crop_scale": (config.crop_scale, 1.0), "crop_ratio": config.crop_ratio}

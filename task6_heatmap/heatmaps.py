@@ -68,7 +68,7 @@ def centre_map(images: torch.Tensor, grid: int = 15) -> torch.Tensor:
     return bump.expand(len(images), grid, grid)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tensor,
                        target: torch.Tensor, steps: int = 20, amp_dtype=None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,14 +89,13 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
     rank = rank.view(n, 1, h, w)
     blank = images.mean((2, 3), keepdim=True).expand_as(images)
     target = target.to(images.device)
-    curves = []
+    deletion, insertion = [], []
     for step in range(steps + 1):
         shown = rank < round(step * h * w / steps)
-        batch = torch.cat([torch.where(shown, blank, images),   # deletion
-                           torch.where(shown, images, blank)])  # insertion
-        with torch.autocast(images.device.type, amp_dtype, enabled=amp_dtype is not None):
-            logits = model(batch)
-        curves.append(logits.float().softmax(1).gather(1, target.repeat(2)[:, None])[:, 0])
-    curves = torch.stack(curves, dim=1)  # (2n, steps + 1)
-    auc = torch.trapezoid(curves, dx=1 / steps, dim=1)
-    return auc[:n].cpu(), auc[n:].cpu()
+        for curve, batch in ((deletion, torch.where(shown, blank, images)),
+                             (insertion, torch.where(shown, images, blank))):
+            with torch.autocast(images.device.type, amp_dtype, enabled=amp_dtype is not None):
+                logits = model(batch)  # n images a pass: the caller's (evaluation) batch
+            curve.append(logits.float().softmax(1).gather(1, target[:, None])[:, 0])
+    return tuple(torch.trapezoid(torch.stack(curve, dim=1), dx=1 / steps, dim=1).cpu()
+                 for curve in (deletion, insertion))

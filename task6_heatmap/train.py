@@ -84,13 +84,18 @@ def main(args: argparse.Namespace) -> None:
         engine.shutdown(rt)  # would repeat its work and write the same files at once
         return
     model, spec, meta = models.load_classifier(args.checkpoint, index.classes)
-    model.to(rt.device)
+    # channels_last and the evaluation batch, as the engine evaluates (docs/speed.md): the
+    # deletion and insertion curves are 42 forward passes a photo and method
+    channels_last = engine.use_channels_last(args.channels_last, spec, model, rt.device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(rt.device, memory_format=memory_format)
+    batch = data.LoaderConfig.from_flags(vars(args)).eval_batch(rt.device.type == "cuda")
     size = meta["image_size"]
     random_model, _ = models.build_model(meta["model_name"], len(index.classes), "none", size)
     for name, param in random_model.named_parameters():
         if name.startswith(spec.head) and param.ndim > 1:  # torchvision's ViT head starts at
             torch.nn.init.normal_(param, std=0.01)  # zero: every gradient, every map would be 0
-    random_model.to(rt.device).eval()
+    random_model.to(rt.device, memory_format=memory_format).eval()
     rollout = isinstance(model, VisionTransformer)  # written for torchvision's ViT
     methods = args.methods or (["gradcam", "gradcam++"] if spec.is_cnn
                                else ["rollout", "gradcam"] if rollout else ["gradcam"])
@@ -106,11 +111,12 @@ def main(args: argparse.Namespace) -> None:
     target = None if args.target is None else torch.tensor(args.target)
     numbers = {m: {"hits": [], "energy": [], "corr": [], "area": [], "deletion": [],
                    "insertion": []} for m in (*methods, *BASELINES)}
-    for start in range(0, len(scored), args.batch_size):
-        chunk = scored[start:start + args.batch_size]
+    for start in range(0, len(scored), batch):
+        chunk = scored[start:start + batch]
         photos = [data.load_rgb(r.path) for r in chunk]  # read once: pixels and frame size
-        images = torch.stack([transform(photo) for photo in photos]).to(rt.device)
-        with torch.no_grad():
+        images = torch.stack([transform(photo) for photo in photos]).to(
+            rt.device, memory_format=memory_format)
+        with torch.no_grad():  # not inference_mode: Grad-CAM indexes with its result
             predicted = model(images).argmax(1)
         batch_target = predicted if target is None else target.repeat(len(chunk))
         with_boxes = [i for i, r in enumerate(chunk) if r.boxes]

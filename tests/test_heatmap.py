@@ -133,6 +133,11 @@ def test_a_trained_model_looks_at_the_object():
                                                                     steps=16)
     assert deletion.mean() < deletion_random.mean() - 0.1
     assert insertion.mean() >= insertion_random.mean()  # the canvas's tint gives the colour
+    # each image's curves are its own: the same scores one image at a time
+    alone = [heatmaps.deletion_insertion(model, x[i:i + 1], masks[i:i + 1], labels[i:i + 1],
+                                         steps=16) for i in (0, 5)]
+    torch.testing.assert_close(torch.cat([a[0] for a in alone]), deletion[[0, 5]])
+    torch.testing.assert_close(torch.cat([a[1] for a in alone]), insertion[[0, 5]])
 
 
 def test_maps_that_would_be_blank_or_ill_posed_are_refused():
