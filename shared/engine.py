@@ -535,8 +535,8 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, cfg: TrainConfig, r
     """Train for `cfg.epochs` (resuming from `<out>/last.pt` with `cfg.resume`), keep the
     best-on-validation weights in `best.pt` (with `meta`, e.g. the class names), then test
     them once. `train_epoch(loop, net, loader, epoch)` runs an epoch; `validate(loop,
-    loaders, history)` scores it (its `select` entry chooses the best epoch; a `stop` entry
-    ends training). Returns metrics, history and timing."""
+    loaders, history)` scores it (its `select` entry chooses the best epoch, ties going to
+    the better `val_top1`; a `stop` entry ends training). Returns metrics, history and timing."""
     out = Path(cfg.out)  # claimed by the caller (train_classifier, a task's main)
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -562,8 +562,12 @@ def fit(model: nn.Module, spec: ModelSpec, loaders: Loaders, cfg: TrainConfig, r
             record |= validate(loop, loaders, state.history)
         state.stopped = record.pop("stop", "")
         state.history.append(record)
-        improved = not state.stopped and (loaders.val is None
-                                          or record[select] > state.best_val_top1)
+        # a tie in `select` (robust accuracy 0 and 0, say) goes to the better clean
+        # accuracy, then to the earlier epoch
+        improved = not state.stopped and (
+            loaders.val is None or state.best_epoch < 1
+            or (record[select], record["val_top1"]) > (
+                state.best_val_top1, state.history[state.best_epoch - 1]["val_top1"]))
         if improved:
             state.best_val_top1 = record[select] if loaders.val is not None else -1.0
             state.best_epoch = epoch + 1
@@ -729,6 +733,9 @@ def train_classifier(task: str, variant: str, flags: dict, cfg: TrainConfig, rt:
     result = fit(model, spec, loaders, cfg, rt, frozen=frozen,
                  meta={"classes": classes, "image_size": cfg.loader.image_size,
                        "mean": spec.mean, "std": spec.std,
+                       # its evaluation view, for whoever evaluates it later
+                       "resize_mode": cfg.loader.resize_mode,
+                       "crop_ratio": cfg.loader.crop_ratio,
                        # what it learnt from: task 3's CAM boxes refuse a classifier that
                        # trained on their validation or test images
                        "train_keys": sorted({r.key for r in train})},

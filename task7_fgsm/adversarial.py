@@ -30,13 +30,14 @@ def attack_precision(rt: engine.Runtime):
 @dataclass(frozen=True)
 class Adversary:
     """How training attacks (the --adv-* flags): FGSM (`random_start`: "fast" FGSM) or PGD
-    of `steps` at `eps`/255, on each batch (`mode` "batch") or each image ("sample") with
-    probability `prob`."""
+    of `steps` at `eps`/255, on a share `prob` of each batch's images, drawn at random
+    (`mode` "sample", Kurakin et al. 2017's mix), or on the whole batch with probability
+    `prob` (`mode` "batch", the seed's coin flip)."""
     attack: str = "fgsm"
     eps: float = 4.0
     steps: int = 3
     random_start: bool = False
-    mode: str = "batch"
+    mode: str = "sample"
     prob: float = 0.5
 
     def chosen(self, count: int) -> torch.Tensor:
@@ -44,7 +45,7 @@ class Adversary:
         needs no wait for the device (a boolean mask on a GPU tensor would)."""
         if self.mode == "batch":
             return torch.arange(count if torch.rand(()) < self.prob else 0)
-        return (torch.rand(count) < self.prob).nonzero().squeeze(1)
+        return torch.randperm(count)[:round(self.prob * count)].sort().values
 
     def perturb(self, attacked: Normalized, images: torch.Tensor, labels: torch.Tensor,
                 rt: engine.Runtime) -> torch.Tensor:

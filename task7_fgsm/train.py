@@ -9,15 +9,16 @@ can be trusted (Table 6).
         --evaluate results/task1_2_finetune/bird/pretrained/best.pt  # any checkpoint, no training
 
 Training is task 1-2's (same flags and --recipe) with adversarial examples made on the
-current model (fgsm.py; pixels in [0, 1], the budget --adv-eps in 1/255): with probability
---adv-prob (default 0.5, the seed's coin flip) per batch the whole batch is replaced
-(`--adv-mode batch`), or per sample each image is (`--adv-mode sample`). The default budget,
-4/255, is about the seed's 0.1 in normalised units (0.1 x 0.226 x 255 = 5.8). After each
-epoch, on the validation split: with `--select robust` (the default) the best epoch is the
-one with the highest PGD accuracy at --adv-eps (`val_robust_top1`), not the highest clean
-one; and the catastrophic-overfitting guard (Wong et al. 2020) attacks a fixed batch of
-validation images with PGD: if that accuracy falls more than --overfit-guard points below
-its best so far, training stops there and the best epoch's weights are the ones tested.
+current model (fgsm.py; pixels in [0, 1], the budget --adv-eps in 1/255): a share --adv-prob
+(default 0.5) of each batch's images, drawn at random, is replaced (`--adv-mode sample`), or
+the whole batch on a coin flip of that probability (`--adv-mode batch`, the seed's). The
+default budget, 4/255, is about the seed's 0.1 in normalised units (0.1 x 0.226 x 255 =
+5.8). After each epoch, on the validation split: with `--select robust` (the default) the
+best epoch is the one with the highest PGD accuracy at --adv-eps (`val_robust_top1`; a tie
+goes to the better clean accuracy), not the highest clean one; and the
+catastrophic-overfitting guard (Wong et al. 2020) attacks a fixed batch of validation
+images with PGD: if that accuracy falls more than --overfit-guard points below its best so
+far, training stops there and the best epoch's weights are the ones tested.
 
 The tested model is then attacked on the test split (or a seeded --test-images subset): at
 each --robust-eps budget (default 1, 2, 4, 8 / 255), FGSM and PGD-`--pgd-steps` from
@@ -47,8 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--adv-eps", type=cli.positive_float, default=4.0,
                        help="training budget, in 1/255")
     group.add_argument("--adv-prob", type=cli.probability, default=0.5,
-                       help="probability of replacing a batch (or a sample) by FGSM examples")
-    group.add_argument("--adv-mode", choices=("batch", "sample"), default="batch")
+                       help="the share of each batch replaced by adversarial examples "
+                            "(--adv-mode batch: the chance the whole batch is)")
+    group.add_argument("--adv-mode", choices=("sample", "batch"), default="sample",
+                       help="sample: --adv-prob of each batch's images, drawn at random; "
+                            "batch: the whole batch on a coin flip (the seed's)")
     group.add_argument("--adv-attack", choices=("fgsm", "pgd"), default="fgsm",
                        help="the attack training examples are made with")
     group.add_argument("--adv-steps", type=cli.positive_int, default=3,
@@ -114,7 +118,15 @@ def main(args: argparse.Namespace) -> None:
 
     if args.evaluate:  # a trained checkpoint: clean and robust accuracy only
         model, spec, meta = models.load_classifier(args.evaluate, index.classes, "--evaluate")
-        args.model, args.image_size = meta["model_name"], meta["image_size"]
+        # the view it was validated and tested on, so that its row and the adversarially
+        # trained ones see the same pixels
+        if not {"resize_mode", "crop_ratio"} <= meta.keys():
+            print(f"warning: {args.evaluate} does not record its evaluation view (saved "
+                  f"before it was): evaluating with --resize-mode {args.resize_mode} "
+                  f"--crop-ratio {args.crop_ratio}", file=sys.stderr)
+        for name in ("image_size", "resize_mode", "crop_ratio"):
+            setattr(args, name, meta.get(name, getattr(args, name)))
+        args.model = meta["model_name"]
         loader_config = data.LoaderConfig.from_flags(vars(args))
         loaders = data.make_loaders(train, val, test, loader_config, cuda=cuda)
         scores = robust_accuracy(model.to(rt.device), spec,

@@ -163,7 +163,9 @@ def test_adversarial_training_replaces_the_chosen_images_by_fgsm_examples():
 
     assert torch.equal(perturbed("batch", 0.0), torch.zeros(16))
     moved = perturbed("sample", 0.5)
-    assert 0 < (moved > 0).sum() < 16  # some images attacked, the others untouched
+    assert (moved > 0).sum() == 8  # half of the batch attacked, the others untouched
+    draws = {tuple(Adversary(mode="sample", prob=0.25).chosen(16).tolist()) for _ in range(5)}
+    assert len(draws) > 1 and {len(d) for d in draws} == {4}  # a new quarter each batch
     assert moved.max() <= 8 / 255 + 1e-5  # inside the budget, in pixels
     assert (perturbed("batch", 1.0) > 4 / 255).all()
     with_pgd = perturbed("batch", 1.0, "pgd")  # random start, then two steps of 10/255
@@ -303,6 +305,57 @@ def test_the_guard_stops_a_collapsing_run_and_keeps_the_best_epoch(sample, tmp_p
     (out / "metrics.json").unlink()  # as if killed before it was written
     task7.main(task7.parse_args([*flags, "--resume"]))
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 3
+
+
+def test_a_robust_tie_goes_to_the_better_clean_epoch(sample, tmp_path, monkeypatch):
+    """Validation PGD accuracy 0% in every epoch (a budget that left no robustness): the
+    epoch kept is the one with the best clean validation accuracy, not the first."""
+    import adversarial
+
+    import task7_fgsm.train as task7
+
+    clean = iter([0.3, 0.5, 0.4])
+    monkeypatch.setattr(adversarial, "pgd_correct", lambda *args: (0, 10))
+    monkeypatch.setattr(adversarial.engine, "validate_top1",
+                        lambda *args: {"val_top1": next(clean)})
+    root, _ = sample
+    out = tmp_path / "tied"
+    task7.main(task7.parse_args([
+        "--dataset", "bird", "--data-root", str(root), "--model", "resnet18", "--weights",
+        "none", "--image-size", "32", "--batch-size", "8", "--val-fraction", "0.25",
+        "--epochs", "3", "--overfit-guard", "0", "--robust-eps", "2", "--pgd-steps", "1",
+        "--test-images", "4", "--out", str(out)]))
+    record = json.loads((out / "metrics.json").read_text())
+    assert [h["val_robust_top1"] for h in record["history"]] == [0, 0, 0]
+    assert record["metrics"]["best_epoch"] == 2 == torch.load(out / "best.pt")["epoch"]
+
+
+def test_evaluate_sees_the_pixels_the_trained_rows_see(sample, tmp_path, monkeypatch):
+    """Table 6's standard row (`--evaluate`, no recipe flags) and an adversarially trained
+    row attack identical test inputs: the view comes from the checkpoint."""
+    import adversarial
+
+    import task7_fgsm.train as task7
+
+    attacked = []
+    real = adversarial.robust_accuracy
+
+    def recording(model, spec, loader, **kwargs):
+        attacked.append(torch.cat([images for images, _ in loader]))
+        return real(model, spec, loader, **kwargs)
+
+    monkeypatch.setattr(adversarial, "robust_accuracy", recording)
+    root, _ = sample
+    common = ["--dataset", "bird", "--data-root", str(root), "--robust-eps", "2",
+              "--pgd-steps", "1", "--test-images", "6"]
+    trained = tmp_path / "trained"
+    task7.main(task7.parse_args([
+        *common, "--model", "resnet18", "--weights", "none", "--image-size", "40",
+        "--resize-mode", "center-crop", "--crop-ratio", "0.6", "--batch-size", "8",
+        "--epochs", "1", "--select", "clean", "--overfit-guard", "0", "--out", str(trained)]))
+    task7.main(task7.parse_args([*common, "--evaluate", str(trained / "best.pt"),
+                                 "--out", str(tmp_path / "standard")]))
+    assert attacked[0].shape[-1] == 40 and torch.equal(attacked[0], attacked[1])
 
 
 def test_training_and_evaluation_from_the_command_line(sample, tmp_path):
