@@ -80,6 +80,8 @@ def make_record(task: str, variant: str, flags: dict, rt, data: dict, fit_result
                          data, ci95=fit_result["ci95"], predictions=fit_result["predictions"],
                          history=fit_result["history"], timing=fit_result["timing"])
     record["env"]["channels_last"] = fit_result["channels_last"]
+    if fit_result.get("gates"):
+        record["gates"] = fit_result["gates"]
     return record
 
 
@@ -136,12 +138,28 @@ def scored(name: str, correct: np.ndarray, file: str) -> dict:
 
 def merge(*parts: dict) -> dict:
     """The metrics, ci95 and predictions of `scored` entries (or of any dicts holding some
-    of them: a fit result, {"metrics": ...}) merged key by key."""
+    of them: a fit result, {"metrics": ...}) merged key by key, and their `gates` in
+    order."""
     merged: dict = {"metrics": {}, "ci95": {}, "predictions": {}}
+    gates = [gate for part in parts for gate in part.get("gates", [])]
     for part in parts:
         for key, values in merged.items():
             values.update(part.get(key, {}))
-    return merged
+    return merged | ({"gates": gates} if gates else {})
+
+
+def gate(name: str, value: float | None, threshold: float, passed: bool) -> dict:
+    """A precondition, measured on validation, that a method did its job at the run's
+    budget (a GAN whose images are recognised, training that left robustness): metrics.json
+    keeps a run's in `gates`, and a table shows "did not work at this budget" instead of a
+    verdict on a row whose gate failed. `value` None: it could not be measured (not
+    passed)."""
+    return {"name": name, "value": value, "threshold": threshold,
+            "passed": bool(passed) and value is not None}
+
+
+def failed_gates(r: dict) -> list[dict]:
+    return [g for g in r.get("gates", []) if not g["passed"]]
 
 
 def write_json(record: dict, path: Path) -> None:
@@ -309,10 +327,25 @@ def comparison_columns(table: Table, rows: list[dict], cache: dict) -> list:
     def column(label, name):
         def cell(r):
             reference = table.reference(r, rows)
-            return "–" if reference is None else _difference_cell(
-                paired_difference(r, reference, name, cache))
+            if reference is None:
+                return "–"
+            if failed_gates(r):  # no verdict on a method that did not do its job
+                return "did not work at this budget"
+            return _difference_cell(paired_difference(r, reference, name, cache))
         return (f"Δ {label} vs {table.reference_name} (points, 95% CI; McNemar p)", cell)
     return [column(label, name) for label, name in compared]
+
+
+def _gates_cell(r) -> str:
+    """Each gate: its name, value and threshold, pass or FAIL."""
+    def shown(value):
+        return "not measured" if value is None else f"{value:.3g}"
+    return "; ".join(f"{g['name']}: {shown(g['value'])} (threshold {g['threshold']:g}) "
+                     + ("pass" if g["passed"] else "FAIL")
+                     for g in r.get("gates", [])) or "–"
+
+
+GATES = ("Gate: did the method work? (validation)", _gates_cell)
 
 
 def _figures_cell(r) -> str:
@@ -333,8 +366,9 @@ def markdown_table(records: list[dict], columns) -> str:
 
 def write_tables(root: Path, tables: list[Table] | None = None) -> Path:
     """`<root>/TABLES.md`: each declared table (`declared_tables`, or `tables`), its rows
-    sorted as it says, accuracies with their 95% Wilson intervals and, where a table has a
-    reference row, the paired difference from it."""
+    sorted as it says, accuracies with their 95% Wilson intervals, the rows' gates where
+    they have any and, where a table has a reference row, the paired difference from it
+    (unless the row's gate failed)."""
     records = load_records(root)
     parts = [f"# Results\n\nBuilt from the `metrics.json` files under `{root}` by "
              "`python -m shared.results`. Test accuracy is measured once, with the "
@@ -345,7 +379,8 @@ def write_tables(root: Path, tables: list[Table] | None = None) -> Path:
     cache: dict = {}
     for table in declared_tables() if tables is None else tables:
         rows = sorted(filter(table.rows, records), key=table.order)
-        columns = [*table.columns, *comparison_columns(table, rows, cache)]
+        gated = [GATES] if any(r.get("gates") for r in rows) else []
+        columns = [*table.columns, *gated, *comparison_columns(table, rows, cache)]
         if table.confusions:
             columns.append(("Confusions", _figures_cell))
         parts.append(f"## {table.title}\n\n" + (markdown_table(rows, columns) if rows

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from fgsm import UNBOUNDED, Normalized, fgsm, gradient_masking_checks, pgd, worst_case
 
-from shared import engine, results
+from shared import engine, results, stats
 
 GUARD_IMAGES = 128  # the guard's fixed validation batch (Wong et al. watch one minibatch)
 
@@ -86,22 +86,49 @@ def adversarial_epoch(adversary: Adversary):
     return train_epoch
 
 
-def pgd_correct(attacked, batches, eps: float, steps: int, seed: int, rt) -> tuple[int, int]:
-    """Images of `batches` ((uint8 images, labels) pairs) still right after PGD at `eps`,
-    and how many there were, over every DDP process; the random starts are drawn from
-    `seed`, so each epoch is attacked from the same starts."""
+def pgd_hits(attacked, batches, eps: float, steps: int, seed: int, rt, total: int
+             ) -> np.ndarray:
+    """Whether each of the `total` images of `batches` ((uint8 images, labels) pairs, each
+    DDP process its share) is still right after PGD at `eps`, in the dataset's order; the
+    random starts are drawn from `seed`, so each epoch is attacked from the same starts."""
     generator = torch.Generator(rt.device).manual_seed(seed + rt.rank)
-    counts = torch.zeros(2, dtype=torch.float64, device=rt.device)
+    right = []
     for images, labels in batches:
         pixels, labels = images.to(rt.device).float() / 255, labels.to(rt.device)
         with attack_precision(rt):
             adversarial = pgd(attacked, pixels, labels, eps, steps=steps, generator=generator)
             with torch.no_grad():
-                right = (attacked(adversarial).argmax(1) == labels).sum()
-        counts += torch.stack([right.to(counts), counts.new_tensor(len(labels))])
-    if rt.world_size > 1:
-        torch.distributed.all_reduce(counts)
-    return int(counts[0]), int(counts[1])
+                right.append((attacked(adversarial).argmax(1) == labels).to(torch.uint8))
+    return engine.gather_in_order(torch.cat(right), total, rt).bool().cpu().numpy()
+
+
+def pgd_correct(attacked, batches, eps: float, steps: int, seed: int, rt,
+                total: int) -> tuple[int, int]:
+    """How many of `pgd_hits`' images are right, and how many there are."""
+    hits = pgd_hits(attacked, batches, eps, steps, seed, rt, total)
+    return int(hits.sum()), len(hits)
+
+
+GATE_PGD_STEPS = 10
+
+
+def robustness_gate(model, standard, spec, loader, eps: float, seed: int, rt) -> dict:
+    """Table 6's gate (did adversarial training leave robustness?): PGD-10 at the training
+    budget `eps` on the validation `loader`, the trained model against the `standard` one
+    (either None: not measured) on the same images from the same starts; it passes when the
+    trained model is right on more of them with McNemar's p < 0.01. Returns scores with
+    both accuracies and the gate."""
+    name = f"val PGD-{GATE_PGD_STEPS}@{eps:g}/255 above standard's (McNemar p)"
+    if standard is None or loader is None:
+        missing = "no standard model (--standard)" if loader else "no validation split"
+        return {"gates": [results.gate(f"{name}: {missing}", None, 0.01, False)]}
+    total = len(loader.dataset)
+    hits = [pgd_hits(Normalized(net, spec.mean, spec.std).to(rt.device).eval(), loader, eps,
+                     GATE_PGD_STEPS, seed, rt, total) for net in (model, standard)]
+    p = stats.mcnemar_p(hits[1], hits[0])
+    key = f"val_pgd{GATE_PGD_STEPS}_top1"
+    return {"metrics": {key: float(hits[0].mean()), f"standard_{key}": float(hits[1].mean())},
+            "gates": [results.gate(name, p, 0.01, hits[0].sum() > hits[1].sum() and p < 0.01)]}
 
 
 def robust_validation(eps: float, steps: int, seed: int, select_robust: bool,
@@ -118,7 +145,8 @@ def robust_validation(eps: float, steps: int, seed: int, select_robust: bool,
         rt = loop.rt
         attacked = Normalized(loop.model, loop.spec.mean, loop.spec.std).to(rt.device)
         if select_robust:
-            right, total = pgd_correct(attacked, loaders.val, eps, steps, seed, rt)
+            right, total = pgd_correct(attacked, loaders.val, eps, steps, seed, rt,
+                                       len(loaders.val.dataset))
             scores["val_robust_top1"] = right / total
         if guard_points > 0:
             # every process attacks the same batch, so that all of them stop together
@@ -128,7 +156,8 @@ def robust_validation(eps: float, steps: int, seed: int, select_robust: bool,
                 guard_batch.append((torch.stack([image for image, _ in batch]),
                                     torch.tensor([label for _, label in batch])))
             right, total = pgd_correct(attacked, guard_batch, eps, steps, seed,
-                                       engine.Runtime(rt.device, amp_dtype=rt.amp_dtype))
+                                       engine.Runtime(rt.device, amp_dtype=rt.amp_dtype),
+                                       len(guard_batch[0][1]))
             accuracy = scores["guard_robust_top1"] = right / total
             best = max((h["guard_robust_top1"] for h in history if "guard_robust_top1" in h),
                        default=accuracy)

@@ -20,6 +20,11 @@ catastrophic-overfitting guard (Wong et al. 2020) attacks a fixed batch of valid
 images with PGD: if that accuracy falls more than --overfit-guard points below its best so
 far, training stops there and the best epoch's weights are the ones tested.
 
+The gate (Table 6 judges only training that left robustness): PGD-10 at --adv-eps on the
+validation split, the trained model against --standard (default: --weights when it is a
+best.pt), paired; `gates` in metrics.json passes at McNemar p < 0.01 in the trained model's
+favour.
+
 The tested model is then attacked on the test split (or a seeded --test-images subset): at
 each --robust-eps budget (default 1, 2, 4, 8 / 255), FGSM and PGD-`--pgd-steps` from
 --restarts random starts; an image counts as robust only if it survives FGSM and every restart
@@ -75,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="PGD random starts at each test budget; the worst counts")
     group.add_argument("--test-images", type=cli.positive_int,
                        help="attack a seeded subset of this many test images (None: all)")
+    group.add_argument("--standard", type=Path,
+                       help="the standard model (a best.pt) the gate compares the trained one "
+                            "with (default: --weights, when that is a best.pt)")
     group.add_argument("--evaluate", type=Path,
                        help="only evaluate this checkpoint (a best.pt), clean and robust")
     args = cli.parse_with_recipes(parser, argv)
@@ -98,6 +106,7 @@ def main(args: argparse.Namespace) -> None:
         guard_record,
         robust_accuracy,
         robust_validation,
+        robustness_gate,
     )
 
     from shared import checkpoint, data, engine, models, results
@@ -156,11 +165,17 @@ def main(args: argparse.Namespace) -> None:
     validate = robust_validation(args.adv_eps, args.val_pgd_steps, args.seed,
                                  args.select == "robust", args.overfit_guard)
 
+    standard = args.standard or (args.weights if is_classifier(args.weights) else None)
+
     def after(model, spec, loaders, fitted):
         scores = robust_accuracy(model, spec, attack_loader(loaders, cfg.loader), **tests)
         guard = (guard_record(args.overfit_guard, args.val_pgd_steps, args.adv_eps, fitted,
                               len(val)) if args.overfit_guard else None)
-        return results.merge(scores, {"metrics": {"overfit_guard": guard}})
+        reference = (None if standard is None else
+                     models.load_classifier(standard, index.classes, "--standard")[0])
+        gate = robustness_gate(model, reference, spec, loaders.val, args.adv_eps, args.seed,
+                               rt)
+        return results.merge(scores, {"metrics": {"overfit_guard": guard}}, gate)
 
     engine.train_classifier(
         TASK, args.variant, vars(args), cfg, rt, index.classes, train, val, test,
@@ -168,6 +183,14 @@ def main(args: argparse.Namespace) -> None:
         train_epoch=adversarial_epoch(adversary), validate=validate,
         select="val_robust_top1" if args.select == "robust" else "val_top1")
     engine.shutdown(rt)
+
+
+def is_classifier(weights) -> bool:
+    """Whether --weights names a classifier's best.pt (rather than ImageNet weights)."""
+    from shared import checkpoint
+
+    path = Path(str(weights))
+    return path.is_file() and "model_name" in checkpoint.load(path, "--weights")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,34 @@ def test_adversarial_training_raises_robust_accuracy(attack):
         + 0.2
 
 
+def test_the_gate_passes_robust_training_and_fails_a_standard_model_relabelled():
+    """Table 6's gate on validation: an adversarially trained model against the standard
+    one passes; the standard model against itself (a standard model labelled adversarial)
+    does not, nor a run without a standard model to compare with."""
+    from types import SimpleNamespace
+
+    from adversarial import robustness_gate
+
+    from shared.engine import Runtime
+
+    x, y = squares(128, torch.Generator().manual_seed(9))
+    pixels = (x * 255).round().to(torch.uint8)
+    val = Batches([(pixels[i:i + 32], y[i:i + 32]) for i in range(0, 128, 32)], range(128))
+    torch.manual_seed(0)
+    standard = train(small_cnn())
+    torch.manual_seed(0)
+    robust = train(small_cnn(), adversarial_eps=8)
+    spec, rt = SimpleNamespace(mean=MEAN, std=STD), Runtime(torch.device("cpu"))
+    passed = robustness_gate(robust, standard, spec, val, 8, 0, rt)
+    (gate,) = passed["gates"]
+    assert gate["passed"] and gate["value"] < 0.01 and gate["threshold"] == 0.01
+    assert passed["metrics"]["val_pgd10_top1"] > passed["metrics"]["standard_val_pgd10_top1"]
+    (relabelled,) = robustness_gate(standard, standard, spec, val, 8, 0, rt)["gates"]
+    assert not relabelled["passed"] and relabelled["value"] == 1.0
+    (unmeasured,) = robustness_gate(robust, None, spec, val, 8, 0, rt)["gates"]
+    assert not unmeasured["passed"] and unmeasured["value"] is None
+
+
 def test_adversarial_training_replaces_the_chosen_images_by_fgsm_examples():
     from adversarial import Adversary
 
@@ -405,7 +433,11 @@ def test_training_and_evaluation_from_the_command_line(sample, tmp_path):
     assert "Δ WORST@8/255 vs standard" in table and "FGSM + PGD-3 x 2" in table
     row = next(line for line in table.splitlines() if line.startswith("| resnet18")
                and "| fgsm eps" in line)
-    assert row.count("), p ") == 3 and "best epoch by robust val" in row
+    assert "best epoch by robust val" in row
+    # trained from scratch with no --standard: the gate is not measured, so no verdict
+    (gate,) = record["gates"]
+    assert gate["value"] is None and not gate["passed"] and "no standard model" in gate["name"]
+    assert row.count("did not work at this budget") == 3 and "), p " not in row
 
 
 def test_fgsm_training_keeps_frozen_batch_norm_statistics(sample, tmp_path):

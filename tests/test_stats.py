@@ -104,6 +104,26 @@ def test_tables_show_intervals_and_paired_differences(tmp_path):
     assert f"| test_top1 | 200 | {found['difference']:+.2f} |" in compared.stdout
 
 
+def test_a_row_whose_gate_failed_gets_no_verdict(tmp_path):
+    keys = [str(i) for i in range(100)]
+
+    def pretrained_row(value, passed):
+        root = tmp_path / str(value)
+        _run(root, "baseline", "baseline", keys, np.arange(100) < 40)
+        folder = _run(root, "pretrained", "pretrained", keys, np.arange(100) < 70)
+        record = json.loads((folder / "metrics.json").read_text())
+        record["gates"] = [results.gate("worked", value, 0.3, passed)]
+        (folder / "metrics.json").write_text(json.dumps(record))
+        table = results.write_tables(root).read_text().split("## Table 1")[1]
+        assert "| Gate: did the method work? (validation) |" in table
+        return next(line for line in table.splitlines() if "| pretrained |" in line)
+
+    passed, failed = pretrained_row(0.5, True), pretrained_row(0.1, False)
+    assert "| worked: 0.5 (threshold 0.3) pass | +30.0 (" in passed
+    assert "| worked: 0.1 (threshold 0.3) FAIL | did not work at this budget |" in failed
+    assert results.gate("unmeasured", None, 0.3, True)["passed"] is False
+
+
 def test_tables_refuse_runs_tested_on_different_images(tmp_path):
     _run(tmp_path, "baseline", "baseline", [str(i) for i in range(50)], np.ones(50, bool))
     _run(tmp_path, "pretrained", "pretrained", [str(i) for i in range(1, 51)],
