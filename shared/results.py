@@ -148,18 +148,22 @@ def merge(*parts: dict) -> dict:
     return merged | ({"gates": gates} if gates else {})
 
 
-def gate(name: str, value: float | None, threshold: float, passed: bool) -> dict:
+def gate(name: str, value: float | None, threshold: float, passed: bool,
+         judges: list[str] | None = None) -> dict:
     """A precondition, measured on validation, that a method did its job at the run's
     budget (a GAN whose images are recognised, training that left robustness): metrics.json
     keeps a run's in `gates`, and a table shows "did not work at this budget" instead of a
-    verdict on a row whose gate failed. `value` None: it could not be measured (not
-    passed)."""
+    verdict on a row whose gate failed: every verdict, or those on the metrics it `judges`.
+    `value` None: it could not be measured (not passed)."""
     return {"name": name, "value": value, "threshold": threshold,
-            "passed": bool(passed) and value is not None}
+            "passed": bool(passed) and value is not None} | (
+        {"judges": judges} if judges else {})
 
 
-def failed_gates(r: dict) -> list[dict]:
-    return [g for g in r.get("gates", []) if not g["passed"]]
+def failed_gates(r: dict, metric_name: str | None = None) -> list[dict]:
+    """The row's failed gates (those that judge `metric_name`, if given)."""
+    return [g for g in r.get("gates", []) if not g["passed"] and (
+        metric_name is None or "judges" not in g or metric_name in g["judges"])]
 
 
 def write_json(record: dict, path: Path) -> None:
@@ -329,7 +333,7 @@ def comparison_columns(table: Table, rows: list[dict], cache: dict) -> list:
             reference = table.reference(r, rows)
             if reference is None:
                 return "–"
-            if failed_gates(r):  # no verdict on a method that did not do its job
+            if failed_gates(r, name):  # no verdict on a method that did not do its job
                 return "did not work at this budget"
             return _difference_cell(paired_difference(r, reference, name, cache))
         return (f"Δ {label} vs {table.reference_name} (points, 95% CI; McNemar p)", cell)

@@ -15,19 +15,28 @@ from shared import checkpoint, cli, data, engine, errors, models
 from shared.data import Record
 
 
-def split_head(model: nn.Module, spec: models.ModelSpec) -> int:
-    """Replaces the classifier head (both, for a distilled DeiT) by an identity (the model
-    then returns features) and returns the feature size."""
+def heads(model: nn.Module, spec: models.ModelSpec) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """The classifier head (both, for a distilled DeiT): its parent module, its name there
+    and its linear layer."""
+    found = []
     for prefix in (spec.head,) if isinstance(spec.head, str) else spec.head:
         path = prefix.rstrip(".").split(".")
         parent = model
         for name in path[:-1]:
             parent = getattr(parent, name)
         head = getattr(parent, path[-1])
-        linear = head if isinstance(head, nn.Linear) else \
-            next(m for m in head.modules() if isinstance(m, nn.Linear))
-        setattr(parent, path[-1], nn.Identity())
-    return linear.in_features
+        found.append((parent, path[-1], head if isinstance(head, nn.Linear) else
+                      next(m for m in head.modules() if isinstance(m, nn.Linear))))
+    return found
+
+
+def split_head(model: nn.Module, spec: models.ModelSpec) -> int:
+    """Replaces the classifier head by an identity (the model then returns features) and
+    returns the feature size."""
+    found = heads(model, spec)
+    for parent, name, _ in found:
+        setattr(parent, name, nn.Identity())
+    return found[0][2].in_features
 
 
 def gather(z: torch.Tensor) -> torch.Tensor:

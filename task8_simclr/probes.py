@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared import data, engine, results
+from shared import data, engine, models, results, stats
 from shared.data import Record
 from shared.errors import DataError
 
@@ -58,25 +58,59 @@ def extract(backbone: nn.Module, spec, records: list[Record], transform, need, r
     return torch.cat(feats).cpu(), torch.cat(labels)
 
 
-def linear_probe(train_x, train_y, test_x, classes: int, epochs: int, seed: int
-                 ) -> torch.Tensor:
-    """A softmax classifier on standardised frozen features (full-batch AdamW); returns its
-    logits for the test features. A feature constant over the training images (a ReLU that
+def linear_probe(train_x, train_y, classes: int, epochs: int, seed: int) -> nn.Linear:
+    """A softmax classifier on standardised frozen features (full-batch AdamW), returned
+    with the standardisation folded into its weights: it reads raw features, as the head
+    LP-FT's fine-tune starts from. A feature constant over the training images (a ReLU that
     never fires on a few labelled photos) keeps its scale, as scikit-learn's StandardScaler
     does: dividing by its ~0 spread would blow its test values up past float16's range."""
     mean, std = train_x.mean(0), train_x.std(0)
     std = torch.where(std > 1e-6, std, torch.ones_like(std))
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     torch.manual_seed(seed)
     probe = nn.Linear(train_x.shape[1], classes)
     optimizer = torch.optim.AdamW(probe.parameters(), 1e-2, weight_decay=1e-4)
+    standardised = (train_x - mean) / std
     for _ in range(epochs):
-        loss = F.cross_entropy(probe(train_x), train_y)
+        loss = F.cross_entropy(probe(standardised), train_y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    with torch.no_grad():  # w . (x - mean) / std + b = (w / std) . x + b - (w / std) . mean
+        weight = probe.weight / std
+        probe.bias -= weight @ mean
+        probe.weight.copy_(weight)
+    return probe.requires_grad_(False)
+
+
+def probe_start(backbone_state: dict, model_name: str, classes: int, image_size: int,
+                probe: nn.Linear) -> dict:
+    """LP-FT's starting weights (Kumar et al. 2022): the backbone with the linear probe as
+    its head, so that fine-tuning begins where the probe ends and its first steps do not
+    wreck the features to fit a random head."""
+    from pretrain import heads
+
+    model, spec = models.build_model(model_name, classes, "none", image_size)
+    models.load_weights(model, spec, backbone_state, "the pre-trained backbone")
     with torch.no_grad():
-        return probe(test_x)
+        for _, _, linear in heads(model, spec):
+            linear.weight.copy_(probe.weight)
+            linear.bias.copy_(probe.bias)
+    return model.state_dict()
+
+
+def knn_gate(trained: tuple, random: list | None, train_y, val_y, classes: int, k: int
+             ) -> dict:
+    """Table 7's gate for SimCLR from random (did pre-training learn anything?): kNN on the
+    validation split with the pre-trained (train, val) features against the same with a
+    random network's (None: no validation split, not measured); passes when the
+    pre-trained ones are right on more images with McNemar's p < 0.01."""
+    name = "val kNN above random-init features' (McNemar p)"
+    if random is None:
+        return results.gate(f"{name}: no validation split", None, 0.01, False)
+    hits = [(knn_scores(x, train_y, held_out, classes, k).argmax(1) == val_y).numpy()
+            for x, held_out in (trained, random)]
+    p = stats.mcnemar_p(hits[1], hits[0])
+    return results.gate(name, p, 0.01, hits[0].sum() > hits[1].sum() and p < 0.01)
 
 
 def knn_scores(train_x, train_y, test_x, classes: int, k: int) -> torch.Tensor:

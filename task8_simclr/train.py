@@ -21,7 +21,10 @@ and simclr/val_knn_top1; the backbone goes to `<out>/backbone.pt`.
 Evaluation of the backbone at each --label-fractions (a seeded, class-balanced share of the
 train split, or `N/class`: exactly N photos of every class; validation and test stay whole):
 a linear probe on frozen features (batch norm in eval mode, backbone untouched), kNN (k=20,
-cosine, similarity-weighted votes) and fine-tuning with the common flags.
+cosine, similarity-weighted votes) and fine-tuning with the common flags, from the probe as
+its head (LP-FT; --finetune-head fresh: a random head). Gates (`gates` in metrics.json):
+the fine-tune's best val top-1 at least the probe's; for SimCLR from random, val kNN on its
+features above a random network's (McNemar p < 0.01).
 `<out>/fraction-<f>/metrics.json` (`<out>/per-class-<N>/` for N/class) holds linear_top1,
 knn_top1, finetune_top1, label_fraction (the share of the train split labelled) and
 label_budget.
@@ -73,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        default=["1/class", 0.1, 1.0],
                        help="label budgets: shares of the train split, or N/class")
     group.add_argument("--probe-epochs", type=cli.positive_int, default=100)
+    group.add_argument("--finetune-head", choices=("probe", "fresh"), default="probe",
+                       help="probe: fine-tune from the linear probe as the head (LP-FT, "
+                            "Kumar et al. 2022); fresh: from a random head")
     group.add_argument("--knn", type=cli.positive_int, default=20)
     group.add_argument("--knn-every", type=cli.nonnegative_int, default=5, metavar="EPOCHS",
                        help="the online kNN monitor on validation every this many epochs of "
@@ -97,7 +103,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     import torch  # torch loads here
     from pretrain import SimCLRConfig, pretrain, split_head
-    from probes import budget_folder, extract, knn_scores, knn_top1, label_subset, linear_probe
+    from probes import (
+        budget_folder,
+        extract,
+        knn_gate,
+        knn_scores,
+        knn_top1,
+        label_subset,
+        linear_probe,
+        probe_start,
+    )
 
     from shared import checkpoint, data, engine, models, results
 
@@ -129,6 +144,20 @@ def main(args: argparse.Namespace) -> None:
     workers = data.loader_workers(args.workers, rt.device.type == "cuda")
     test_x, test_y = extract(backbone, spec, test, transform, need, rt, workers)
     all_x, all_y = extract(backbone, spec, train, transform, need, rt, workers)  # once, for all
+    val_x, val_y = extract(backbone, spec, val, transform, need, rt, workers) if val else (
+        None, None)
+    gates = []
+    if args.variant == "simclr":  # from random: did pre-training learn features kNN reads?
+        random_features = None
+        if val:
+            torch.manual_seed(args.seed)
+            random_net, _ = models.build_model(args.model, len(index.classes), "none",
+                                               args.image_size)
+            split_head(random_net, spec)
+            random_features = [extract(random_net.to(rt.device), spec, records, transform,
+                                       need, rt, workers)[0] for records in (train, val)]
+        gates.append(knn_gate((all_x, val_x), random_features, all_y, val_y,
+                              len(index.classes), args.knn))
     position = {r.key: i for i, r in enumerate(train)}
     test_keys = [r.image_id or r.key for r in test]
     for budget in args.label_fractions:
@@ -138,8 +167,9 @@ def main(args: argparse.Namespace) -> None:
         train_x, train_y = all_x[chosen], all_y[chosen]
         folder = out / budget_folder(budget)
         checkpoint.claim_run_folder(folder, args.resume)
-        probes = {"linear": linear_probe(train_x, train_y, test_x, len(index.classes),
-                                         args.probe_epochs, args.seed),
+        probe = linear_probe(train_x, train_y, len(index.classes), args.probe_epochs,
+                             args.seed)
+        probes = {"linear": probe(test_x),
                   "knn": knn_scores(train_x, train_y, test_x, len(index.classes), args.knn)}
         parts = [{"metrics": {"label_fraction": fraction, "label_budget": (
             budget if isinstance(budget, str) else f"{100 * budget:g}%")}}]
@@ -147,21 +177,38 @@ def main(args: argparse.Namespace) -> None:
             parts.append(results.score_predictions(folder, f"{name}_predictions.npz",
                                                    test_keys, test_y.numpy(), logits.numpy(),
                                                    {f"{name}_top1": 1}, write=rt.main))
-        tuned = {**vars(args), "weights": str(out / "backbone.pt"), "out": folder / "finetune"}
+        start = out / "backbone.pt"
+        if args.finetune_head == "probe":  # LP-FT: the probe is the head fine-tuning starts from
+            start = folder / "probe_start.pt"
+            if rt.main:
+                checkpoint.save_atomic({"model": probe_start(
+                    backbone.state_dict(), args.model, len(index.classes), args.image_size,
+                    probe), "model_name": args.model}, start)
+            if rt.world_size > 1:
+                torch.distributed.barrier()
+        tuned = {**vars(args), "weights": str(start), "out": folder / "finetune"}
         result = engine.train_classifier(TASK, "finetune", tuned,
                                          engine.TrainConfig.from_flags(tuned), rt,
                                          index.classes, subset, val, test)
+        if val:  # the gate: fine-tuning must not end below the probe it could start from
+            linear_val = (probe(val_x).argmax(1) == val_y).float().mean().item()
+            finetune_val = result["metrics"]["best_val_top1"]
+            parts.append({"metrics": {"linear_val_top1": linear_val}, "gates": [results.gate(
+                "fine-tune's best val top-1 minus the linear probe's (points)",
+                100 * (finetune_val - linear_val), 0, finetune_val >= linear_val,
+                judges=["finetune_top1"])]})
         parts.append({key: {"finetune_top1": result[key]["test_top1"]}
                       for key in ("metrics", "ci95")})
         parts.append({"predictions": {
             "finetune_top1": f"finetune/{result['predictions']['test_top1']}"}})
-        scores = results.merge(*parts)
+        scores = results.merge({"gates": gates}, *parts)
         if rt.main:
             record = results.task_record(
                 TASK, args.variant, vars(args), rt, scores["metrics"],
                 {"train_labelled": len(subset), "train": len(train), "val": len(val),
                  "test": len(test)}, weights=args.weights, ci95=scores["ci95"],
-                predictions=scores["predictions"], pretrain_history=history)
+                predictions=scores["predictions"], pretrain_history=history,
+                gates=scores.get("gates", []))
             results.write_json(record, folder / "metrics.json")
             m = scores["metrics"]
             print(f"{args.variant} @ {m['label_budget']} labels: linear {m['linear_top1']:.4f}"

@@ -105,7 +105,7 @@ def test_linear_probe_and_knn_leave_the_backbone_bitwise_unchanged(sample):
     test_x, test_y = probes.extract(backbone, model_spec, index.test, transform, need, rt,
                                           workers=0)
     assert train_x.shape == (len(index.train), 512)
-    linear = probes.linear_probe(train_x, train_y, test_x, 4, 20, 0)
+    linear = probes.linear_probe(train_x, train_y, 4, 20, 0)(test_x)
     knn = probes.knn_scores(train_x, train_y, test_x, 4, 5)
     assert linear.shape == knn.shape == (len(test_y), 4)
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
@@ -179,6 +179,15 @@ def test_pipeline_from_the_command_line(sample, tmp_path):
         assert assert_predictions_reproduce(out / f"fraction-{fraction}")["predictions"] == {
             "linear_top1": "linear_predictions.npz", "knn_top1": "knn_predictions.npz",
             "finetune_top1": "finetune/test_predictions.npz"}
+        # the gates: SimCLR's kNN against random features; the LP-FT fine-tune against its
+        # probe on validation, judging the fine-tune's verdict only
+        knn, tuned = metrics["gates"]
+        assert knn["name"].startswith("val kNN above random-init") and "judges" not in knn
+        finetune = json.loads((out / f"fraction-{fraction}" / "finetune" / "metrics.json"
+                               ).read_text())
+        assert finetune["weights"].endswith(f"fraction-{fraction}/probe_start.pt")
+        assert tuned["judges"] == ["finetune_top1"] and tuned["value"] == pytest.approx(
+            100 * (finetune["metrics"]["best_val_top1"] - metrics["metrics"]["linear_val_top1"]))
     table = write_tables(tmp_path / "results").read_text().split("## Table 7")[1]
     assert table.count("| SimCLR (from random) |") == 2
 
@@ -374,5 +383,52 @@ def test_linear_probe_keeps_a_feature_constant_in_training_on_its_scale():
     g = torch.Generator().manual_seed(0)
     train_x, test_x = torch.randn(8, 4, generator=g), torch.randn(3, 4, generator=g)
     train_x[:, 0], test_x[:, 0] = 0.0, 1.0
-    logits = probes.linear_probe(train_x, torch.arange(8) % 2, test_x, 2, 5, 0)
+    logits = probes.linear_probe(train_x, torch.arange(8) % 2, 2, 5, 0)(test_x)
     assert logits.abs().max() < 100
+
+
+def test_the_probe_reads_raw_features_as_its_standardised_fit_and_heads_lp_ft(sample):
+    """The folded probe equals the classifier fitted on standardised features (refitted
+    here by hand), and LP-FT's start is the backbone with exactly that probe as its head."""
+    from shared.models import build_model
+
+    g = torch.Generator().manual_seed(1)
+    train_x, test_x = 3 + 2 * torch.randn(40, 6, generator=g), torch.randn(5, 6, generator=g)
+    train_y = torch.arange(40) % 3
+    probe = probes.linear_probe(train_x, train_y, 3, 30, 0)
+    mean, std = train_x.mean(0), train_x.std(0)
+    torch.manual_seed(0)
+    by_hand = nn.Linear(6, 3)
+    optimizer = torch.optim.AdamW(by_hand.parameters(), 1e-2, weight_decay=1e-4)
+    for _ in range(30):
+        loss = nn.functional.cross_entropy(by_hand((train_x - mean) / std), train_y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.testing.assert_close(probe(test_x), by_hand((test_x - mean) / std).detach())
+
+    backbone, spec = build_model("resnet18", 3, "none", 32)
+    pretrain.split_head(backbone, spec)
+    wide = probes.linear_probe(torch.randn(12, 512, generator=g), torch.arange(12) % 3, 3,
+                               5, 0)
+    start = probes.probe_start(backbone.state_dict(), "resnet18", 3, 32, wide)
+    model, _ = build_model("resnet18", 3, "none", 32)
+    model.load_state_dict(start)
+    x = torch.randn(2, 3, 32, 32, generator=g)
+    backbone.eval(), model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), wide(backbone(x)))
+
+
+def test_the_knn_gate_passes_learnt_features_and_fails_random_ones():
+    g = torch.Generator().manual_seed(0)
+    train_y, val_y = torch.arange(60) % 3, torch.arange(30) % 3
+    learnt = (torch.eye(3)[train_y] + 0.1 * torch.randn(60, 3, generator=g),
+              torch.eye(3)[val_y] + 0.1 * torch.randn(30, 3, generator=g))
+    noise = (torch.randn(60, 3, generator=g), torch.randn(30, 3, generator=g))
+    passed = probes.knn_gate(learnt, noise, train_y, val_y, 3, 5)
+    assert passed["passed"] and passed["value"] < 0.01
+    assert not probes.knn_gate(noise, learnt, train_y, val_y, 3, 5)["passed"]
+    assert not probes.knn_gate(noise, noise, train_y, val_y, 3, 5)["passed"]
+    unmeasured = probes.knn_gate(learnt, None, train_y, val_y, 3, 5)
+    assert unmeasured["value"] is None and not unmeasured["passed"]
