@@ -156,10 +156,14 @@ done
 table_done "Table 2"
 
 # Table 3: class-conditional DCGAN samples added to the training set; task 1-2's classifier
-# judges the generated images (gen_class_acc).
+# judges the generated images (gen_class_acc). The same GAN without DiffAugment first: the
+# gate asks the row's validation FID to be below its.
 for dataset in "${DATASETS[@]}"; do
+  judge=(--judge "$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt")
+  run "$RESULTS/task4_dcgan/$dataset/no-diffaugment" task4_dcgan/train.py \
+    --dataset "$dataset" "${judge[@]}" "${GAN[@]}" --gan-only --diffaugment none
   run "$RESULTS/task4_dcgan/$dataset/dcgan" task4_dcgan/train.py --dataset "$dataset" \
-    --judge "$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt" "${GAN[@]}"
+    "${judge[@]}" "${GAN[@]}" --fid-baseline "$RESULTS/task4_dcgan/$dataset/no-diffaugment"
 done
 table_done "Table 3"
 

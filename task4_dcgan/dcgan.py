@@ -4,13 +4,19 @@ tanh output, weights from N(0, 0.02).
 
 The generator takes noise and a label embedding, concatenated. The discriminator is a
 projection discriminator (Miyato & Koyama 2018): an unconditional logit plus the inner product
-of a label embedding with its pooled features.
+of a label embedding with its pooled features. With `spectral_norm`, every weight of D is
+divided by its largest singular value (Miyato et al. 2018, one power iteration a step) and D
+has no batch norm, as in SNGAN; `EMA` keeps an exponential moving average of G's weights
+(Yazici et al. 2019), the generator that is sampled.
 """
 
+import copy
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 SIZES = (32, 64, 128)
 
@@ -48,18 +54,24 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """(images (N, 3, S, S), labels (N,)) -> logits (N,): real (> 0) or generated."""
 
-    def __init__(self, num_classes: int, image_size: int = 32, width: int = 64):
+    def __init__(self, num_classes: int, image_size: int = 32, width: int = 64,
+                 spectral_norm: bool = False):
         super().__init__()
         steps = _upsamplings(image_size)
         channels = [width * 2 ** i for i in range(steps)]  # e.g. 64, 128, 256
         layers = [nn.Conv2d(3, channels[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no BN here
         for c_in, c_out in zip(channels, channels[1:], strict=False):
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
+            norm = [] if spectral_norm else [nn.BatchNorm2d(c_out)]
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=spectral_norm), *norm,
                        nn.LeakyReLU(0.2, True)]
         self.features = nn.Sequential(*layers)  # -> (N, channels[-1], 4, 4)
         self.logit = nn.Conv2d(channels[-1], 1, 4, 1, 0)
         self.embed = nn.Embedding(num_classes, channels[-1])
         init_weights(self)
+        if spectral_norm:
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Embedding)):
+                    parametrize.register_parametrization(m, "weight", SpectralNorm(m.weight))
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         h = self.features(images)
@@ -77,3 +89,41 @@ def init_weights(model: nn.Module) -> None:
             nn.init.normal_(m.weight, 1.0, 0.02)
         if getattr(m, "bias", None) is not None:
             nn.init.zeros_(m.bias)
+
+
+class SpectralNorm(nn.Module):
+    """A weight divided by an estimate of its largest singular value (the weight seen as a
+    matrix, rows = output channels), from one power iteration a training forward pass on a
+    persistent vector u (Miyato et al. 2018). In eval mode u stays as it is."""
+
+    def __init__(self, weight: torch.Tensor, eps: float = 1e-12):
+        super().__init__()
+        self.eps = eps
+        u = torch.randn(weight.shape[0])
+        self.register_buffer("u", F.normalize(u, dim=0, eps=eps))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        matrix = weight.flatten(1)
+        if self.training:
+            with torch.no_grad():
+                v = F.normalize(matrix.T @ self.u, dim=0, eps=self.eps)
+                self.u.copy_(F.normalize(matrix @ v, dim=0, eps=self.eps))
+        v = F.normalize(matrix.T @ self.u, dim=0, eps=self.eps).detach()
+        sigma = self.u @ matrix @ v  # gradients flow through sigma, as in the paper
+        return weight / sigma
+
+
+class EMA:
+    """An exponential moving average of a model's weights (and a copy of its buffers, batch
+    norm's statistics): after each step, average = decay x average + (1 - decay) x weights."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for average, current in zip(self.model.parameters(), model.parameters(), strict=True):
+            average.lerp_(current, 1 - self.decay)
+        for average, current in zip(self.model.buffers(), model.buffers(), strict=True):
+            average.copy_(current)

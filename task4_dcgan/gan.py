@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dcgan import Discriminator, Generator
+from dcgan import EMA, Discriminator, Generator
 from diffaugment import diff_augment
 from PIL import Image
 
@@ -41,13 +41,29 @@ def no_augment(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def d_step(D: Discriminator, opt_d, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor,
-           augment=no_augment):
-    """One discriminator update, BCE with real photos -> 1, generated -> 0 (G untouched),
-    each seen through `augment` (DiffAugment). Returns the loss, mean D(x) and mean D(G(z))."""
-    d_real, d_fake = D(augment(real), y), D(augment(fake.detach()), y)
-    loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+def d_loss(d_real: torch.Tensor, d_fake: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """D's loss on its logits: BCE with real -> 1, generated -> 0, or the hinge loss
+    (Lim & Ye 2017; SNGAN, BigGAN): relu(1 - D(x)) + relu(1 + D(G(z)))."""
+    if kind == "hinge":
+        return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+    return (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
             + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+
+
+def g_loss(d_gen: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """G's loss: the non-saturating BCE (make D say real), or the hinge's -D(G(z))."""
+    if kind == "hinge":
+        return -d_gen.mean()
+    return F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+
+
+def d_step(D: Discriminator, opt_d, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor,
+           augment=no_augment, loss_kind: str = "bce"):
+    """One discriminator update on real photos and generated images (G untouched), each seen
+    through `augment` (DiffAugment). Returns the loss, mean D(x) and mean D(G(z)) (the
+    sigmoid of the logits)."""
+    d_real, d_fake = D(augment(real), y), D(augment(fake.detach()), y)
+    loss = d_loss(d_real, d_fake, loss_kind)
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()
@@ -56,11 +72,10 @@ def d_step(D: Discriminator, opt_d, real: torch.Tensor, fake: torch.Tensor, y: t
 
 
 def g_step(D: Discriminator, opt_g, fake: torch.Tensor, y: torch.Tensor,
-           augment=no_augment) -> torch.Tensor:
-    """One generator update: make D call the generated images real (the non-saturating
-    loss), through the same `augment` as D's step. Only G's optimiser steps."""
-    d_gen = D(augment(fake), y)
-    loss = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+           augment=no_augment, loss_kind: str = "bce") -> torch.Tensor:
+    """One generator update: make D call the generated images real, through the same
+    `augment` as D's step. Only G's optimiser steps."""
+    loss = g_loss(D(augment(fake), y), loss_kind)
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -70,11 +85,17 @@ def g_step(D: Discriminator, opt_g, fake: torch.Tensor, y: torch.Tensor,
 @dataclass(frozen=True)
 class GanConfig:
     """The GAN's settings, named as train.py's flags (--gan-size, ...), with their defaults:
-    the seed's BCE, Adam lr 2e-4, batch 100, 100 epochs; DiffAugment on."""
+    the seed's BCE, Adam lr 2e-4 betas (0.5, 0.999), batch 100, 100 epochs; DiffAugment on;
+    no spectral norm, no EMA of G, one learning rate."""
     gan_size: int = 32
     gan_epochs: int = 100
     gan_batch_size: int = 100
     gan_lr: float = 2e-4
+    d_lr: float | None = None  # None: gan_lr; TTUR (Heusel et al. 2017): D's own, larger
+    gan_beta1: float = 0.5
+    gan_loss: str = "bce"
+    spectral_norm: bool = False
+    g_ema: float = 0.0  # the EMA's decay (0: off)
     z_dim: int = 100
     gan_width: int = 64
     diffaugment: str = "color,translation,cutout"
@@ -88,23 +109,31 @@ class GanConfig:
 
 def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, config: GanConfig,
               rt: engine.Runtime, out: Path) -> Generator:
-    """The seed's recipe: BCE on D's logits (real 1, generated 0), G trained to make D say 1;
-    Adam lr 2e-4, betas (0.5, 0.999); D sees every image through --diffaugment. Resumes from
+    """The seed's recipe by default: BCE on D's logits (real 1, generated 0), G trained to
+    make D say 1; Adam lr 2e-4, betas (0.5, 0.999); D sees every image through
+    --diffaugment. `config` adds the hinge loss, spectral norm in D, D's own learning rate
+    (TTUR) and an EMA of G, which is then the generator sampled and returned. Resumes from
     `out/last.pt` (with `config.resume`)."""
     from torch.utils.tensorboard import SummaryWriter
     from torchvision.utils import save_image
 
     device = rt.device
     G = Generator(num_classes, config.gan_size, config.z_dim, config.gan_width).to(device)
-    D = Discriminator(num_classes, config.gan_size, config.gan_width).to(device)
+    D = Discriminator(num_classes, config.gan_size, config.gan_width,
+                      config.spectral_norm).to(device)
     fused = device.type == "cuda"  # one kernel for the whole update
-    opt_g = torch.optim.Adam(G.parameters(), config.gan_lr, betas=(0.5, 0.999), fused=fused)
-    opt_d = torch.optim.Adam(D.parameters(), config.gan_lr, betas=(0.5, 0.999), fused=fused)
+    betas = (config.gan_beta1, 0.999)
+    opt_g = torch.optim.Adam(G.parameters(), config.gan_lr, betas=betas, fused=fused)
+    opt_d = torch.optim.Adam(D.parameters(), config.d_lr or config.gan_lr, betas=betas,
+                             fused=fused)
+    ema = EMA(G, config.g_ema) if config.g_ema else None
+    sampled = G if ema is None else ema.model  # the generator the samples come from
     seed = torch.Generator().manual_seed(config.seed)
     fixed_z = torch.randn(num_classes * 8, config.z_dim, generator=seed).to(device)
     fixed_y = torch.arange(num_classes).repeat_interleave(8).to(device)  # a row per class
     last = out / "last.pt"
-    resumable = checkpoint.Resumable(last, G=G, D=D, opt_g=opt_g, opt_d=opt_d)
+    resumable = checkpoint.Resumable(last, G=G, D=D, opt_g=opt_g, opt_d=opt_d,
+                                     **({} if ema is None else {"G_ema": ema.model}))
     saved = resumable.restore() if config.resume else None
     start_epoch, history = (saved["epoch"], saved["history"]) if saved else (0, [])
     if saved:
@@ -133,17 +162,20 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, conf
             flip = (torch.rand(len(index)) < 0.5).to(device, non_blocking=True)
             real = torch.where(flip[:, None, None, None], real.flip(-1), real)
             fake = G(torch.randn(len(index), config.z_dim, device=device), y)
-            loss_d, d_real, d_fake = d_step(D, opt_d, real, fake, y, augment)
-            loss_g = g_step(D, opt_g, fake, y, augment)
+            loss_d, d_real, d_fake = d_step(D, opt_d, real, fake, y, augment, config.gan_loss)
+            loss_g = g_step(D, opt_g, fake, y, augment, config.gan_loss)
+            if ema is not None:
+                ema.update(G)
             guard.update(step, step + 1 == steps, loss_d, loss_g)
             sums += torch.stack([loss_d, loss_g, d_real, d_fake])
         record = dict(zip(("loss_d", "loss_g", "d_real", "d_fake"),
                           (sums / max(1, steps)).tolist(), strict=True))
         record["epoch"], record["seconds"] = epoch + 1, time.perf_counter() - begin
+        record["g_steps"] = (epoch + 1) * steps
         history.append(record)
         G.eval()
         with torch.no_grad():
-            grid = (G(fixed_z, fixed_y) + 1) / 2
+            grid = (sampled(fixed_z, fixed_y) + 1) / 2
         save_image(grid, out / "samples" / f"epoch_{epoch + 1:03d}.png", nrow=8)
         for key, tag in (("loss_d", "gan/loss_D"), ("loss_g", "gan/loss_G"),
                          ("d_real", "gan/D(x)"), ("d_fake", "gan/D(G(z))")):
@@ -155,8 +187,7 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, conf
               f"loss_G {record['loss_g']:.3f} D(x) {record['d_real']:.3f} "
               f"D(G(z)) {record['d_fake']:.3f}", flush=True)
     writer.close()
-    G.eval()
-    return G
+    return sampled.eval()
 
 
 @torch.no_grad()
@@ -293,3 +324,19 @@ def class_accuracy(judge, images: torch.Tensor, labels: torch.Tensor, device) ->
                           mode="bicubic", align_corners=False).clamp(0, 1)
         correct += int((net((x - mean) / std).argmax(1).cpu() == y).sum())
     return correct / len(labels)
+
+
+GAN_TEST_TIMES_CHANCE = 10
+
+
+def gan_test_gate(accuracy: float | None, classes: int) -> dict:
+    """Table 3's gate (did the GAN make recognisable images?): the generated images' class
+    accuracy under a classifier trained on real photos at the GAN's resolution (GAN-test),
+    at least 10 x chance; None: not measured (no validation split)."""
+    from shared import results
+
+    name = "GAN-test: generated images' accuracy, x chance"
+    times = None if accuracy is None else accuracy * classes
+    return results.gate(name if times is not None else f"{name}: no validation split",
+                        times, GAN_TEST_TIMES_CHANCE,
+                        times is not None and times >= GAN_TEST_TIMES_CHANCE)

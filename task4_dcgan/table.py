@@ -46,6 +46,13 @@ TABLES = [Table(
         ("KID x 1000 (± sd over subsets)", lambda r: f"{1000 * r['metrics']['kid']:.1f} ± "
             f"{1000 * r['metrics']['kid_std']:.1f}" if "kid" in r["metrics"] else "–"),
         ("Generated class acc. (%)", lambda r: pct(r["metrics"].get("gen_class_acc"))),
+        ("GAN-test: generated / real val at GAN size (%)", lambda r: (
+            f"{pct(r['metrics']['gan_test_top1'])} / "
+            f"{pct(r['metrics']['gan_test_real_val_top1'])}")
+            if "gan_test_top1" in r["metrics"] else "–"),
+        ("GAN-train (%)", lambda r: pct(r["metrics"].get("gan_train_top1"))),
+        ("Val FID", lambda r: f"{r['metrics']['val_fid']:.1f}" if "val_fid" in r["metrics"]
+            else "–"),
         DEVICE,
     ],
     reference=reference, compared=[("top-1", "test_top1")],

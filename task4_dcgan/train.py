@@ -24,8 +24,21 @@
    its best.pt) on the generated images against the class each was generated for; and
    `<out>/gan/real_vs_generated.png`, training photos and generated images of the same
    classes side by side.
-4. The classifier (task 1-2's, same flags and --recipe) trains on the real train images plus
+   Against the validation photos, which the GAN never saw: `val_fid`, `val_kid` (what runs
+   are compared by). GAN-test and GAN-train (Shmelkov et al. 2018) at the GAN's own size: a
+   classifier trained on the real train photos at --gan-size (`<out>/gan_test/`) scores the
+   generated images (`gan_test_top1`) beside the real validation photos
+   (`gan_test_real_val_top1`); one trained on generated images alone (`<out>/gan_train/`)
+   scores the real validation photos (`gan_train_top1`).
+4. The gates (`gates` in metrics.json; Table 3 gives no verdict on a GAN that failed them):
+   GAN-test at least 10 x chance, and, with DiffAugment, a validation FID below the same
+   GAN's without it (--fid-baseline, that run's folder).
+5. The classifier (task 1-2's, same flags and --recipe) trains on the real train images plus
    the synthetic ones; validation and test stay real.
+
+The GAN's recipe: --gan-loss bce (the seed's) or hinge, --spectral-norm in D, --d-lr for
+D's own learning rate (TTUR) with --gan-beta1, --g-ema to sample from an average of G's
+weights, --diffaugment; all written out in dcgan.py and gan.py.
 """
 
 import argparse
@@ -60,7 +73,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="the generated images' side in pixels")
     group.add_argument("--gan-epochs", type=cli.positive_int, default=100)
     group.add_argument("--gan-batch-size", type=cli.positive_int, default=100)
-    group.add_argument("--gan-lr", type=cli.positive_float, default=2e-4)
+    group.add_argument("--gan-lr", type=cli.positive_float, default=2e-4,
+                       help="G's learning rate (and D's, without --d-lr)")
+    group.add_argument("--d-lr", type=cli.positive_float,
+                       help="D's own learning rate (TTUR, e.g. 4e-4 against G's 1e-4)")
+    group.add_argument("--gan-beta1", type=cli.nonnegative_float, default=0.5,
+                       help="Adam's beta1 for both (TTUR and SNGAN use 0)")
+    group.add_argument("--gan-loss", choices=("bce", "hinge"), default="bce")
+    group.add_argument("--spectral-norm", action="store_true",
+                       help="spectral normalisation of every weight of D (and no batch norm)")
+    group.add_argument("--g-ema", type=cli.probability, default=0.0, metavar="DECAY",
+                       help="sample from an exponential moving average of G's weights with "
+                            "this decay, e.g. 0.999 (0: off)")
     group.add_argument("--z-dim", type=cli.positive_int, default=100)
     group.add_argument("--gan-width", type=cli.positive_int, default=64,
                        help="channels of G's last and D's first layer")
@@ -72,6 +96,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--gan-only", action="store_true",
                        help="train and measure the GAN (FID, KID, gen_class_acc, the figure), "
                             "then stop: no synthetic images, no classifier")
+    group.add_argument("--fid-baseline", type=Path, metavar="RUN",
+                       help="the same GAN's run without DiffAugment (its folder): the gate "
+                            "asks for a validation FID below its")
     group.add_argument("--judge", type=Path,
                        help="task 1-2's best.pt, for gen_class_acc (default "
                             "results/task1_2_finetune/<dataset>/pretrained/best.pt)")
@@ -123,26 +150,91 @@ def main(args: argparse.Namespace) -> None:
     synthetic = [] if args.gan_only else write_synthetic(fake[keep], fake_labels[keep],
                                                          args.image_size, out / "synthetic")
     real_vs_generated(real, real_labels, fake, fake_labels, out / "gan" / "real_vs_generated.png")
-    real_features, fake_features = lite0_features([real, fake], rt.device)
+    real_val = load_images(val, args.gan_size, workers) if val else None
+    real_features, fake_features, *val_features = lite0_features(
+        [real, fake, *([] if real_val is None else [real_val])], rt.device)
     kid, kid_std = kernel_inception_distance(real_features, fake_features, seed=args.seed)
     quality = {"fid": frechet_distance(real_features, fake_features), "kid": kid,
                "kid_std": kid_std,
                "gen_class_acc": class_accuracy(judge, fake, fake_labels, rt.device)}
+    if val_features:  # against photos the GAN never saw: what runs are compared by
+        val_kid, val_kid_std = kernel_inception_distance(val_features[0], fake_features,
+                                                         seed=args.seed)
+        quality |= {"val_fid": frechet_distance(val_features[0], fake_features),
+                    "val_kid": val_kid, "val_kid_std": val_kid_std}
     print(f"FID {quality['fid']:.2f}, KID {kid:.4f} +- {kid_std:.4f} (lite0 features, "
           f"{len(real)} real, {len(fake)} generated); gen_class_acc "
           f"{quality['gen_class_acc']}", flush=True)
+    gan_scores = gan_test_and_train(args, rt, index.classes, train, val, fake, fake_labels, out)
+    quality |= gan_scores["metrics"]
+    gates = results.merge(gan_scores, fid_gate(args, quality))["gates"]
     if args.gan_only:
         record = results.task_record(TASK, "gan", vars(args), rt, quality,
                                      {"real_train": len(train), "generated": len(fake)},
-                                     model=f"dcgan {args.gan_size} px", weights="none")
+                                     model=f"dcgan {args.gan_size} px", weights="none",
+                                     gates=gates)
         results.write_json(record, out / "metrics.json")
         return
     cfg = engine.TrainConfig.from_flags(vars(args))
     engine.train_classifier(TASK, "dcgan", vars(args), cfg, rt, index.classes,
                             train + synthetic, val, test,
                             counts={"real_train": len(train), "synthetic": len(synthetic)},
-                            claim=False, **quality)  # out holds the GAN: claimed above
+                            claim=False, after=lambda *_: {"gates": gates},
+                            **quality)  # out holds the GAN: claimed above
     engine.shutdown(rt)
+
+
+def gan_test_and_train(args, rt, classes, train, val, fake, fake_labels, out: Path) -> dict:
+    """GAN-test and GAN-train (Shmelkov et al. 2018), at the GAN's own resolution so that
+    resolution is not what fails: a classifier trained on the real train photos at
+    --gan-size (the common flags otherwise) scores the generated images against the class
+    each was made for (`gan_test_top1`) and the real validation photos
+    (`gan_test_real_val_top1`); one trained on the generated images alone scores the real
+    validation photos (`gan_train_top1`). Both train without validation (last epoch): the
+    validation photos are what they are scored on. The gate: GAN-test at least 10 x
+    chance (`gan_test_gate`)."""
+    from gan import class_accuracy, gan_test_gate, load_judge, write_synthetic
+
+    from shared import engine
+
+    if not val:
+        return {"gates": [gan_test_gate(None, len(classes))]}
+    scores = {}
+    for role, records in (("gan_test", train), ("gan_train", write_synthetic(
+            fake, fake_labels, args.gan_size, out / "gan_train_images"))):
+        flags = {**vars(args), "image_size": args.gan_size, "out": out / role,
+                 "resume": args.resume}
+        result = engine.train_classifier(TASK, role, flags, engine.TrainConfig.from_flags(flags),
+                                         rt, classes, records, [], val)
+        scores[f"{role}_real_val_top1"] = result["metrics"]["test_top1"]
+    judge = load_judge(out / "gan_test" / "best.pt", classes)
+    scores["gan_test_top1"] = class_accuracy(judge, fake, fake_labels, rt.device)
+    scores["gan_train_top1"] = scores.pop("gan_train_real_val_top1")
+    return {"metrics": scores, "gates": [gan_test_gate(scores["gan_test_top1"], len(classes))]}
+
+
+def fid_gate(args, quality: dict) -> dict:
+    """The gate's second half: validation FID below the same GAN's without DiffAugment
+    (--fid-baseline); a run without DiffAugment is that baseline and has none."""
+    import json
+
+    from shared import results
+
+    if args.diffaugment == "none":
+        return {}
+    name = "val FID below the run without DiffAugment"
+    baseline = None
+    if args.fid_baseline is not None:
+        path = args.fid_baseline / "metrics.json"
+        if not path.is_file():
+            raise errors.DataError(f"--fid-baseline {args.fid_baseline}: no metrics.json "
+                                   "(expected a finished task 4 run with --diffaugment none)")
+        baseline = json.loads(path.read_text())["metrics"].get("val_fid")
+    value = quality.get("val_fid")
+    if baseline is None or value is None:
+        missing = "no --fid-baseline run" if baseline is None else "no validation split"
+        return {"gates": [results.gate(f"{name}: {missing}", None, 0, False)]}
+    return {"gates": [results.gate(name, value, baseline, value < baseline)]}
 
 
 if __name__ == "__main__":

@@ -74,6 +74,74 @@ def test_one_d_step_and_one_g_step_change_the_right_parameters():
     assert all(changed(g0, G)) and not any(changed(d1, D))
 
 
+def test_hinge_and_bce_losses_on_hand_worked_logits():
+    d_real, d_fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-3.0, 0.0, 1.5])
+    # hinge: mean relu(1 - real) = (0 + 0.5 + 2) / 3; mean relu(1 + fake) = (0 + 1 + 2.5) / 3
+    assert gan.d_loss(d_real, d_fake, "hinge").item() == pytest.approx(2.5 / 3 + 3.5 / 3)
+    assert gan.g_loss(d_fake, "hinge").item() == pytest.approx(-(-3.0 + 0.0 + 1.5) / 3)
+    softplus = torch.nn.functional.softplus  # BCE: -log sigmoid(x) = softplus(-x)
+    assert gan.d_loss(d_real, d_fake).item() == pytest.approx(
+        (softplus(-d_real).mean() + softplus(d_fake).mean()).item())
+    assert gan.g_loss(d_fake).item() == pytest.approx(softplus(-d_fake).mean().item())
+
+
+def test_spectral_norm_brings_each_weight_to_unit_largest_singular_value():
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    D = Discriminator(4, 32, width=8, spectral_norm=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules())
+    normed = [m for m in D.modules() if parametrize.is_parametrized(m, "weight")]
+    assert len(normed) == 5  # three convolutions, the logit and the class embedding
+    for _ in range(30):  # power iterations run in training forward passes
+        D(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    D.eval()
+    for m in normed:
+        sigma = torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2)
+        assert sigma.item() == pytest.approx(1.0, abs=1e-3)
+        raw = m.parametrizations.weight.original.detach().flatten(1)
+        assert torch.linalg.matrix_norm(raw, ord=2).item() != pytest.approx(1.0, abs=0.05)
+
+
+def test_the_ema_of_g_is_the_running_average_of_its_weights():
+    from dcgan import EMA
+
+    torch.manual_seed(0)
+    G = Generator(3, 32, z_dim=8, width=8)
+    ema = EMA(G, decay=0.9)
+    start = [p.detach().clone() for p in G.parameters()]
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(1.0)
+    ema.update(G)
+    for average, old in zip(ema.model.parameters(), start, strict=True):
+        torch.testing.assert_close(average, old + 0.1)  # 0.9 old + 0.1 (old + 1)
+    assert all(not p.requires_grad for p in ema.model.parameters())
+
+
+def test_the_gan_test_gate_passes_real_photos_and_fails_an_untrained_generator():
+    """20 classes, each a colour; the "classifier trained on real photos" is the nearest
+    class colour. A "generator" that returns real photos passes (10 x chance = 50%); an
+    untrained DCGAN's images do not."""
+    torch.manual_seed(0)
+    colours = torch.rand(20, 3)
+    labels = torch.arange(20).repeat_interleave(5)
+    photos = (colours[labels][:, :, None, None] * 255).round().to(torch.uint8).expand(
+        -1, -1, 32, 32).contiguous()
+
+    class NearestColour(torch.nn.Module):
+        def forward(self, x):  # x normalised with mean 0, std 1: the pixels themselves
+            return -torch.cdist(x.mean((2, 3)), colours)
+
+    judge = (NearestColour(), None, {"mean": [0, 0, 0], "std": [1, 1, 1], "image_size": 32})
+    passed = gan.gan_test_gate(gan.class_accuracy(judge, photos, labels, "cpu"), 20)
+    assert passed["passed"] and passed["value"] == pytest.approx(20.0)
+    untrained, _ = gan.generate(Generator(20, 32, z_dim=8, width=8).eval(), 5, 0, "cpu")
+    failed = gan.gan_test_gate(gan.class_accuracy(judge, untrained, labels, "cpu"), 20)
+    assert not failed["passed"] and failed["value"] < 10
+    assert not gan.gan_test_gate(None, 20)["passed"]
+
+
 def test_frechet_distance():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(500, 4))
@@ -270,9 +338,30 @@ def test_whole_pipeline_from_the_command_line(sample, tmp_path):
             "--synthetic-per-class", "2", "--model", "resnet18", "--weights", "none",
             "--image-size", "32", "--batch-size", "8", "--epochs", "1",
             "--judge", str(tmp_path / "judge.pt"), "--out", str(out)]
-    result = run_cli(*args)
+    gan_only = tmp_path / "gan-only"  # first: it is the FID gate's baseline
+    result = run_cli(*args[:-1], str(gan_only), "--gan-only", "--diffaugment", "none")
+    assert result.returncode == 0, result.stderr[-3000:]
+    baseline = json.loads((gan_only / "metrics.json").read_text())
+    result = run_cli(*args, "--fid-baseline", str(gan_only))
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "metrics.json").read_text())
+    # GAN-test and GAN-train at the GAN's size, and the gates: 4 classes cannot reach 10 x
+    # chance; the FID gate compares with the run without DiffAugment
+    metrics = record["metrics"]
+    for key in ("gan_test_top1", "gan_test_real_val_top1", "gan_train_top1"):
+        assert 0 <= metrics[key] <= 1
+    gan_test, fid = record["gates"]
+    assert gan_test["value"] == pytest.approx(4 * metrics["gan_test_top1"])
+    assert gan_test["threshold"] == 10 and not gan_test["passed"]
+    assert fid["value"] == metrics["val_fid"] > 0
+    assert fid["threshold"] == baseline["metrics"]["val_fid"]
+    assert fid["passed"] == (metrics["val_fid"] < baseline["metrics"]["val_fid"])
+    gan_test_run, gan_train_run = (json.loads((out / role / "metrics.json").read_text())
+                                   for role in ("gan_test", "gan_train"))
+    assert gan_test_run["args"]["image_size"] == gan_train_run["args"]["image_size"] == 32
+    assert gan_test_run["data"]["train"] == record["data"]["real_train"]
+    assert gan_train_run["data"]["train"] == baseline["data"]["generated"]  # generated only
+    assert gan_train_run["metrics"]["test_top1"] == metrics["gan_train_top1"]
     assert record["task"] == "task4_dcgan" and record["variant"] == "dcgan"
     assert record["data"]["synthetic"] == 8 and record["data"]["train"] == \
         record["data"]["real_train"] + 8
@@ -282,11 +371,9 @@ def test_whole_pipeline_from_the_command_line(sample, tmp_path):
     assert record["metrics"]["kid_std"] >= 0 and record["args"]["diffaugment"] == \
         "color,translation,cutout"
     assert_predictions_reproduce(out)  # the real test photos only
-    gan_only = tmp_path / "gan-only"
-    result = run_cli(*args[:-1], str(gan_only), "--gan-only", "--diffaugment", "none")
-    assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((gan_only / "metrics.json").read_text())
+    record = baseline
     assert record["variant"] == "gan" and record["metrics"]["kid"] is not None
+    assert [g["name"] for g in record["gates"]] == [gan_test["name"]]  # it is the baseline
     assert not (gan_only / "synthetic").exists() and not (gan_only / "best.pt").exists()
     assert (gan_only / "gan" / "real_vs_generated.png").is_file()
     # a judge trained on other classes is refused, by name
