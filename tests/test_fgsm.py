@@ -10,6 +10,7 @@ from conftest import assert_predictions_reproduce, run_cli
 from fgsm import Normalized, fgsm, gradient_masking_checks, pgd
 from torch import nn
 
+from shared.engine import Runtime
 from shared.results import hits, load_predictions, write_tables
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -125,14 +126,35 @@ def test_fgsm_matches_the_closed_form_of_a_linear_model():
     torch.testing.assert_close(ours, (x + 2 / 255 * direction).clamp(0, 1))
 
 
+def train_through_task7(tmp_path, attack: str, prob: float) -> nn.Module:
+    """small_cnn trained by task 7's own training epoch (`adversarial_epoch`) in the
+    engine's loop: 200 steps of 64 squares (uint8, as a loader gives them), Adam 3e-3, each
+    batch attacked at 8/255 with probability `prob` (fast FGSM, or PGD-3)."""
+    from adversarial import Adversary, adversarial_epoch
+
+    from shared import engine, models
+
+    x, y = squares(200 * 64, torch.Generator().manual_seed(1))
+    pixels = (x * 255).round().to(torch.uint8)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(pixels, y), 64)
+    spec = models.ModelSpec("small_cnn", True, MEAN, STD, head="7.", stages=(("0.",),))
+    cfg = engine.TrainConfig(out=tmp_path, epochs=1, lr=3e-3, optimizer="adamw",
+                             channels_last=False)
+    torch.manual_seed(0)
+    loop, _ = engine.make_loop(small_cnn(), spec, cfg, Runtime(torch.device("cpu")),
+                               len(loader))
+    adversary = Adversary(attack, eps=8.0, steps=3, random_start=True, mode="batch",
+                          prob=prob)
+    adversarial_epoch(adversary)(loop, loop.model.train(), loader, 0)
+    return loop.model.eval()
+
+
 @pytest.mark.parametrize("attack", ["fgsm", "pgd"])
-def test_adversarial_training_raises_robust_accuracy(attack):
+def test_adversarial_training_raises_robust_accuracy(attack, tmp_path):
     g = torch.Generator().manual_seed(5)
     x, y = squares(256, g)
-    torch.manual_seed(0)
-    standard = Normalized(train(small_cnn()), MEAN, STD)
-    torch.manual_seed(0)
-    robust = Normalized(train(small_cnn(), adversarial_eps=8, attack=attack), MEAN, STD)
+    standard = Normalized(train_through_task7(tmp_path, attack, prob=0.0), MEAN, STD)
+    robust = Normalized(train_through_task7(tmp_path, attack, prob=1.0), MEAN, STD)
 
     def accuracy(model, images):
         with torch.no_grad():
@@ -150,8 +172,6 @@ def test_the_gate_passes_robust_training_and_fails_a_standard_model_relabelled()
     from types import SimpleNamespace
 
     from adversarial import robustness_gate
-
-    from shared.engine import Runtime
 
     x, y = squares(128, torch.Generator().manual_seed(9))
     pixels = (x * 255).round().to(torch.uint8)
@@ -173,8 +193,6 @@ def test_the_gate_passes_robust_training_and_fails_a_standard_model_relabelled()
 
 def test_adversarial_training_replaces_the_chosen_images_by_fgsm_examples():
     from adversarial import Adversary
-
-    from shared.engine import Runtime
 
     g = torch.Generator().manual_seed(0)
     pixels, labels = squares(16, g)
@@ -206,8 +224,6 @@ def attack_run(model: nn.Module, tmp_path, name: str, restarts: int = 1, eps=(2,
     from types import SimpleNamespace
 
     from adversarial import robust_accuracy
-
-    from shared.engine import Runtime
 
     x, y = squares(images, torch.Generator().manual_seed(7))
     pixels = (x * 255).round().to(torch.uint8)
