@@ -6,6 +6,8 @@
 #   bash run_all.sh --demo   the same studies on generated sample data, CPU settings
 #                            -> results/demo/TABLES.md (about 12 minutes on 2 cores)
 #   --datasets bird          only CUB (or dog; both by default)
+#   --seeds N                every run with seeds 0..N-1, into <results>/seed0/, seed1/, ...;
+#                            each table row is then the mean over the seeds (default 1)
 #   --dry-run                print every command, run none
 # RESULTS=<folder> writes elsewhere. A run whose metrics.json exists is not run again; a
 # killed run resumes from its last.pt.
@@ -17,11 +19,20 @@ cd "$(dirname "$0")"
 
 MODE=full
 DRY_RUN=false
+SEEDS=1
 DATASETS=(bird dog)
 while [[ $# -gt 0 ]]; do
   case $1 in
     --demo | --quick) MODE=${1#--} ;;
     --dry-run) DRY_RUN=true ;;
+    --seeds)
+      if [[ ! "${2:-}" =~ ^[1-9][0-9]*$ ]]; then
+        echo "run_all.sh: --seeds expects a whole number of at least 1, got '${2:-}'" >&2
+        exit 2
+      fi
+      SEEDS=$2
+      shift
+      ;;
     --datasets)
       DATASETS=()
       while [[ "${2:-}" == "bird" || "${2:-}" == "dog" ]]; do
@@ -60,7 +71,7 @@ if [[ $MODE == quick ]]; then
       photos=$((photos + $(find "$folder" -name '*.jpg' | wc -l)))
     fi
   done
-  minutes=$(awk "BEGIN {print int($photos * $CORE_SECONDS_PER_PHOTO / $(nproc) / 60)}")
+  minutes=$(awk "BEGIN {print int($SEEDS * $photos * $CORE_SECONDS_PER_PHOTO / $(nproc) / 60)}")
   echo "== run_all.sh --quick: $photos photos on $(nproc) cores, roughly" \
     "$((minutes / 60)) h $((minutes % 60)) min (a rough estimate from the photo count)"
 fi
@@ -70,8 +81,8 @@ run() {  # run OUT SCRIPT ARGS...: skip a finished run, resume a killed one
   shift 2
   local name=ARGS_${script%%/*} task_args=()  # ARGS_task8_simclr='...': that task's only
   read -ra task_args <<<"${!name:-}"
-  launch "$out" "$script" --out "$out" --resume "${COMMON[@]}" "$@" "${EXTRA[@]}" \
-    "${task_args[@]}"
+  launch "$out" "$script" --out "$out" --resume --seed "$SEED" "${COMMON[@]}" "$@" \
+    "${EXTRA[@]}" "${task_args[@]}"
 }
 
 launch() {  # launch OUT SCRIPT ARGS...: python SCRIPT ARGS, or print it with --dry-run
@@ -108,121 +119,132 @@ table_done() {  # table_done NAME: its wall time
   table_started=$SECONDS
 }
 
-# Table 1: training tricks and transfer learning.
-for dataset in "${DATASETS[@]}"; do
-  for variant in baseline pretrained; do
-    run "$RESULTS/task1_2_finetune/$dataset/$variant" task1_2_finetune/train.py \
-      --dataset "$dataset" --variant "$variant"
-  done
-  run "$RESULTS/task1_2_finetune/$dataset/pretrained-strong" task1_2_finetune/train.py \
-    --dataset "$dataset" --variant pretrained --recipe strong "${STRONG[@]}" "${COST[@]}"
-done
-table_done "Table 1"
-
-# Table 2: a localiser finds the animal; the classifier sees its crop. The no-crop row is
-# Table 1's run trained alike. The detector trains on the true boxes; the centre box and the
-# CAM of Table 1's classifier need none, so their crops train on their own boxes
-# (--train-boxes pred), and CAM + whole averages both views (--tta).
-localise() {  # localise OUT ARGS...: detect.py, skipped once finished
-  local out=$1
-  shift
-  launch "$out" task3_crop/detect.py --data-root "$DATA" --out "$out" --resume "$@"
-}
-for dataset in "${DATASETS[@]}"; do
-  task3=$RESULTS/task3_crop/$dataset
-  if has_boxes "$dataset"; then
-    localise "$task3/detector" --dataset "$dataset" "${DETECT[@]}"
-    for crop in "${CROPS[@]}"; do
-      run "$task3/$crop" task3_crop/train.py --dataset "$dataset" --crop "$crop" \
-        --boxes "$task3/detector/boxes.json" "${CROP_RECIPE[@]}"
+study() {  # every table's runs with one seed, into $RESULTS
+  # Table 1: training tricks and transfer learning.
+  for dataset in "${DATASETS[@]}"; do
+    for variant in baseline pretrained; do
+      run "$RESULTS/task1_2_finetune/$dataset/$variant" task1_2_finetune/train.py \
+        --dataset "$dataset" --variant "$variant"
     done
-    run "$task3/box-oracle" task3_crop/train.py --dataset "$dataset" --crop box \
-      --test-boxes gt "${CROP_RECIPE[@]}"
-  elif ! $DRY_RUN; then
-    echo "== $dataset: no true boxes under $DATA, so no detector or oracle-crop rows" \
-      "(the centre and CAM rows need none)"
-  fi
-  [[ " ${BOX_FREE[*]} " == *" $dataset "* ]] || continue
-  localise "$task3/centre" --dataset "$dataset" --localiser centre
-  localise "$task3/cam" --dataset "$dataset" --localiser cam \
-    --classifier "$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt"
-  for localiser in centre cam; do
-    run "$task3/box-$localiser" task3_crop/train.py --dataset "$dataset" --crop box \
-      --train-boxes pred --boxes "$task3/$localiser/boxes.json" "${CROP_RECIPE[@]}"
+    run "$RESULTS/task1_2_finetune/$dataset/pretrained-strong" task1_2_finetune/train.py \
+      --dataset "$dataset" --variant pretrained --recipe strong "${STRONG[@]}" "${COST[@]}"
   done
-  run "$task3/box-cam-tta" task3_crop/train.py --dataset "$dataset" --crop box \
-    --train-boxes pred --tta whole+crop --boxes "$task3/cam/boxes.json" "${CROP_RECIPE[@]}"
-done
-table_done "Table 2"
+  table_done "Table 1"
 
-# Table 3: class-conditional DCGAN samples added to the training set; task 1-2's classifier
-# judges the generated images (gen_class_acc). The same GAN without DiffAugment first: the
-# gate asks the row's validation FID to be below its.
-for dataset in "${DATASETS[@]}"; do
-  judge=(--judge "$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt")
-  run "$RESULTS/task4_dcgan/$dataset/no-diffaugment" task4_dcgan/train.py \
-    --dataset "$dataset" "${judge[@]}" "${GAN[@]}" --gan-only --diffaugment none
-  run "$RESULTS/task4_dcgan/$dataset/dcgan" task4_dcgan/train.py --dataset "$dataset" \
-    "${judge[@]}" "${GAN[@]}" --fid-baseline "$RESULTS/task4_dcgan/$dataset/no-diffaugment"
-done
-table_done "Table 3"
-
-# Table 4: ViT against CNN, each with a recipe that suits it, accuracy and cost; outside the
-# demo its fine-tuned CNN is Table 1's strong run. A run's folder is its model's name,
-# timm/<name> as timm-<name>.
-for dataset in "${DATASETS[@]}"; do
-  for model_recipe in "${VIT_RUNS[@]}"; do
-    read -r model recipe extra <<<"$model_recipe"
-    # shellcheck disable=SC2086  # $extra holds flags
-    run "$RESULTS/task5_vit/$dataset/${model//\//-}" task5_vit/train.py --dataset "$dataset" \
-      --model "$model" --recipe "$recipe" "${VIT[@]}" $extra
+  # Table 2: a localiser finds the animal; the classifier sees its crop. The no-crop row is
+  # Table 1's run trained alike. The detector trains on the true boxes; the centre box and the
+  # CAM of Table 1's classifier need none, so their crops train on their own boxes
+  # (--train-boxes pred), and CAM + whole averages both views (--tta).
+  localise() {  # localise OUT ARGS...: detect.py, skipped once finished
+    local out=$1
+    shift
+    launch "$out" task3_crop/detect.py --data-root "$DATA" --out "$out" --resume \
+      --seed "$SEED" "$@"
+  }
+  for dataset in "${DATASETS[@]}"; do
+    task3=$RESULTS/task3_crop/$dataset
+    if has_boxes "$dataset"; then
+      localise "$task3/detector" --dataset "$dataset" "${DETECT[@]}"
+      for crop in "${CROPS[@]}"; do
+        run "$task3/$crop" task3_crop/train.py --dataset "$dataset" --crop "$crop" \
+          --boxes "$task3/detector/boxes.json" "${CROP_RECIPE[@]}"
+      done
+      run "$task3/box-oracle" task3_crop/train.py --dataset "$dataset" --crop box \
+        --test-boxes gt "${CROP_RECIPE[@]}"
+    elif ! $DRY_RUN; then
+      echo "== $dataset: no true boxes under $DATA, so no detector or oracle-crop rows" \
+        "(the centre and CAM rows need none)"
+    fi
+    [[ " ${BOX_FREE[*]} " == *" $dataset "* ]] || continue
+    localise "$task3/centre" --dataset "$dataset" --localiser centre
+    localise "$task3/cam" --dataset "$dataset" --localiser cam \
+      --classifier "$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt"
+    for localiser in centre cam; do
+      run "$task3/box-$localiser" task3_crop/train.py --dataset "$dataset" --crop box \
+        --train-boxes pred --boxes "$task3/$localiser/boxes.json" "${CROP_RECIPE[@]}"
+    done
+    run "$task3/box-cam-tta" task3_crop/train.py --dataset "$dataset" --crop box \
+      --train-boxes pred --tta whole+crop --boxes "$task3/cam/boxes.json" "${CROP_RECIPE[@]}"
   done
-done
-table_done "Table 4"
+  table_done "Table 2"
 
-# Table 5 and a figure per dataset: heatmaps of task 1-2's CNN and of task 5's ViT.
-for dataset in "${DATASETS[@]}"; do
-  for source_model in "task1_2_finetune/$dataset/$REFERENCE $CNN" \
-                      "task5_vit/$dataset/${HEATMAP_VIT//\//-} $HEATMAP_VIT"; do
-    read -r source model <<<"$source_model"
-    run "$RESULTS/task6_heatmap/$dataset/${model//\//-}" task6_heatmap/train.py \
-      --dataset "$dataset" --checkpoint "$RESULTS/$source/best.pt" "${HEATMAP[@]}"
+  # Table 3: class-conditional DCGAN samples added to the training set; task 1-2's classifier
+  # judges the generated images (gen_class_acc). The same GAN without DiffAugment first: the
+  # gate asks the row's validation FID to be below its.
+  for dataset in "${DATASETS[@]}"; do
+    judge=(--judge "$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt")
+    run "$RESULTS/task4_dcgan/$dataset/no-diffaugment" task4_dcgan/train.py \
+      --dataset "$dataset" "${judge[@]}" "${GAN[@]}" --gan-only --diffaugment none
+    run "$RESULTS/task4_dcgan/$dataset/dcgan" task4_dcgan/train.py --dataset "$dataset" \
+      "${judge[@]}" "${GAN[@]}" --fid-baseline "$RESULTS/task4_dcgan/$dataset/no-diffaugment"
   done
-done
-table_done "Table 5"
+  table_done "Table 3"
 
-# Table 6: robustness of task 1-2's model and of FGSM-, fast-FGSM- and PGD-3-trained ones,
-# each attacked with FGSM and PGD (worst case per image) and checked for gradient masking.
-for dataset in "${DATASETS[@]}"; do
-  standard=$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt
-  adversarial=("${ROBUST[@]}")
-  [[ ${#ADV[@]} -eq 0 ]] || adversarial+=(--weights "$standard" "${ADV[@]}")
-  run "$RESULTS/task7_fgsm/$dataset/standard" task7_fgsm/train.py --dataset "$dataset" \
-    --evaluate "$standard" "${ROBUST[@]}"
-  run "$RESULTS/task7_fgsm/$dataset/fgsm" task7_fgsm/train.py --dataset "$dataset" \
-    "${adversarial[@]}"
-  if [[ " ${ADV_MORE[*]} " == *" $dataset "* ]]; then
-    run "$RESULTS/task7_fgsm/$dataset/fast-fgsm" task7_fgsm/train.py --dataset "$dataset" \
-      --fast "${adversarial[@]}"
-    run "$RESULTS/task7_fgsm/$dataset/pgd3" task7_fgsm/train.py --dataset "$dataset" \
-      --adv-attack pgd --adv-steps 3 "${adversarial[@]}"
-  fi
-done
-table_done "Table 6"
-
-# Table 7: SimCLR pre-training (from random and from ImageNet) against random and ImageNet
-# initialisation, same protocol.
-for dataset in "${DATASETS[@]}"; do
-  for backbone in random simclr imagenet; do
-    run "$RESULTS/task8_simclr/$dataset/$backbone" task8_simclr/train.py --dataset "$dataset" \
-      --backbone "$backbone" "${SIMCLR[@]}"
+  # Table 4: ViT against CNN, each with a recipe that suits it, accuracy and cost; outside the
+  # demo its fine-tuned CNN is Table 1's strong run. A run's folder is its model's name,
+  # timm/<name> as timm-<name>.
+  for dataset in "${DATASETS[@]}"; do
+    for model_recipe in "${VIT_RUNS[@]}"; do
+      read -r model recipe extra <<<"$model_recipe"
+      # shellcheck disable=SC2086  # $extra holds flags
+      run "$RESULTS/task5_vit/$dataset/${model//\//-}" task5_vit/train.py --dataset "$dataset" \
+        --model "$model" --recipe "$recipe" "${VIT[@]}" $extra
+    done
   done
-  if [[ " ${SIMCLR_MORE[*]} " == *" $dataset "* ]]; then
-    run "$RESULTS/task8_simclr/$dataset/imagenet-simclr" task8_simclr/train.py \
-      --dataset "$dataset" --backbone simclr --weights imagenet "${SIMCLR[@]}"
-  fi
+  table_done "Table 4"
+
+  # Table 5 and a figure per dataset: heatmaps of task 1-2's CNN and of task 5's ViT.
+  for dataset in "${DATASETS[@]}"; do
+    for source_model in "task1_2_finetune/$dataset/$REFERENCE $CNN" \
+                        "task5_vit/$dataset/${HEATMAP_VIT//\//-} $HEATMAP_VIT"; do
+      read -r source model <<<"$source_model"
+      run "$RESULTS/task6_heatmap/$dataset/${model//\//-}" task6_heatmap/train.py \
+        --dataset "$dataset" --checkpoint "$RESULTS/$source/best.pt" "${HEATMAP[@]}"
+    done
+  done
+  table_done "Table 5"
+
+  # Table 6: robustness of task 1-2's model and of FGSM-, fast-FGSM- and PGD-3-trained ones,
+  # each attacked with FGSM and PGD (worst case per image) and checked for gradient masking.
+  for dataset in "${DATASETS[@]}"; do
+    standard=$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt
+    adversarial=("${ROBUST[@]}")
+    [[ ${#ADV[@]} -eq 0 ]] || adversarial+=(--weights "$standard" "${ADV[@]}")
+    run "$RESULTS/task7_fgsm/$dataset/standard" task7_fgsm/train.py --dataset "$dataset" \
+      --evaluate "$standard" "${ROBUST[@]}"
+    run "$RESULTS/task7_fgsm/$dataset/fgsm" task7_fgsm/train.py --dataset "$dataset" \
+      "${adversarial[@]}"
+    if [[ " ${ADV_MORE[*]} " == *" $dataset "* ]]; then
+      run "$RESULTS/task7_fgsm/$dataset/fast-fgsm" task7_fgsm/train.py --dataset "$dataset" \
+        --fast "${adversarial[@]}"
+      run "$RESULTS/task7_fgsm/$dataset/pgd3" task7_fgsm/train.py --dataset "$dataset" \
+        --adv-attack pgd --adv-steps 3 "${adversarial[@]}"
+    fi
+  done
+  table_done "Table 6"
+
+  # Table 7: SimCLR pre-training (from random and from ImageNet) against random and ImageNet
+  # initialisation, same protocol.
+  for dataset in "${DATASETS[@]}"; do
+    for backbone in random simclr imagenet; do
+      run "$RESULTS/task8_simclr/$dataset/$backbone" task8_simclr/train.py --dataset "$dataset" \
+        --backbone "$backbone" "${SIMCLR[@]}"
+    done
+    if [[ " ${SIMCLR_MORE[*]} " == *" $dataset "* ]]; then
+      run "$RESULTS/task8_simclr/$dataset/imagenet-simclr" task8_simclr/train.py \
+        --dataset "$dataset" --backbone simclr --weights imagenet "${SIMCLR[@]}"
+    fi
+  done
+  table_done "Table 7"
+}
+
+ROOT=$RESULTS
+for ((SEED = 0; SEED < SEEDS; SEED++)); do
+  RESULTS=$ROOT/seed$SEED
+  $DRY_RUN || echo "== seed $SEED of $SEEDS -> $RESULTS"
+  study
 done
-table_done "Table 7"
+RESULTS=$ROOT
 
 if $DRY_RUN; then
   echo "python -m shared.results $RESULTS"

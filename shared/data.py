@@ -357,6 +357,12 @@ def _write_verified(cache: Path, verified: dict) -> None:
         pass
 
 
+# A sample of the test split (--limit, task 6's --images, task 7's --test-images) is drawn
+# with this seed, not --seed: runs with different seeds are scored on the same photos, so
+# that a row's seeds pool (shared.results.seed_group).
+TEST_SAMPLE_SEED = 0
+
+
 def limit_per_split(records: list[Record], limit: int | None, seed: int = 0) -> list[Record]:
     """At most `limit` records, a seeded sample in the original order (for smoke runs)."""
     if limit is None or limit >= len(records):
@@ -776,11 +782,13 @@ class Loaders:
 def prepare_splits(dataset: str, data_root: str | os.PathLike, val_fraction: float = 0.1,
                    seed: int = 0, limit: int | None = None
                    ) -> tuple[DatasetIndex, list[Record], list[Record], list[Record]]:
-    """The dataset, then train / val (carved from train) / test, each capped by `limit`;
-    every photo of the three is checked to decode (`check_images`) before anything trains."""
+    """The dataset, then train / val (carved from train) / test, each capped by `limit` (the
+    test split's sample the same for every `seed`); every photo of the three is checked to
+    decode (`check_images`) before anything trains."""
     index = load_dataset(dataset, data_root)
     train, val = split_train_val(index.train, val_fraction, seed)
-    train, val, test = (limit_per_split(r, limit, seed) for r in (train, val, index.test))
+    train, val = (limit_per_split(r, limit, seed) for r in (train, val))
+    test = limit_per_split(index.test, limit, TEST_SAMPLE_SEED)
     check_images(train + val + test, verified_cache(index.folder))
     return index, train, val, test
 

@@ -93,3 +93,39 @@ def write_confusions(out: Path, classes: list[str], records: list[Record], label
     figure.savefig(out / FILES["pairs"])
     plt.close(figure)
     return dict(FILES)
+
+
+def forest_plot(panels: list[tuple[str, list]], path: Path) -> None:
+    """`differences.png`: every paired comparison of the tables as a forest plot, a panel
+    per table (`panels`: (table name, [(row, label, `paired_difference` result), ...])):
+    each difference in points as a dot on its 95% interval, a line at zero; a row over
+    several seeds says how many agree in sign."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot as plt
+
+    heights = [max(1, len(rows)) for _, rows in panels] or [1]
+    figure, axes = plt.subplots(len(heights), 1, squeeze=False, dpi=100,
+                                figsize=(9, 0.8 + 0.32 * sum(heights) + 0.5 * len(heights)),
+                                gridspec_kw={"height_ratios": heights})
+    if not panels:
+        axes[0, 0].text(0.5, 0.5, "no comparisons yet", ha="center", va="center")
+        axes[0, 0].axis("off")
+    for axis, (title, rows) in zip(axes[:, 0], panels, strict=False):  # none: one axis
+        y = np.arange(len(rows))[::-1]
+        for position, (_, _, found) in zip(y, rows, strict=True):
+            low, high = found["ci95"]
+            axis.plot([low, high], [position, position], color="0.3", linewidth=1.5)
+            axis.plot(found["difference"], position, "o", color="C0" if low > 0 else
+                      "C3" if high < 0 else "0.3", markersize=5)
+        axis.axvline(0, color="0.6", linewidth=1, linestyle="--")
+        axis.set_yticks(y, [f"{row}: {label}" + (
+            f" ({found['seeds_agreeing']}/{found['seeds']} seeds)" if found["seeds"] > 1
+            else "") for row, label, found in rows], fontsize=7)
+        axis.set_title(title, fontsize=9, loc="left")
+        axis.set_xlabel("difference from the reference row (points, 95% CI)", fontsize=7)
+        axis.tick_params(axis="x", labelsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

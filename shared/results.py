@@ -2,6 +2,7 @@
 
     python -m shared.results results/                 # writes results/TABLES.md
     python -m shared.results compare RUN_A RUN_B      # B - A, paired over the test images
+    python -m shared.results compare --a A0 A1 A2 --b B0 B1 B2   # over seeds
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared import stats
+from shared import figures, stats
 from shared.errors import TestSetMismatch
 
 
@@ -180,6 +181,92 @@ def load_records(root: Path) -> list[dict]:
             for p in sorted(Path(root).rglob("metrics.json"))]
 
 
+# ----------------------------------------------------------------------------- seed groups
+# A row trained with several seeds is one folder per seed: a path part `seed0`, `seed1`, ...
+# (run_all.sh --seeds N: <results>/seedK/...). Runs whose paths differ only there are one
+# row: its accuracies are means over the seeds, with an interval over seeds and test photos.
+
+SEED_PART = re.compile(r"seed(\d+)")
+
+
+def row_key(r: dict) -> str:
+    """A run's folder with its seedK part left out: the row it belongs to."""
+    return "/".join(p for p in r["_dir"].split("/") if not SEED_PART.fullmatch(p))
+
+
+def seed_of(r: dict) -> str:
+    """The seedK part of a run's folder ("" for a run outside any)."""
+    return next((p for p in r["_dir"].split("/") if SEED_PART.fullmatch(p)), "")
+
+
+def _mean_of(values: list):
+    """The mean of numbers (a dict of them: per key); anything else: the first's."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: _mean_of([v.get(k) for v in values]) for k in first}
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return float(np.mean(values))
+    return first
+
+
+def seed_group(members: list[dict], cache: dict | None = None) -> dict:
+    """Runs of one row with different seeds as one record: numbers (metrics, gate values)
+    are means over the seeds, a gate passes only if it passed for every seed, each
+    accuracy backed by predictions files gets `stats.two_level_bootstrap`'s interval (over
+    seeds and test photos) and its spread over the seeds (`spread`: sd, or the two values
+    for 2 seeds); `_seeds` holds the members. One run is returned as it is (its Wilson
+    interval kept). Members tested on different images are an error naming them."""
+    members = sorted(members, key=lambda r: int(SEED_PART.fullmatch(seed_of(r) or "seed0")[1]))
+    if len(members) == 1:
+        return {**members[0], "_seeds": members}
+    cache = {} if cache is None else cache
+    first = members[0]
+    group = {**first, "_dir": row_key(first), "_seeds": members,
+             "metrics": _mean_of([r["metrics"] for r in members]), "ci95": {}, "spread": {}}
+    if all(r.get("gates") for r in members):
+        group["gates"] = [
+            {**gates[0], "value": None if any(g["value"] is None for g in gates)
+             else float(np.mean([g["value"] for g in gates])),
+             "passed": all(g["passed"] for g in gates)}
+            for gates in zip(*(r["gates"] for r in members), strict=False)]
+    for name in first.get("predictions", {}):
+        found = [_correct_of(r, name, cache) for r in members]
+        if any(f is None for f in found):
+            continue
+        _same_images([r["_dir"] for r in members], [f[0] for f in found], name)
+        hits = np.stack([f[1] for f in found])
+        _, low, high = stats.two_level_bootstrap(hits)
+        group["ci95"][name] = [low, high]
+        per_seed = hits.mean(axis=1)
+        group["spread"][name] = (per_seed.tolist() if len(per_seed) == 2
+                                 else float(per_seed.std(ddof=1)))
+    return group
+
+
+def _same_images(names: list[str], indexes: list[np.ndarray], what: str) -> None:
+    for name, index in zip(names[1:], indexes[1:], strict=True):
+        if len(index) != len(indexes[0]) or not np.array_equal(index, indexes[0]):
+            raise TestSetMismatch(f"{name} and {names[0]} were tested on different images "
+                                  f"({len(index)} and {len(indexes[0])}): {what} cannot be "
+                                  "compared or pooled over seeds")
+
+
+def seed_groups(records: list[dict], cache: dict | None = None) -> list[dict]:
+    """Every row's runs (`row_key`) as one record (`seed_group`), in the records' order."""
+    rows: dict[str, list[dict]] = {}
+    for r in records:
+        rows.setdefault(row_key(r), []).append(r)
+    return [seed_group(members, cache) for members in rows.values()]
+
+
+def seeds_cell(r: dict) -> str:
+    n = len(r.get("_seeds", [r]))
+    return f"{n} seed" + ("s" if n > 1 else "")
+
+
+SEEDS = ("Seeds", seeds_cell)
+
+
 # --------------------------------------------------------------------------------- tables
 # A table is declared in its task's folder (`<task folder>/table.py`, a `TABLES` list of
 # `Table`s); `write_tables` finds every declaration beside shared/ and builds TABLES.md. The
@@ -209,13 +296,18 @@ def metric(r: dict, name: str):
 
 def with_interval(name: str, scale: float = 100, digits: int = 1, bare=pct):
     """A column's cell: the metric with its 95% interval, `89.8 (88.2–91.2)` (an accuracy
-    in %) or `0.139 (0.128–0.150)` (scale 1, 3 digits); `bare` without an interval."""
+    in %) or `0.139 (0.128–0.150)` (scale 1, 3 digits), and a row over several seeds its
+    spread, `89.8 (87.9–91.5; sd 0.7)`; `bare` without an interval."""
     def cell(r):
         value, interval = metric(r, name), r.get("ci95", {}).get(name)
         if value is None or interval is None:
             return bare(value)
         low, high = (scale * v for v in interval)
-        return f"{scale * value:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
+        spread = r.get("spread", {}).get(name)
+        over_seeds = ("" if spread is None else
+                      f"; seeds {', '.join(f'{scale * v:.{digits}f}' for v in spread)}"
+                      if isinstance(spread, list) else f"; sd {scale * spread:.{digits}f}")
+        return f"{scale * value:.{digits}f} ({low:.{digits}f}–{high:.{digits}f}{over_seeds})"
     return cell
 
 
@@ -300,33 +392,56 @@ def _correct_of(run: dict, name: str, cache: dict) -> tuple[np.ndarray, np.ndarr
 def paired_difference(run: dict, reference: dict, name: str, cache: dict | None = None,
                       resamples: int = 2000, seed: int = 0) -> dict | None:
     """`run` minus `reference` on `name`, over the same test images: the difference in
-    points with a paired bootstrap 95% interval, and McNemar's exact p. Different test
-    images are an error naming both runs."""
+    points with a paired bootstrap 95% interval, and McNemar's exact p. Rows over several
+    seeds (`seed_group`; both sides the same number) pair seed k with seed k: the mean
+    difference, `stats.two_level_bootstrap`'s interval over seeds and images, each seed's
+    difference and McNemar p, and how many seeds agree with the mean's sign. Different
+    test images are an error naming both runs."""
     cache = {} if cache is None else cache
-    a, b = _correct_of(reference, name, cache), _correct_of(run, name, cache)
-    if a is None or b is None:
+    runs, references = run.get("_seeds", [run]), reference.get("_seeds", [reference])
+    if len(runs) != len(references):
+        raise TestSetMismatch(f"{run['_dir']} has {len(runs)} seeds and {reference['_dir']} "
+                              f"{len(references)}: {name} is compared seed by seed")
+    pairs = [(_correct_of(a, name, cache), _correct_of(b, name, cache))
+             for a, b in zip(references, runs, strict=True)]
+    if any(a is None or b is None for a, b in pairs):
         return None
-    if len(a[0]) != len(b[0]) or not np.array_equal(a[0], b[0]):
-        raise TestSetMismatch(
-            f"{run['_dir']} and {reference['_dir']} were tested on different images "
-            f"({len(b[0])} and {len(a[0])}): {name} cannot be compared")
-    difference, low, high = stats.paired_bootstrap(a[1], b[1], resamples, seed)
+    _same_images([r["_dir"] for r in (*references, *runs)],
+                 [found[0] for pair in pairs for found in pair], name)
+    per_seed = [{"difference": 100 * float(b[1].mean() - a[1].mean()),
+                 "mcnemar_p": stats.mcnemar_p(a[1], b[1])} for a, b in pairs]
+    if len(pairs) == 1:
+        difference, low, high = stats.paired_bootstrap(*(found[1] for found in pairs[0]),
+                                                       resamples, seed)
+    else:
+        difference, low, high = stats.two_level_bootstrap(
+            np.stack([b[1].astype(float) - a[1] for a, b in pairs]), resamples, seed)
+    sign = np.sign(difference)
     return {"name": name, "difference": 100 * difference, "ci95": [100 * low, 100 * high],
-            "mcnemar_p": stats.mcnemar_p(a[1], b[1]), "images": len(a[1])}
+            "mcnemar_p": per_seed[0]["mcnemar_p"] if len(pairs) == 1 else None,
+            "images": len(pairs[0][0][1]), "seeds": len(pairs),
+            "seeds_agreeing": sum(np.sign(d["difference"]) == sign for d in per_seed),
+            "per_seed": per_seed}
 
 
 def _difference_cell(found: dict | None) -> str:
     if found is None:
         return "–"
     low, high = found["ci95"]
-    return f"{found['difference']:+.1f} ({low:+.1f}–{high:+.1f}), p {found['mcnemar_p']:.2g}"
+    shown = f"{found['difference']:+.1f} ({low:+.1f}–{high:+.1f})"
+    if found["seeds"] == 1:
+        return f"{shown}, p {found['mcnemar_p']:.2g}"
+    return f"{shown}, {found['seeds_agreeing']}/{found['seeds']} seeds agree"
 
 
-def comparison_columns(table: Table, rows: list[dict], cache: dict) -> list:
-    """The paired-difference columns of a table, if it has a reference."""
+def comparison_columns(table: Table, rows: list[dict], cache: dict,
+                       found: list | None = None) -> list:
+    """The paired-difference columns of a table, if it has a reference; each difference
+    shown is also appended to `found` (row, label, difference), for the forest plot."""
     if table.reference is None:
         return []
     compared = table.compared(rows) if callable(table.compared) else table.compared
+    several = any(len(r.get("_seeds", [r])) > 1 for r in rows)
 
     def column(label, name):
         def cell(r):
@@ -335,8 +450,12 @@ def comparison_columns(table: Table, rows: list[dict], cache: dict) -> list:
                 return "–"
             if failed_gates(r, name):  # no verdict on a method that did not do its job
                 return "did not work at this budget"
-            return _difference_cell(paired_difference(r, reference, name, cache))
-        return (f"Δ {label} vs {table.reference_name} (points, 95% CI; McNemar p)", cell)
+            difference = paired_difference(r, reference, name, cache)
+            if difference is not None and found is not None:
+                found.append((r["_dir"], label, difference))
+            return _difference_cell(difference)
+        test = "McNemar p, or seeds agreeing" if several else "McNemar p"
+        return (f"Δ {label} vs {table.reference_name} (points, 95% CI; {test})", cell)
     return [column(label, name) for label, name in compared]
 
 
@@ -373,34 +492,49 @@ def write_tables(root: Path, tables: list[Table] | None = None) -> Path:
     sorted as it says, accuracies with their 95% Wilson intervals, the rows' gates where
     they have any and, where a table has a reference row, the paired difference from it
     (unless the row's gate failed)."""
-    records = load_records(root)
+    cache: dict = {}
+    records = seed_groups(load_records(root), cache)
     parts = [f"# Results\n\nBuilt from the `metrics.json` files under `{root}` by "
              "`python -m shared.results`. Test accuracy is measured once, with the "
              "best-on-validation weights and deterministic transforms. Intervals are 95% "
              "Wilson score intervals; a difference from a reference row is paired over the "
              "same test images (bootstrap over images, 2,000 resamples, seeded) with the "
-             "exact McNemar p-value."]
-    cache: dict = {}
+             "exact McNemar p-value. A row over several seeds shows the mean over them, an "
+             "interval over seeds and test photos (a two-level bootstrap) and the spread "
+             "over seeds; its differences pair seed with seed and say how many agree in sign. "
+             "Every comparison is plotted in [differences.png](differences.png)."]
+    panels = []
     for table in declared_tables() if tables is None else tables:
         rows = sorted(filter(table.rows, records), key=table.order)
         gated = [GATES] if any(r.get("gates") for r in rows) else []
-        columns = [*table.columns, *gated, *comparison_columns(table, rows, cache)]
+        compared: list = []
+        columns = [*table.columns, SEEDS, *gated,
+                   *comparison_columns(table, rows, cache, compared)]
         if table.confusions:
             columns.append(("Confusions", _figures_cell))
         parts.append(f"## {table.title}\n\n" + (markdown_table(rows, columns) if rows
                                                 else "No runs yet."))
+        if compared:
+            panels.append((table.title.split(":")[0], compared))
     path = Path(root) / "TABLES.md"
     path.write_text("\n\n".join(parts) + "\n")
+    figures.forest_plot(panels, Path(root) / "differences.png")
     return path
 
 
-def compare(run_a: Path, run_b: Path) -> list[dict]:
-    """Every accuracy the two runs share, B minus A, paired over their test images."""
-    a, b = (_record_of(Path(run)) for run in (run_a, run_b))
+def compare(runs_a: list[Path], runs_b: list[Path]) -> list[dict]:
+    """Every accuracy the runs share, B minus A, paired over their test images; with several
+    runs a side (seeds), seed k of A paired with seed k of B (`paired_difference`)."""
+    if len(runs_a) != len(runs_b):
+        raise TestSetMismatch(f"{len(runs_a)} runs against {len(runs_b)}: compare pairs "
+                              "seed with seed, so give as many on each side")
+    cache: dict = {}
+    a, b = (seed_group([_record_of(Path(run)) for run in runs], cache)
+            for runs in (runs_a, runs_b))
     names = [n for n in a.get("predictions", {}) if n in b.get("predictions", {})]
     if not names:
-        raise TestSetMismatch(f"{run_a} and {run_b} share no accuracy with a predictions file")
-    cache: dict = {}
+        raise TestSetMismatch(f"{runs_a[0]} and {runs_b[0]} share no accuracy with a "
+                              "predictions file")
     return [paired_difference(b, a, name, cache) for name in names]
 
 
@@ -408,7 +542,7 @@ def _record_of(folder: Path) -> dict:
     path = folder / "metrics.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no metrics.json (expected a run folder)")
-    return {**json.loads(path.read_text()), "_dir": str(folder), "_path": str(folder)}
+    return {**json.loads(path.read_text()), "_dir": folder.as_posix(), "_path": str(folder)}
 
 
 def main(argv=None) -> None:
@@ -416,22 +550,43 @@ def main(argv=None) -> None:
     if argv[:1] == ["compare"]:
         parser = argparse.ArgumentParser(
             prog="python -m shared.results compare",
-            description="B minus A on every accuracy both runs report, paired over their "
+            description="B minus A on every accuracy both sides report, paired over their "
                         "test images: the difference in points, its paired bootstrap 95% "
-                        "interval and McNemar's exact p")
-        parser.add_argument("run_a", type=Path)
-        parser.add_argument("run_b", type=Path)
+                        "interval and McNemar's exact p. Several runs a side (seeds: "
+                        "--a A0 A1 A2 --b B0 B1 B2) give the mean difference with an "
+                        "interval over seeds and test photos, how many seeds agree in "
+                        "sign, and each seed's own difference (seed k of A against seed k "
+                        "of B, in the order given).")
+        parser.add_argument("run_a", type=Path, nargs="?")
+        parser.add_argument("run_b", type=Path, nargs="?")
+        parser.add_argument("--a", type=Path, nargs="+", metavar="RUN", help="side A's runs")
+        parser.add_argument("--b", type=Path, nargs="+", metavar="RUN", help="side B's runs")
         args = parser.parse_args(argv[1:])
+        if bool(args.a) != bool(args.b) or bool(args.a) == bool(args.run_a and args.run_b):
+            parser.error("give RUN_A RUN_B, or --a RUN... --b RUN...")
+        runs_a, runs_b = (args.a, args.b) if args.a else ([args.run_a], [args.run_b])
         try:
-            found = compare(args.run_a, args.run_b)
+            found = compare(runs_a, runs_b)
         except (TestSetMismatch, OSError, KeyError, ValueError) as e:
             sys.exit(f"error: {e}")
-        print(f"B = {args.run_b} minus A = {args.run_a}\n")
-        print("| accuracy | images | B - A (points) | 95% CI | McNemar p |\n|---|---|---|---|---|")
+        print(f"B = {' '.join(map(str, runs_b))} minus A = {' '.join(map(str, runs_a))}\n")
+        if len(runs_a) == 1:
+            print("| accuracy | images | B - A (points) | 95% CI | McNemar p |\n"
+                  "|---|---|---|---|---|")
+            for row in found:
+                low, high = row["ci95"]
+                print(f"| {row['name']} | {row['images']} | {row['difference']:+.2f} | "
+                      f"{low:+.2f} – {high:+.2f} | {row['mcnemar_p']:.3g} |")
+            return
+        print("| accuracy | seeds | images | B - A (points) | 95% CI (seeds and photos) | "
+              "seeds agreeing | each seed's B - A (McNemar p) |\n|---|---|---|---|---|---|---|")
         for row in found:
             low, high = row["ci95"]
-            print(f"| {row['name']} | {row['images']} | {row['difference']:+.2f} | "
-                  f"{low:+.2f} – {high:+.2f} | {row['mcnemar_p']:.3g} |")
+            each = "; ".join(f"{d['difference']:+.2f} (p {d['mcnemar_p']:.3g})"
+                             for d in row["per_seed"])
+            print(f"| {row['name']} | {row['seeds']} | {row['images']} | "
+                  f"{row['difference']:+.2f} | {low:+.2f} – {high:+.2f} | "
+                  f"{row['seeds_agreeing']}/{row['seeds']} | {each} |")
         return
     parser = argparse.ArgumentParser(prog="python -m shared.results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,5 +1,6 @@
 """The uncertainty of an accuracy and of a difference between two: Wilson score intervals,
-paired bootstrap intervals over images and exact McNemar tests, plus calibration error."""
+paired bootstrap intervals over images (and over seeds and images, for rows trained with
+several seeds) and exact McNemar tests, plus calibration error."""
 
 from __future__ import annotations
 
@@ -46,6 +47,25 @@ def paired_bootstrap(a_correct: np.ndarray, b_correct: np.ndarray, resamples: in
     means = difference[draws].mean(axis=1)
     low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
     return float(difference.mean()), float(low), float(high)
+
+
+def two_level_bootstrap(values: np.ndarray, resamples: int = 2000, seed: int = 0,
+                        confidence: float = 0.95) -> tuple[float, float, float]:
+    """The mean of a (seeds, images) matrix of per-image values (hits, or paired
+    differences of hits) and its percentile interval when both are samples: the training
+    runs (seeds) and the test photos. Each resample draws the images with replacement (the
+    same draw for every seed: all of them were tested on the same photos), then the seeds
+    with replacement. Seeds that agree image by image give the bootstrap over images alone
+    (`paired_bootstrap`'s interval, the same draws); seeds that disagree widen it."""
+    values = np.atleast_2d(np.asarray(values, np.float64))
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, values.shape[1], size=(resamples, values.shape[1]))
+    seeds = rng.integers(0, len(values), size=(resamples, len(values)))
+    # (resamples, seeds): each seed's mean over a row's image draw (a seed at a time: memory)
+    per_seed = np.stack([row[images].mean(axis=1) for row in values], axis=1)
+    means = np.take_along_axis(per_seed, seeds, axis=1).mean(axis=1)
+    low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(values.mean()), float(low), float(high)
 
 
 def bootstrap_mean(values, resamples: int = 2000, seed: int = 0,

@@ -49,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--target", type=cli.nonnegative_int,
                        help="class index for every image (None: the predicted class)")
     group.add_argument("--images", type=cli.positive_int,
-                       help="score a seeded subset of this many test images (None: all)")
+                       help="score a subset of this many test images, the same for every "
+                            "--seed (None: all)")
     group.add_argument("--faithfulness-steps", type=cli.positive_int, default=20,
                        help="deletion and insertion: the map's pixels in this many shares")
     group.add_argument("--figure-photos", type=Path, nargs="+",
@@ -103,7 +104,7 @@ def main(args: argparse.Namespace) -> None:
     transform = data.build_transform(False, size, "letterbox",
                                      normalization=(meta["mean"], meta["std"]))
     scored = test if args.images is None else data.limit_per_split(test, args.images,
-                                                                    args.seed)
+                                                                    data.TEST_SAMPLE_SEED)
     boxed = sum(bool(r.boxes) for r in scored)
     if not boxed:
         print(f"no true boxes in the test split of {args.dataset}: pointing game and energy "

@@ -79,7 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--restarts", type=cli.positive_int, default=1,
                        help="PGD random starts at each test budget; the worst counts")
     group.add_argument("--test-images", type=cli.positive_int,
-                       help="attack a seeded subset of this many test images (None: all)")
+                       help="attack a subset of this many test images, the same for every "
+                            "--seed (None: all)")
     group.add_argument("--standard", type=Path,
                        help="the standard model (a best.pt) the gate compares the trained one "
                             "with (default: --weights, when that is a best.pt)")
@@ -115,7 +116,7 @@ def main(args: argparse.Namespace) -> None:
     checkpoint.claim_run_folder(args.out, args.resume)
     index, train, val, test = data.prepare_splits(args.dataset, args.data_root,
                                                   args.val_fraction, args.seed, args.limit)
-    attacked_test = data.limit_per_split(test, args.test_images, args.seed)
+    attacked_test = data.limit_per_split(test, args.test_images, data.TEST_SAMPLE_SEED)
     cuda = rt.device.type == "cuda"
     tests = {"eps": args.robust_eps, "pgd_steps": args.pgd_steps, "restarts": args.restarts,
              "seed": args.seed, "rt": rt, "out": Path(args.out)}

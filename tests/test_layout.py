@@ -126,7 +126,8 @@ def test_a_table_declared_in_a_new_folder_joins_tables_md(tmp_path):
     runs.mkdir(parents=True)
     (runs / "metrics.json").write_text('{"task": "task9_new", "dataset": "dog"}')
     tables = results.write_tables(tmp_path / "runs", declared).read_text()
-    assert "## Table 9: a new task\n\n| Dataset |\n|---|\n| Stanford Dogs |" in tables
+    assert ("## Table 9: a new task\n\n| Dataset | Seeds |\n|---|---|\n| Stanford Dogs | 1 seed |"
+            in tables)
 
 
 def test_a_task_folder_copied_under_another_name_runs(tmp_path, sample):

@@ -40,10 +40,11 @@ def test_quick_builds_every_table_with_and_without_boxes(tmp_path):
                   "resnet18", "timm/vit_tiny_patch16_224"):
         assert sum(f"| {model} |" in line for line in table4.splitlines()) == 2, model
     # lite0's row is Table 1's strong run, which measured its cost; Table 4 did not train it
-    assert "(task1_2_finetune/dog/pretrained-strong/confusions.png)" in table4
-    assert not (results / "task5_vit" / "dog" / "tf_efficientnet_lite0").exists()
+    assert "(seed0/task1_2_finetune/dog/pretrained-strong/confusions.png)" in table4
+    assert not (results / "seed0" / "task5_vit" / "dog" / "tf_efficientnet_lite0").exists()
+    assert (results / "seed0" / "task5_vit" / "dog" / "resnet18" / "metrics.json").is_file()
     assert tables.count("| ImageNet → SimCLR |") == 6  # 3 label budgets, 2 datasets
-    finetune = json.loads((results / "task8_simclr" / "bird" / "simclr" / "fraction-1" /
+    finetune = json.loads((results / "seed0" / "task8_simclr" / "bird" / "simclr" / "fraction-1" /
                            "finetune" / "metrics.json").read_text())["args"]
     assert (finetune["recipe"], finetune["freeze_stages"], finetune["freeze_bn"]) == (
         "strong", 0, False)  # task 8's real-photo protocol: full fine-tuning
@@ -89,10 +90,11 @@ def test_every_full_study_command_parses(tmp_path):
                 parsers[argv[1]] = module.parse_args
             args = parsers[argv[1]](argv[2:])
             assert str(args.out).startswith("results-dry/"), argv
-    # every table of both datasets, the detector and oracle rows too (no data: boxes assumed)
+    # every table of both datasets, the detector and oracle rows too (no data: boxes assumed),
+    # the GAN without DiffAugment (the FID gate's baseline) too; one seed: all in seed0/
     outs = [argv[argv.index("--out") + 1] for argv in commands if "--out" in argv]
-    assert len(outs) == len(set(outs)) == 52
-    assert "results-dry/task3_crop/dog/box-oracle" in outs
+    assert len(outs) == len(set(outs)) == 54
+    assert "results-dry/seed0/task3_crop/dog/box-oracle" in outs
 
 
 def test_dry_run_prints_what_the_demo_runs_and_runs_nothing(tmp_path):
@@ -100,3 +102,53 @@ def test_dry_run_prints_what_the_demo_runs_and_runs_nothing(tmp_path):
     assert commands[0][:3] == ["python", "-m", "shared.sample_data"]
     assert sum(argv[1] == "task1_2_finetune/train.py" for argv in commands) == 6
     assert not (REPO / "results-dry").exists()
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# stands in for python: logs its arguments; a training script "finishes" by writing its
+# --out's metrics.json, except the run named by $KILL, which dies as if killed
+echo "$*" >> "$LOG"
+out=""
+while [[ $# -gt 0 ]]; do [[ $1 == --out ]] && out=$2; shift; done
+[[ -z $out ]] && exit 0
+[[ $out == "${KILL:-none}" ]] && exit 137
+mkdir -p "$out" && echo '{}' > "$out/metrics.json"
+"""
+
+
+def test_seeds_run_into_their_own_folders_and_a_killed_seed_resumes(tmp_path):
+    """--seeds 2: every run once a seed, into <results>/seedK with --seed K; killed during
+    seed 1, a second start skips every finished run and resumes the killed one."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    results, log = tmp_path / "results", tmp_path / "log"
+    killed = f"{results}/seed1/task1_2_finetune/bird/pretrained"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(log),
+           "RESULTS": str(results), "KILL": killed}
+
+    def start():
+        log.unlink(missing_ok=True)
+        done = subprocess.run(["bash", "run_all.sh", "--demo", "--seeds", "2", "--datasets",
+                               "bird"], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=120)
+        return done, [shlex.split(line) for line in log.read_text().splitlines()]
+
+    first, calls = start()
+    assert first.returncode != 0  # stopped at the killed run
+    calls = [argv for argv in calls if argv[0].endswith(".py")]  # the training scripts
+    outs = [argv[argv.index("--out") + 1] for argv in calls]
+    seed0 = [o for o in outs if "/seed0/" in o]
+    assert outs[-1] == killed and len(seed0) == len(set(seed0)) > 10
+    assert all(argv[argv.index("--seed") + 1] == o.split("/seed")[1][0]
+               for argv, o in zip(calls, outs, strict=True))
+    env["KILL"] = "none"
+    second, calls = start()
+    assert second.returncode == 0, second.stderr[-2000:]
+    again = [argv for argv in calls if argv[0].endswith(".py")]
+    assert again[0][again[0].index("--out") + 1] == killed and "--resume" in again[0]
+    assert not any("/seed0/" in argv[argv.index("--out") + 1] for argv in again)
+    assert [o.replace("/seed0/", "/seed1/") for o in seed0] == [
+        o for o in outs + [a[a.index("--out") + 1] for a in again[1:]] if "/seed1/" in o]
+    assert calls[-1][:3] == ["-m", "shared.results", str(results)]  # tables over both seeds

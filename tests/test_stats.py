@@ -174,3 +174,67 @@ def test_table4_takes_a_task1_2_run_only_if_it_measured_its_cost(tmp_path):
     assert len(rows) == 2  # the ViT (more GFLOPs, first) and task 1-2's strong run
     assert "| vit |" in rows[0] and "| strong |" in rows[1]
     assert "| +10.0 (" in rows[1]  # 80% against the first row's 70%, paired
+
+
+def test_the_two_level_interval_widens_with_seed_spread_and_is_the_image_one_when_seeds_agree():
+    rng = np.random.default_rng(3)
+    a, b = rng.random(400) < 0.6, rng.random(400) < 0.7
+    difference = b.astype(float) - a
+    one_seed = stats.paired_bootstrap(a, b)
+    assert stats.two_level_bootstrap(np.stack([difference] * 3)) == pytest.approx(one_seed)
+    widths = []
+    for shift in (0.0, 0.05, 0.15):  # seeds 1 and 2 differ from seed 0 on that share
+        flips = [rng.random(400) < shift for _ in range(2)]
+        seeds = np.stack([difference, np.where(flips[0], difference + 1, difference),
+                          np.where(flips[1], difference - 1, difference)])
+        _, low, high = stats.two_level_bootstrap(seeds)
+        widths.append(high - low)
+    assert widths[0] == pytest.approx(one_seed[2] - one_seed[1])
+    assert widths[0] < widths[1] < widths[2]
+
+
+def test_a_row_over_three_seeds_pools_them_and_counts_the_seeds_that_agree(tmp_path):
+    keys = [str(i) for i in range(200)]
+    rng = np.random.default_rng(0)
+    baselines, gains = [], [0.10, 0.06, -0.02]  # two seeds gain, one loses: 2/3 agree
+    for seed, gain in enumerate(gains):
+        base = rng.random(200) < 0.5
+        better = base | (rng.random(200) < gain) if gain > 0 else base & (rng.random(200) > -gain)
+        _run(tmp_path / f"seed{seed}", "baseline", "baseline", keys, base)
+        _run(tmp_path / f"seed{seed}", "pretrained", "pretrained", keys, better)
+        baselines.append((base, better))
+    table = results.write_tables(tmp_path).read_text().split("## Table 1")[1].split("## ")[0]
+    row = next(line for line in table.splitlines() if "| pretrained |" in line)
+    per_seed = [100 * better.mean() for _, better in baselines]
+    assert f"{np.mean(per_seed):.1f} (" in row and f"; sd {np.std(per_seed, ddof=1):.1f})" in row
+    assert "| 3 seeds |" in row and table.count("| pretrained |") == 1
+    differences = [100 * (better.mean() - base.mean()) for base, better in baselines]
+    assert f"{np.mean(differences):+.1f} (" in row
+    agree = sum(np.sign(d) == np.sign(np.mean(differences)) for d in differences)
+    assert agree == 2 and ", 2/3 seeds agree" in row
+    assert (tmp_path / "differences.png").stat().st_size > 0
+
+    compared = run_cli("-m", "shared.results", "compare",
+                       "--a", *(str(tmp_path / f"seed{s}/task1_2_finetune/bird/baseline")
+                                for s in range(3)),
+                       "--b", *(str(tmp_path / f"seed{s}/task1_2_finetune/bird/pretrained")
+                                for s in range(3)))
+    assert compared.returncode == 0, compared.stderr
+    assert f"| test_top1 | 3 | 200 | {np.mean(differences):+.2f} |" in compared.stdout
+    assert "2/3" in compared.stdout
+    for d in differences:  # each seed's own difference beside the pooled one
+        assert f"{d:+.2f}" in compared.stdout
+
+
+def test_seeds_tested_on_different_images_are_refused_by_name(tmp_path):
+    _run(tmp_path / "seed0", "baseline", "baseline", [str(i) for i in range(50)],
+         np.ones(50, bool))
+    _run(tmp_path / "seed1", "baseline", "baseline", [str(i) for i in range(1, 51)],
+         np.ones(50, bool))
+    with pytest.raises(errors.TestSetMismatch, match="seed1/task1_2_finetune/bird/baseline "
+                                                     "and seed0/.* different images"):
+        results.write_tables(tmp_path)
+    compared = run_cli("-m", "shared.results", "compare",
+                       "--a", str(tmp_path / "seed0/task1_2_finetune/bird/baseline"),
+                       "--b", str(tmp_path / "seed1/task1_2_finetune/bird/baseline"))
+    assert compared.returncode == 1 and "different images" in compared.stderr
