@@ -4,6 +4,7 @@ the figure and overlays of a run."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import heatmaps
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from shared import data
+from shared import data, models
 
 
 def box_scores(maps: torch.Tensor, boxes: list[list[tuple]], size: int
@@ -34,6 +35,30 @@ def box_scores(maps: torch.Tensor, boxes: list[list[tuple]], size: int
 
 
 BASELINES = ("random", "centre")  # maps that ignore the model, scored the same way
+
+
+def randomised_copy(model_name: str, classes: int, spec, image_size: int) -> torch.nn.Module:
+    """The randomisation check's network (Adebayo et al. 2018): the trained model's
+    architecture with fresh random weights (a zero-initialised head gets small random ones:
+    torchvision's ViT head starts at zero, and every gradient, every map would be 0)."""
+    random_model, _ = models.build_model(model_name, classes, "none", image_size)
+    for name, param in random_model.named_parameters():
+        if name.startswith(spec.head) and param.ndim > 1:
+            torch.nn.init.normal_(param, std=0.01)
+    return random_model
+
+
+def rank_correlations(maps: torch.Tensor, other: torch.Tensor) -> list[float]:
+    """Spearman's rank correlation of each map with the same method's map on another
+    network: against the randomised copy, a method that reads the model scores low, one
+    that ignores it about 1. A constant map has no rank order: 0."""
+    import scipy.stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
+        found = [scipy.stats.spearmanr(a.flatten(), b.flatten()).statistic
+                 for a, b in zip(maps, other, strict=True)]
+    return [0.0 if np.isnan(c) else float(c) for c in found]
 
 
 def method_maps(method: str, model, images, layer, target, seed: int = 0):

@@ -24,7 +24,6 @@ with random weights, after Adebayo et al. 2018: a method that ignores the model 
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # shared/ without PYTHONPATH
@@ -65,9 +64,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     import heatmaps  # torch loads here
     import numpy as np
-    import scipy.stats
     import torch
-    from maps import BASELINES, box_scores, method_maps, write_figures
+    from maps import (
+        BASELINES,
+        box_scores,
+        method_maps,
+        randomised_copy,
+        rank_correlations,
+        write_figures,
+    )
     from torchvision.models.vision_transformer import VisionTransformer
 
     from shared import cam, checkpoint, data, engine, models, results, stats
@@ -92,10 +97,7 @@ def main(args: argparse.Namespace) -> None:
     model.to(rt.device, memory_format=memory_format)
     batch = data.LoaderConfig.from_flags(vars(args)).eval_batch(rt.device.type == "cuda")
     size = meta["image_size"]
-    random_model, _ = models.build_model(meta["model_name"], len(index.classes), "none", size)
-    for name, param in random_model.named_parameters():
-        if name.startswith(spec.head) and param.ndim > 1:  # torchvision's ViT head starts at
-            torch.nn.init.normal_(param, std=0.01)  # zero: every gradient, every map would be 0
+    random_model = randomised_copy(meta["model_name"], len(index.classes), spec, size)
     random_model.to(rt.device, memory_format=memory_format).eval()
     rollout = isinstance(model, VisionTransformer)  # written for torchvision's ViT
     methods = args.methods or (["gradcam", "gradcam++"] if spec.is_cnn
@@ -138,11 +140,7 @@ def main(args: argparse.Namespace) -> None:
                 n["area"] += area
             if method not in BASELINES:  # the same method on a network with random weights
                 shuffled = method_maps(method, random_model, images, layer, batch_target).cpu()
-                with warnings.catch_warnings():  # a constant map has no rank order: 0 below
-                    warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
-                    corr = [scipy.stats.spearmanr(a.flatten(), b.flatten()).statistic
-                            for a, b in zip(maps, shuffled, strict=True)]
-                n["corr"] += [0.0 if np.isnan(c) else float(c) for c in corr]
+                n["corr"] += rank_correlations(maps, shuffled)
 
     figure_records = ([data.Record(p.name, p, -1) for p in args.figure_photos]
                       if args.figure_photos else test[:args.figure_images])

@@ -161,6 +161,7 @@ def test_heatmaps_from_the_command_line(sample, tmp_path):
     result = run_cli("task6_heatmap/train.py", "--dataset", "bird", "--data-root", str(root),
                      "--model", "resnet18", "--weights", "none", "--image-size", "32",
                      "--epochs", "1", "--batch-size", "8", "--figure-images", "3",
+                     "--layer", "layer3",  # 2 x 2 maps: rank correlations mean something
                      "--out", str(out))  # no checkpoint: trains one first
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "classifier" / "best.pt").is_file() and (out / "figure.png").is_file()
@@ -172,7 +173,7 @@ def test_heatmaps_from_the_command_line(sample, tmp_path):
     for method in summary:
         record = json.loads((out / method / "metrics.json").read_text())
         assert record["task"] == "task6_heatmap"
-        assert record["layer"] == ("layer4" if method.startswith("gradcam") else None)
+        assert record["layer"] == ("layer3" if method.startswith("gradcam") else None)
         for key in ("pointing_game", "energy_in_box", "deletion_auc", "insertion_auc"):
             assert 0 <= record["metrics"][key] <= 1
         low, high = record["ci95"]["deletion_auc"]  # bootstrap over the images
@@ -180,6 +181,8 @@ def test_heatmaps_from_the_command_line(sample, tmp_path):
         assert run_record["ci95"][f"{method}:deletion_auc"] == [low, high]  # each map's own
         corr = record["metrics"]["randomization_rank_corr"]
         assert (-1 <= corr <= 1) if method.startswith("gradcam") else corr is None
+        if method == "gradcam":  # against the randomised copy: the model itself would read 1
+            assert corr < 0.6  # (Grad-CAM++, nearer the activations, read 0.82 here)
         assert record["data"]["test_scored"] == record["data"]["test_with_boxes"] == 20
     table = write_tables(tmp_path / "results").read_text().split("## Table 5")[1]
     assert "| gradcam++ |" in table and "| centre |" in table and \
@@ -199,3 +202,21 @@ def test_heatmaps_from_the_command_line(sample, tmp_path):
     assert 0 <= record["metrics"]["deletion_auc"] <= 1
     table = write_tables(tmp_path / "results").read_text().split("## Table 5")[1]
     assert "| 6 (0) |" in table
+
+
+def test_the_randomisation_check_compares_with_a_randomised_copy():
+    """A model against itself correlates 1 map by map; against `randomised_copy` (the same
+    architecture, every weight drawn afresh) clearly less."""
+    torch.manual_seed(0)
+    model, spec = build_model("resnet18", 4, "none", 64)
+    copy = maps.randomised_copy("resnet18", 4, spec, 64)
+    trained, fresh = dict(model.named_parameters()), dict(copy.named_parameters())
+    assert trained.keys() == fresh.keys()
+    assert all(not torch.equal(trained[k], fresh[k]) for k in trained if trained[k].ndim > 1)
+    x = torch.randn(8, 3, 64, 64)
+    own, _ = heatmaps.grad_cam(model, x, "layer3")  # 4 x 4 maps
+    other, _ = heatmaps.grad_cam(copy.eval(), x, "layer3")
+    assert maps.rank_correlations(own, own) == pytest.approx([1.0] * 8)
+    assert sum(maps.rank_correlations(own, other)) / 8 < 0.5
+    constant = torch.ones(2, 4, 4)
+    assert maps.rank_correlations(constant, own[:2]) == [0.0, 0.0]  # no rank order
