@@ -4,6 +4,7 @@ trained and run on CPU through detect.py, and crop classification through train.
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import boxes as boxes_io
 import numpy as np
@@ -456,3 +457,42 @@ def test_cam_localiser_crops_from_a_classifier_with_test_time_refine(sample, tmp
         "Traceback" not in leaky.stderr
     result = run_cli("task3_crop/detect.py", *common, "--localiser", "cam")
     assert result.returncode == 2 and "--localiser cam needs --classifier" in result.stderr
+
+
+def test_whole_and_crop_averages_the_two_views_probabilities(sample, tmp_path):
+    """Test-time refine on constructed scores: the crop view's logits say class 0, a
+    "model" that sees the whole photo (and notes it: its logits follow the image's width)
+    says class 1; the row's scores are the log of the mean of both views' softmax, each
+    computed here on its own."""
+    from types import SimpleNamespace
+
+    from refine import whole_and_crop
+
+    from shared import engine, results
+
+    root, _ = sample
+    index = data.load_dataset("bird", root)
+    test = [replace(r, crop=(0.0, 0.0, 16.0, 16.0)) for r in index.test[:6]]
+
+    class WholeSays1(torch.nn.Module):  # class 1 by the share of the frame filled
+        def forward(self, x):
+            filled = (x.abs().sum(1) > 0).float().mean((1, 2))
+            return torch.stack([torch.zeros_like(filled), 4 * filled, -filled, -filled], 1)
+
+    transform = data.build_transform(False, 32, "letterbox")
+    loader = data.make_loader(data.ImageDataset(test, transform), 4, train=False)
+    spec = SimpleNamespace(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), is_cnn=True)
+    crop_logits = np.tile(np.float32([3.0, 0.0, 0.5, -1.0]), (len(test), 1))
+    labels = np.array([r.label for r in test])
+    after = whole_and_crop(tmp_path, 0, engine.Runtime(torch.device("cpu")), test)
+    scores = after(WholeSays1(), spec, SimpleNamespace(test=loader),
+                   {"test_logits": crop_logits, "test_labels": labels, "channels_last": False})
+    with torch.no_grad():
+        whole = WholeSays1()(torch.stack([transform(data.load_rgb(r.path)) for r in test]
+                                         ).float() / 255)
+    expected = (torch.from_numpy(crop_logits).softmax(1) + whole.softmax(1)) / 2
+    saved = results.load_predictions(tmp_path / "tta_predictions.npz")["logits"]
+    torch.testing.assert_close(torch.from_numpy(saved).float().exp(), expected, atol=2e-3,
+                               rtol=2e-3)
+    assert not torch.allclose(expected, torch.from_numpy(crop_logits).softmax(1), atol=0.05)
+    assert scores["metrics"]["crop_view_top1"] == float(np.mean(labels == 0))

@@ -341,3 +341,37 @@ def test_speed_defaults_follow_the_machine_and_the_kind_of_model(monkeypatch):
     assert not engine.use_channels_last(None, vit_spec, vit, cpu)
     assert not engine.use_channels_last(False, lite_spec, lite, cpu)  # --no-channels-last
     assert engine.use_channels_last(True, vit_spec, vit, cpu)  # --channels-last
+
+
+def test_the_test_split_is_scored_with_the_best_epochs_weights(sample, tmp_path):
+    """Validation reads best at epoch 1 of 3: the test predictions are those of best.pt's
+    weights (loaded here and run on the test photos), not of the last epoch's."""
+    root, _ = sample
+    rt = engine.init_runtime("cpu", "off")
+    index, train, val, test = data.prepare_splits("bird", root, 0.25)
+    readings = iter([0.9, 0.2, 0.3])
+    cfg = engine.TrainConfig(out=tmp_path / "run", model="resnet18", weights="none", epochs=3,
+                             lr=0.05, loader=data.LoaderConfig(image_size=32, batch_size=8))
+    engine.train_classifier("task1_2_finetune", "baseline", {"dataset": "bird",
+                            "model": "resnet18", "weights": "none"}, cfg, rt, index.classes,
+                            train, val, test,
+                            validate=lambda loop, loaders, history: {"val_top1": next(readings)})
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["metrics"]["best_epoch"] == 1
+    saved = results.load_predictions(tmp_path / "run" / "test_predictions.npz")
+    loaders = data.make_loaders(train, val, test, cfg.loader)
+
+    def logits_of(file):
+        model, spec, _ = models.load_classifier(tmp_path / "run" / file, index.classes)
+        with torch.no_grad():
+            return torch.cat([model(data.normalize(pixels, spec.mean, spec.std))
+                              for pixels, _ in loaders.test])
+
+    best = logits_of("best.pt")
+    torch.testing.assert_close(torch.from_numpy(saved["logits"]).float(), best,
+                               atol=2e-2, rtol=1e-2)  # float16 in the file
+    last_state = checkpoint.load(tmp_path / "run" / "last.pt")["parts"]["model"]
+    torch.save({**torch.load(tmp_path / "run" / "best.pt"), "model": last_state},
+               tmp_path / "run" / "last-as-best.pt")
+    last = logits_of("last-as-best.pt")
+    assert not torch.allclose(last, best, atol=2e-2)  # the last epoch's would differ

@@ -53,6 +53,38 @@ def test_expected_calibration_error():
     assert stats.expected_calibration_error(sure_and_wrong, labels) == pytest.approx(1, abs=1e-6)
 
 
+def test_expected_calibration_error_on_a_hand_worked_example():
+    """Confidences 0.95, 0.95, 0.62, 0.74 in 10 bins: bin (0.9, 1] holds two images, one
+    right (|0.95 - 0.5| = 0.45), bin (0.6, 0.7] one right (|0.62 - 1| = 0.38), bin (0.7,
+    0.8] one wrong (0.74): ECE = 2/4 x 0.45 + 1/4 x 0.38 + 1/4 x 0.74 = 0.505."""
+    confidence = np.array([0.95, 0.95, 0.62, 0.74])
+    logits = np.log(np.stack([confidence, 1 - confidence], axis=1))  # class 0 predicted
+    labels = np.array([0, 1, 0, 1])
+    assert stats.expected_calibration_error(logits, labels, bins=10) == pytest.approx(0.505)
+    # 2 bins: (0.5, 1] holds all four: |0.815 - 0.5| = 0.315
+    assert stats.expected_calibration_error(logits, labels, bins=2) == pytest.approx(0.315)
+
+
+def test_confusion_matrix_and_per_class_csv_on_a_hand_worked_example(tmp_path):
+    """Rows are the true class: true a a a b b c called a b b b c c."""
+    from PIL import Image
+
+    from shared import figures
+    from shared.data import Record
+
+    labels, predicted = np.array([0, 0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 2, 2])
+    assert figures.confusion_matrix(labels, predicted, 3).tolist() == [[1, 2, 0], [0, 1, 1],
+                                                                       [0, 0, 1]]
+    records = []
+    for i in range(6):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+        records.append(Record(f"{i}.png", tmp_path / f"{i}.png", int(labels[i])))
+    figures.write_confusions(tmp_path, ["a", "b", "c"], records, labels, np.eye(3)[predicted])
+    rows = (tmp_path / "per_class.csv").read_text().splitlines()
+    assert rows == ["class,test_images,correct,accuracy,most_called,times",
+                    "a,3,1,0.3333,b,2", "b,2,1,0.5000,c,1", "c,1,1,1.0000,,0"]
+
+
 def test_hits_count_ties_for_the_true_class_and_respect_k():
     logits = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0], [3.0, 2.0, 1.0]], np.float16)
     labels = np.array([1, 2, 2])
