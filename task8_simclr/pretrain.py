@@ -80,6 +80,20 @@ def make_optimizer(net: nn.Module, config: SimCLRConfig, fused: bool) -> torch.o
     return torch.optim.AdamW(net.parameters(), config.simclr_lr, weight_decay=1e-6, fused=fused)
 
 
+def simclr_step(net: nn.Module, views: torch.Tensor, optimizer, temperature: float, rt
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SimCLR update: the embeddings of both views (`views`: the first views, then the
+    second, stacked) under the run's autocast, NT-Xent over every process's batch, one
+    optimiser step. Returns the loss (detached) and the positive-pair accuracy."""
+    with torch.autocast(rt.device.type, rt.amp_dtype, enabled=rt.amp_dtype is not None):
+        z1, z2 = net(views).float().chunk(2)
+    loss, accuracy = nt_xent(gather(z1), gather(z2), temperature)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), accuracy
+
+
 def out_of_memory(error: BaseException) -> bool:
     """A CUDA out-of-memory error, or a CPU allocation the system refused."""
     return isinstance(error, torch.OutOfMemoryError) or (
@@ -136,13 +150,7 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record],
         for step, ((view1, view2), _) in enumerate(loader):
             try:
                 views = engine.model_input(torch.cat([view1, view2]), spec, rt, channels_last)
-                with torch.autocast(rt.device.type, rt.amp_dtype,
-                                    enabled=rt.amp_dtype is not None):
-                    z1, z2 = ddp(views).float().chunk(2)
-                loss, accuracy = nt_xent(gather(z1), gather(z2), config.temperature)
-                guard.update(step, step + 1 == len(loader), loss)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss, accuracy = simclr_step(ddp, views, optimizer, config.temperature, rt)
             except (RuntimeError, torch.OutOfMemoryError) as error:
                 if not out_of_memory(error):
                     raise
@@ -151,9 +159,9 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record],
                     f"{config.simclr_batch_size} is {2 * batch} views of {config.image_size} px "
                     f"a process on {rt.device}; lower --simclr-batch-size or --image-size "
                     f"(docs/speed.md lists what fits in 24 GB)") from None
-            optimizer.step()
+            guard.update(step, step + 1 == len(loader), loss)
             scheduler.step()
-            sums += torch.stack([loss.detach(), accuracy])
+            sums += torch.stack([loss, accuracy])
         loss, accuracy = (sums / len(loader)).tolist()
         record = {"epoch": epoch + 1, "loss": loss, "positive_acc": accuracy,
                   "seconds": time.perf_counter() - begin}
