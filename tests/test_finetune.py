@@ -375,3 +375,41 @@ def test_the_test_split_is_scored_with_the_best_epochs_weights(sample, tmp_path)
                tmp_path / "run" / "last-as-best.pt")
     last = logits_of("last-as-best.pt")
     assert not torch.allclose(last, best, atol=2e-2)  # the last epoch's would differ
+
+
+def test_clip_grad_and_label_smoothing_do_what_they_say(tmp_path):
+    """Through the engine's loop (make_loop, as --clip-grad and --label-smoothing build it),
+    against hand-worked values: the loss is (1 - e) x cross-entropy + e x the mean over
+    classes of -log p; one plain SGD step (lr 1) moves the weights by the gradient, clipped
+    to norm 0.1 when it is larger."""
+    spec = models.ModelSpec("linear", False, (0.0,) * 3, (1.0,) * 3, head="0.", stages=())
+    x = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
+    labels = torch.tensor([0, 2])
+
+    def loop_for(clip, smoothing):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 3))
+        cfg = engine.TrainConfig(out=tmp_path, optimizer="sgd", lr=1.0, momentum=0.0,
+                                 scheduler="cosine", epochs=100, clip_grad=clip,
+                                 label_smoothing=smoothing, channels_last=False)
+        loop, _ = engine.make_loop(net, spec, cfg, engine.Runtime(torch.device("cpu")), 1)
+        return loop, net
+
+    loop, net = loop_for(0.0, 0.2)
+    loss, logits = loop.forward(net, x, labels)
+    log_p = logits.detach().log_softmax(1)
+    nll, uniform = -log_p[[0, 1], labels], -log_p.mean(1)
+    assert loss.item() == pytest.approx((0.8 * nll + 0.2 * uniform).mean().item())
+
+    for clip in (0.0, 0.1):
+        loop, net = loop_for(clip, 0.0)
+        before = [p.detach().clone() for p in net.parameters()]
+        loss, _ = loop.forward(net, x, labels)
+        raw = torch.autograd.grad(loss, list(net.parameters()), retain_graph=True)
+        loop.update(loss)
+        moved = torch.cat([(b - p.detach()).flatten()
+                           for b, p in zip(before, net.parameters(), strict=True)])
+        gradient = torch.cat([g.flatten() for g in raw])
+        assert gradient.norm() > 0.5  # larger than the clip
+        expected = gradient if clip == 0 else gradient * clip / gradient.norm()
+        torch.testing.assert_close(moved, expected, atol=1e-5, rtol=1e-4)

@@ -22,13 +22,38 @@ def no_hooks(model: nn.Module) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
-@pytest.mark.parametrize("plus", [False, True])
-def test_grad_cam_equals_plain_autograd_on_the_layer_output(plus):
+def test_grad_cam_and_grad_cam_plus_plus_on_a_hand_worked_example():
+    """Two channels (sums 10 and 4) through a 1x1 identity convolution, average pooling and
+    a linear head whose class 0 weighs them 2 and 1: each gradient is w / 4 (0.5 and 0.25).
+    Grad-CAM: 0.5 A0 + 0.25 A1. Grad-CAM++: alpha = g^2 / (2 g^2 + sum(A) g^3) = 1 / (2 +
+    sum(A) g), a channel's weight 4 alpha relu(g): 4 x 0.5 / 7 = 2/7 and 4 x 0.25 / 3 = 1/3,
+    the map 2/7 A0 + 1/3 A1 = [[34, 12], [18, 24]] / 21. Maps are scaled to a maximum of 1."""
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Conv2d(2, 2, 1, bias=False)
+            self.head = nn.Linear(2, 2, bias=False)
+            with torch.no_grad():
+                self.layer.weight.copy_(torch.eye(2)[:, :, None, None])
+                self.head.weight.copy_(torch.tensor([[2.0, 1.0], [0.0, 0.0]]))
+
+        def forward(self, x):
+            return self.head(self.layer(x).mean((2, 3)))
+
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[4.0, 0.0], [0.0, 0.0]]]])
+    plain, target = heatmaps.grad_cam(Probe(), x, "layer")
+    assert target.tolist() == [0]  # logits 6 and 0
+    torch.testing.assert_close(plain, torch.tensor([[[1.5, 1.0], [1.5, 2.0]]]) / 2)
+    plus, _ = heatmaps.grad_cam(Probe(), x, "layer", plus=True)
+    torch.testing.assert_close(plus, torch.tensor([[[34.0, 12.0], [18.0, 24.0]]]) / 34)
+
+
+def test_grad_cam_equals_plain_autograd_on_the_layer_output():
     torch.manual_seed(0)
     model, _ = build_model("resnet18", 5, "none")
     model.eval()
     x = torch.randn(3, 3, 64, 64)
-    ours, target = heatmaps.grad_cam(model, x, "layer4", plus=plus)
+    ours, target = heatmaps.grad_cam(model, x, "layer4")
 
     # the same, by hand: run the stages, take d(score)/d(layer4 output) with autograd.grad
     stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1,
@@ -38,12 +63,7 @@ def test_grad_cam_equals_plain_autograd_on_the_layer_output(plus):
     assert torch.equal(logits.argmax(1), target)
     (g,) = torch.autograd.grad(logits[torch.arange(3), target].sum(), a)
     a = a.detach()
-    if plus:
-        alpha = g ** 2 / (2 * g ** 2 + a.sum((2, 3), keepdim=True) * g ** 3 + 1e-12)
-        weights = (torch.where(g != 0, alpha, 0.0) * g.clamp_min(0)).sum((2, 3))
-    else:
-        weights = g.mean((2, 3))
-    cam = torch.relu((weights[:, :, None, None] * a).sum(1))
+    cam = torch.relu((g.mean((2, 3))[:, :, None, None] * a).sum(1))
     cam = cam / cam.flatten(1).max(1).values[:, None, None]
     torch.testing.assert_close(ours, cam)
     assert ours.shape == (3, 2, 2) and no_hooks(model)

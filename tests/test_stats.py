@@ -45,6 +45,23 @@ def test_paired_bootstrap_covers_the_true_difference_at_about_the_nominal_rate()
     assert 0.88 <= covered / trials <= 0.99
 
 
+def test_bootstrap_mean_covers_the_true_mean_at_about_the_nominal_rate_and_is_seeded():
+    rng = np.random.default_rng(1)
+    covered, trials = 0, 200
+    for _ in range(trials):  # per-image values with mean 0.3, as deletion AUCs
+        values = rng.beta(3, 7, size=150)
+        low, high = stats.bootstrap_mean(values, resamples=500, seed=int(rng.integers(1e9)))
+        covered += low <= 0.3 <= high
+    assert 0.88 <= covered / trials <= 0.99
+    values = rng.random(50)
+    assert stats.bootstrap_mean(values, seed=3) == stats.bootstrap_mean(values, seed=3)
+    low, high = stats.bootstrap_mean(values)
+    # the percentile interval of the mean: about mean +- 1.96 sd / sqrt(n)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+    assert low == pytest.approx(values.mean() - half, abs=0.02)
+    assert high == pytest.approx(values.mean() + half, abs=0.02)
+
+
 def test_expected_calibration_error():
     labels = np.array([0, 0, 1, 1])
     sure_and_right = np.array([[10.0, -10], [10, -10], [-10, 10], [-10, 10]])
