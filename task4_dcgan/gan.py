@@ -4,6 +4,7 @@ it made (FID and KID in lite0 features, the judge classifier's accuracy, a figur
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,7 @@ class GanConfig:
     gan_loss: str = "bce"
     spectral_norm: bool = False
     g_ema: float = 0.0  # the EMA's decay (0: off)
+    fid_every: int = 0  # epochs between validation FID / KID readings (0: off)
     z_dim: int = 100
     gan_width: int = 64
     diffaugment: str = "color,translation,cutout"
@@ -108,12 +110,15 @@ class GanConfig:
 
 
 def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, config: GanConfig,
-              rt: engine.Runtime, out: Path) -> Generator:
+              rt: engine.Runtime, out: Path, monitor=None) -> Generator:
     """The seed's recipe by default: BCE on D's logits (real 1, generated 0), G trained to
     make D say 1; Adam lr 2e-4, betas (0.5, 0.999); D sees every image through
     --diffaugment. `config` adds the hinge loss, spectral norm in D, D's own learning rate
-    (TTUR) and an EMA of G, which is then the generator sampled and returned. Resumes from
-    `out/last.pt` (with `config.resume`)."""
+    (TTUR) and an EMA of G, which is then the generator sampled and returned. `monitor(G)`,
+    if given, scores the sampled generator (validation FID and KID) every
+    `config.fid_every` epochs and after the last: the curve of the gate's value against
+    generator steps, in `out/history.json` (every epoch's losses too) and TensorBoard.
+    Resumes from `out/last.pt` (with `config.resume`)."""
     from torch.utils.tensorboard import SummaryWriter
     from torchvision.utils import save_image
 
@@ -172,6 +177,11 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, conf
                           (sums / max(1, steps)).tolist(), strict=True))
         record["epoch"], record["seconds"] = epoch + 1, time.perf_counter() - begin
         record["g_steps"] = (epoch + 1) * steps
+        if monitor is not None and config.fid_every and (
+                (epoch + 1) % config.fid_every == 0 or epoch + 1 == config.gan_epochs):
+            record |= monitor(sampled.eval())
+            for key in ("val_fid", "val_kid"):
+                writer.add_scalar(f"gan/{key}", record[key], record["g_steps"])
         history.append(record)
         G.eval()
         with torch.no_grad():
@@ -183,6 +193,7 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, conf
         writer.add_images("gan/samples", grid, epoch + 1)
         writer.flush()
         resumable.save(epoch=epoch + 1, history=history)
+        (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")  # the curve
         print(f"GAN epoch {epoch + 1}/{config.gan_epochs} loss_D {record['loss_d']:.3f} "
               f"loss_G {record['loss_g']:.3f} D(x) {record['d_real']:.3f} "
               f"D(G(z)) {record['d_fake']:.3f}", flush=True)
@@ -221,25 +232,29 @@ def write_synthetic(images: torch.Tensor, labels: torch.Tensor, size: int, folde
 # ---------------------------------------------------------------------------- GAN quality
 
 
-@torch.no_grad()
-def lite0_features(image_sets: list[torch.Tensor], device, batch: int = 64
-                   ) -> list[np.ndarray]:
-    """Pooled 1280-d features of the ImageNet EfficientNet-Lite0 at 224 px, one array per
-    set of uint8 images (the network is loaded once)."""
-    net, spec = models.build_model("tf_efficientnet_lite0", 1000, "imagenet")
-    net.eval().to(device)
-    mean = torch.tensor(spec.mean, device=device)[:, None, None]
-    std = torch.tensor(spec.std, device=device)[:, None, None]
+class Lite0Features:
+    """Pooled 1280-d features of the ImageNet EfficientNet-Lite0 at 224 px of uint8 images
+    (N, 3, S, S): what FID and KID compare. The network loads once, without drawing from
+    the global RNG (built before the GAN trains, it leaves the GAN's draws as they were)."""
 
-    def features(images):
+    def __init__(self, device, batch: int = 64):
+        with torch.random.fork_rng(devices=[]):
+            self.net, spec = models.build_model("tf_efficientnet_lite0", 1000, "imagenet")
+        self.net.eval().to(device)
+        self.device, self.batch = device, batch
+        self.mean = torch.tensor(spec.mean, device=device)[:, None, None]
+        self.std = torch.tensor(spec.std, device=device)[:, None, None]
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
         out = []
-        for chunk in images.split(batch):
-            x = F.interpolate(chunk.to(device).float() / 255, size=FID_SIZE, mode="bilinear",
-                              antialias=True, align_corners=False)
-            out.append(net.forward_head(net.forward_features((x - mean) / std),
-                                        pre_logits=True).double().cpu())
+        for chunk in images.split(self.batch):
+            x = F.interpolate(chunk.to(self.device).float() / 255, size=FID_SIZE,
+                              mode="bilinear", antialias=True, align_corners=False)
+            out.append(self.net.forward_head(self.net.forward_features(
+                (x - self.mean) / self.std), pre_logits=True).double().cpu())
         return torch.cat(out).numpy()
-    return [features(images) for images in image_sets]
+
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

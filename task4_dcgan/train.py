@@ -96,6 +96,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--gan-only", action="store_true",
                        help="train and measure the GAN (FID, KID, gen_class_acc, the figure), "
                             "then stop: no synthetic images, no classifier")
+    group.add_argument("--fid-every", type=cli.nonnegative_int, default=0, metavar="EPOCHS",
+                       help="read validation FID and KID every this many GAN epochs (and "
+                            "after the last), into the history and TensorBoard: the curve "
+                            "against generator steps (0: only at the end)")
     group.add_argument("--fid-baseline", type=Path, metavar="RUN",
                        help="the same GAN's run without DiffAugment (its folder): the gate "
                             "asks for a validation FID below its")
@@ -113,11 +117,11 @@ def main(args: argparse.Namespace) -> None:
     import torch  # torch loads here
     from gan import (
         GanConfig,
+        Lite0Features,
         class_accuracy,
         frechet_distance,
         generate,
         kernel_inception_distance,
-        lite0_features,
         load_images,
         load_judge,
         real_vs_generated,
@@ -138,30 +142,36 @@ def main(args: argparse.Namespace) -> None:
     workers = data.loader_workers(args.workers, rt.device.type == "cuda")
     real = load_images(train, args.gan_size, workers)  # the train split alone
     real_labels = torch.tensor([r.label for r in train])
-    G = train_gan(real, real_labels, len(index.classes), GanConfig.from_flags(vars(args)), rt,
-                  out / "gan")
-
     # FID compares as many generated images as there are real ones (at least K per class);
     # the first K of each class augment the classifier.
     k = args.synthetic_per_class
     per_class = max(k, -(-len(train) // len(index.classes)))
+    features = Lite0Features(rt.device)
+    # against photos the GAN never saw: what runs are compared by, and the curve
+    val_features = features(load_images(val, args.gan_size, workers)) if val else None
+
+    def against_val(fake) -> dict:
+        fake_features = features(fake)
+        kid, kid_std = kernel_inception_distance(val_features, fake_features, seed=args.seed)
+        return {"val_fid": frechet_distance(val_features, fake_features), "val_kid": kid,
+                "val_kid_std": kid_std}
+
+    G = train_gan(real, real_labels, len(index.classes), GanConfig.from_flags(vars(args)), rt,
+                  out / "gan", monitor=None if val_features is None else
+                  lambda G: against_val(generate(G, per_class, args.seed, rt.device)[0]))
+
     fake, fake_labels = generate(G, per_class, args.seed, rt.device)
     keep = torch.arange(len(fake)) % per_class < k
     synthetic = [] if args.gan_only else write_synthetic(fake[keep], fake_labels[keep],
                                                          args.image_size, out / "synthetic")
     real_vs_generated(real, real_labels, fake, fake_labels, out / "gan" / "real_vs_generated.png")
-    real_val = load_images(val, args.gan_size, workers) if val else None
-    real_features, fake_features, *val_features = lite0_features(
-        [real, fake, *([] if real_val is None else [real_val])], rt.device)
+    real_features, fake_features = features(real), features(fake)
     kid, kid_std = kernel_inception_distance(real_features, fake_features, seed=args.seed)
     quality = {"fid": frechet_distance(real_features, fake_features), "kid": kid,
                "kid_std": kid_std,
                "gen_class_acc": class_accuracy(judge, fake, fake_labels, rt.device)}
-    if val_features:  # against photos the GAN never saw: what runs are compared by
-        val_kid, val_kid_std = kernel_inception_distance(val_features[0], fake_features,
-                                                         seed=args.seed)
-        quality |= {"val_fid": frechet_distance(val_features[0], fake_features),
-                    "val_kid": val_kid, "val_kid_std": val_kid_std}
+    if val_features is not None:
+        quality |= against_val(fake)
     print(f"FID {quality['fid']:.2f}, KID {kid:.4f} +- {kid_std:.4f} (lite0 features, "
           f"{len(real)} real, {len(fake)} generated); gen_class_acc "
           f"{quality['gen_class_acc']}", flush=True)

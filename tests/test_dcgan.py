@@ -245,8 +245,10 @@ def test_no_diffaugment_trains_the_gan_as_before(sample, tmp_path, monkeypatch):
     off = gan.train_gan(images, labels, 4, gan.GanConfig.from_flags(vars(args)), rt,
                          tmp_path / "none")
     d_step, g_step = gan.d_step, gan.g_step
-    monkeypatch.setattr(gan, "d_step", lambda D, o, r, f, y, a: d_step(D, o, r, f, y))
-    monkeypatch.setattr(gan, "g_step", lambda D, o, f, y, a: g_step(D, o, f, y))
+    monkeypatch.setattr(gan, "d_step", lambda D, o, r, f, y, a, kind: d_step(D, o, r, f, y,
+                                                                            loss_kind=kind))
+    monkeypatch.setattr(gan, "g_step", lambda D, o, f, y, a, kind: g_step(D, o, f, y,
+                                                                        loss_kind=kind))
     torch.manual_seed(0)
     before = gan.train_gan(images, labels, 4, gan.GanConfig.from_flags(vars(args)), rt,
                          tmp_path / "before")
@@ -304,8 +306,10 @@ def test_synthetic_images_reach_only_the_training_split(sample, tmp_path, monkey
     root, _ = sample
     seen = {}
 
-    def capture(task, variant, flags, cfg, rt, classes, train, val, test, *, counts,
+    def capture(task, variant, flags, cfg, rt, classes, train, val, test, *, counts=None,
                 **metrics):
+        if variant != "dcgan":  # the GAN-test and GAN-train classifiers
+            return {"metrics": {"test_top1": 0.0}}
         seen.update(train=train, val=val, test=test, counts=counts, metrics=metrics)
 
     monkeypatch.setattr(engine, "train_classifier", capture)
@@ -342,9 +346,12 @@ def test_whole_pipeline_from_the_command_line(sample, tmp_path):
     result = run_cli(*args[:-1], str(gan_only), "--gan-only", "--diffaugment", "none")
     assert result.returncode == 0, result.stderr[-3000:]
     baseline = json.loads((gan_only / "metrics.json").read_text())
-    result = run_cli(*args, "--fid-baseline", str(gan_only))
+    result = run_cli(*args, "--fid-baseline", str(gan_only), "--fid-every", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "metrics.json").read_text())
+    (curve,) = json.loads((out / "gan" / "history.json").read_text())  # the one epoch
+    assert curve["val_fid"] == record["metrics"]["val_fid"]  # the same generator, images
+    assert curve["g_steps"] == record["data"]["real_train"] // 8
     # GAN-test and GAN-train at the GAN's size, and the gates: 4 classes cannot reach 10 x
     # chance; the FID gate compares with the run without DiffAugment
     metrics = record["metrics"]
