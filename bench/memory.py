@@ -41,8 +41,9 @@ def one_step_peak(model_name: str, batch: int, size: int, config: str) -> float:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, spec = build_model(model_name, 200, weights="none", image_size=size)
     if config == "simclr":  # backbone features through the projection head, two views
-        from task8_simclr.simclr import ProjectionHead, nt_xent
-        from task8_simclr.train import split_head
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "task8_simclr"))
+        from pretrain import split_head  # task 8's modules import each other by bare name
+        from simclr import ProjectionHead, nt_xent
 
         model = nn.Sequential(model, ProjectionHead(split_head(model, spec)))
         batch *= 2

@@ -67,6 +67,10 @@ def test_memory_prints_both_steps_with_a_largest_batch():
         assert float(row[2].replace(",", "")) > 100  # MB: torch alone takes more
         assert float(row[4].replace(",", "")) > 0  # activations grow with the batch
         assert int(row[5].split()[0]) > 32
+    simclr = run_cli("bench/memory.py", "--models", "resnet18", "--batch-sizes", "2", "4",
+                     "--image-size", "32", "--steps", "simclr")  # task 8's step imports
+    assert simclr.returncode == 0 and "error" not in simclr.stdout, simclr.stdout[-2000:]
+    assert [r[1] for r in table_rows(simclr.stdout, "resnet18")] == ["simclr"]
 
 
 def test_profile_step_lists_operators_and_the_matmul_share():
