@@ -33,6 +33,50 @@ def test_mcnemar_is_the_exact_binomial_on_discordant_pairs():
     assert stats.mcnemar_p(a, a) == 1.0
 
 
+def test_interval_edges_and_confidence_levels():
+    """No images: the whole range. A 90% Wilson interval is the quadratic's with z 1.645; a
+    50% bootstrap interval lies inside the 95% one; the interval functions are seeded and
+    refuse unpaired inputs."""
+    assert stats.wilson_interval(0, 0) == (0.0, 1.0)
+    z, p, n = 1.6448536269514722, 0.8, 10
+    roots = sorted(np.roots([1 + z * z / n, -(2 * p + z * z / n), p * p]).real)
+    assert stats.wilson_interval(8, 10, confidence=0.90) == pytest.approx(roots, abs=1e-9)
+    rng = np.random.default_rng(4)
+    a, b = rng.random(300) < 0.6, rng.random(300) < 0.7
+    difference, low95, high95 = stats.paired_bootstrap(a, b)
+    assert difference == pytest.approx(b.mean() - a.mean())
+    _, low50, high50 = stats.paired_bootstrap(a, b, confidence=0.5)
+    assert low95 < low50 < difference < high50 < high95
+    assert stats.paired_bootstrap(a, b, seed=7) == stats.paired_bootstrap(a, b, seed=7)
+    assert stats.paired_bootstrap(a, b, seed=7) != stats.paired_bootstrap(a, b, seed=8)
+    with pytest.raises(ValueError, match="same images"):
+        stats.paired_bootstrap(a, b[:-1])
+    seeds = np.stack([b.astype(float) - a, (rng.random(300) < 0.65) - a.astype(float)])
+    mean, low95, high95 = stats.two_level_bootstrap(seeds)
+    assert mean == pytest.approx(seeds.mean())
+    _, low50, high50 = stats.two_level_bootstrap(seeds, confidence=0.5)
+    assert low95 < low50 < high50 < high95
+    assert stats.two_level_bootstrap(seeds[0]) == stats.two_level_bootstrap(seeds[:1])
+    assert np.isnan(stats.bootstrap_mean([])).all()
+    values = rng.random(40)
+    low50, high50 = stats.bootstrap_mean(values, confidence=0.5)
+    low95, high95 = stats.bootstrap_mean(values)
+    assert low95 < low50 < values.mean() < high50 < high95
+
+
+def test_mcnemar_on_hand_worked_tables():
+    """Discordant pairs only: 0 and 6 -> 2 x 0.5^6; 1 and 5 -> 2 x (1 + 6) / 64."""
+    def table(only_a, only_b, both=10):
+        a = np.array([1] * both + [1] * only_a + [0] * only_b, bool)
+        b = np.array([1] * both + [0] * only_a + [1] * only_b, bool)
+        return a, b
+
+    assert stats.mcnemar_p(*table(0, 6)) == pytest.approx(2 * 0.5 ** 6)
+    assert stats.mcnemar_p(*table(1, 5)) == pytest.approx(2 * 7 / 64)
+    assert stats.mcnemar_p(*table(5, 1)) == pytest.approx(2 * 7 / 64)  # two-sided
+    assert stats.mcnemar_p(*table(3, 3)) == 1.0
+
+
 def test_paired_bootstrap_covers_the_true_difference_at_about_the_nominal_rate():
     rng = np.random.default_rng(0)
     covered, trials, n = 0, 200, 400
@@ -80,6 +124,16 @@ def test_expected_calibration_error_on_a_hand_worked_example():
     assert stats.expected_calibration_error(logits, labels, bins=10) == pytest.approx(0.505)
     # 2 bins: (0.5, 1] holds all four: |0.815 - 0.5| = 0.315
     assert stats.expected_calibration_error(logits, labels, bins=2) == pytest.approx(0.315)
+    # three classes, 15 bins (the default): confidences 0.45 (wrong), 0.9 (right) and 0.5
+    # (right) in bins (0.4, 0.467], (0.867, 0.933] and (0.467, 0.533]: 1/3 (0.45 + 0.1 +
+    # 0.5) = 0.35 (16 bins would put 0.45 and 0.5 together)
+    probabilities = np.array([[0.45, 0.35, 0.2], [0.05, 0.9, 0.05], [0.5, 0.3, 0.2]])
+    assert stats.expected_calibration_error(np.log(probabilities) + 3.0, np.array([1, 1, 0])
+                                            ) == pytest.approx((0.45 + 0.1 + 0.5) / 3)
+    # one confidence in each half: 2 bins give 1/2 |0.4 - 0| + 1/2 |0.8 - 1| = 0.3
+    low_high = np.log(np.array([[0.4, 0.35, 0.25], [0.8, 0.1, 0.1]]))
+    assert stats.expected_calibration_error(low_high, np.array([1, 0]), bins=2
+                                            ) == pytest.approx(0.3)
 
 
 def test_confusion_matrix_and_per_class_csv_on_a_hand_worked_example(tmp_path):
