@@ -205,7 +205,7 @@ def _mean_of(values: list):
     if isinstance(first, dict):
         return {k: _mean_of([v.get(k) for v in values]) for k in first}
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return float(np.mean(values))
+        return first if all(v == first for v in values) else float(np.mean(values))
     return first
 
 
@@ -315,7 +315,7 @@ ACCURACY = [  # a classifier's columns
     ("Test top-1 (%, 95% CI)", with_interval("test_top1")),
     ("Top-5 (%, 95% CI)", with_interval("test_top5")),
     ("Best val top-1 (%)", lambda r: pct(r["metrics"]["best_val_top1"])),
-    ("Best epoch", lambda r: f"{r['metrics']['best_epoch']}/{r['args']['epochs']}"),
+    ("Best epoch", lambda r: f"{r['metrics']['best_epoch']:.3g}/{r['args']['epochs']}"),
 ]
 MODEL = ("Model", lambda r: r["model"])
 DATASET = ("Dataset", lambda r: DATASET_NAMES[r["dataset"]])

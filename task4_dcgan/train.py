@@ -212,8 +212,7 @@ def gan_test_and_train(args, rt, classes, train, val, fake, fake_labels, out: Pa
     scores = {}
     for role, records in (("gan_test", train), ("gan_train", write_synthetic(
             fake, fake_labels, args.gan_size, out / "gan_train_images"))):
-        flags = {**vars(args), "image_size": args.gan_size, "out": out / role,
-                 "resume": args.resume}
+        flags = {**vars(args), "image_size": args.gan_size, "out": out / role}
         result = engine.train_classifier(TASK, role, flags, engine.TrainConfig.from_flags(flags),
                                          rt, classes, records, [], val)
         scores[f"{role}_real_val_top1"] = result["metrics"]["test_top1"]
