@@ -191,12 +191,13 @@ def main(args: argparse.Namespace) -> None:
                                          engine.TrainConfig.from_flags(tuned), rt,
                                          index.classes, subset, val, test)
         if val:  # the gate: fine-tuning must not end below the probe it could start from
-            linear_val = (probe(val_x).argmax(1) == val_y).float().mean().item()
-            finetune_val = result["metrics"]["best_val_top1"]
-            parts.append({"metrics": {"linear_val_top1": linear_val}, "gates": [results.gate(
-                "fine-tune's best val top-1 minus the linear probe's (points)",
-                100 * (finetune_val - linear_val), 0, finetune_val >= linear_val,
-                judges=["finetune_top1"])]})
+            linear_right = int((probe(val_x).argmax(1) == val_y).sum())  # counts: no rounding
+            finetune_right = round(result["metrics"]["best_val_top1"] * len(val))
+            parts.append({"metrics": {"linear_val_top1": linear_right / len(val)},
+                          "gates": [results.gate(
+                              "fine-tune's best val top-1 minus the linear probe's (points)",
+                              100 * (finetune_right - linear_right) / len(val), 0,
+                              finetune_right >= linear_right, judges=["finetune_top1"])]})
         parts.append({key: {"finetune_top1": result[key]["test_top1"]}
                       for key in ("metrics", "ci95")})
         parts.append({"predictions": {
