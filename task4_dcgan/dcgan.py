@@ -108,8 +108,11 @@ class SpectralNorm(nn.Module):
             with torch.no_grad():
                 v = F.normalize(matrix.T @ self.u, dim=0, eps=self.eps)
                 self.u.copy_(F.normalize(matrix @ v, dim=0, eps=self.eps))
-        v = F.normalize(matrix.T @ self.u, dim=0, eps=self.eps).detach()
-        sigma = self.u @ matrix @ v  # gradients flow through sigma, as in the paper
+        # clones: the next forward pass (D sees real and generated images before one
+        # backward) updates u in place, which the first pass's graph must not see
+        u = self.u.clone()
+        v = F.normalize(matrix.T @ u, dim=0, eps=self.eps).detach()
+        sigma = u @ matrix @ v  # gradients flow through sigma, as in the paper
         return weight / sigma
 
 

@@ -101,6 +101,17 @@ def test_spectral_norm_brings_each_weight_to_unit_largest_singular_value():
         assert sigma.item() == pytest.approx(1.0, abs=1e-3)
         raw = m.parametrizations.weight.original.detach().flatten(1)
         assert torch.linalg.matrix_norm(raw, ord=2).item() != pytest.approx(1.0, abs=0.05)
+    # training steps: D sees real and generated images before one backward (each forward
+    # updates u), with the hinge loss
+    D.train()
+    G = Generator(4, 32, z_dim=8, width=8)
+    opt_d, opt_g = (torch.optim.Adam(m.parameters(), 1e-4) for m in (D, G))
+    y = torch.tensor([0, 1, 2, 3])
+    fake = G(torch.randn(4, 8), y)
+    loss_d, _, _ = gan.d_step(D, opt_d, torch.rand(4, 3, 32, 32) * 2 - 1, fake, y,
+                              loss_kind="hinge")
+    assert torch.isfinite(loss_d) and torch.isfinite(gan.g_step(D, opt_g, fake, y,
+                                                                loss_kind="hinge"))
 
 
 def test_the_ema_of_g_is_the_running_average_of_its_weights():
