@@ -180,7 +180,7 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, num_classes: int, conf
         if monitor is not None and config.fid_every and (
                 (epoch + 1) % config.fid_every == 0 or epoch + 1 == config.gan_epochs):
             record |= monitor(sampled.eval())
-            for key in ("val_fid", "val_kid"):
+            for key in ("val_fid", "val_kid", "gan_test_top1"):
                 writer.add_scalar(f"gan/{key}", record[key], record["g_steps"])
         history.append(record)
         G.eval()

@@ -26,10 +26,11 @@
    classes side by side.
    Against the validation photos, which the GAN never saw: `val_fid`, `val_kid` (what runs
    are compared by). GAN-test and GAN-train (Shmelkov et al. 2018) at the GAN's own size: a
-   classifier trained on the real train photos at --gan-size (`<out>/gan_test/`) scores the
-   generated images (`gan_test_top1`) beside the real validation photos
+   classifier trained on the real train photos at --gan-size (`<out>/gan_test/`, before the
+   GAN) scores the generated images (`gan_test_top1`) beside the real validation photos
    (`gan_test_real_val_top1`); one trained on generated images alone (`<out>/gan_train/`)
-   scores the real validation photos (`gan_train_top1`).
+   scores the real validation photos (`gan_train_top1`). --fid-every N reads val FID, KID
+   and GAN-test every N GAN epochs: `<out>/gan/history.json`, the curve against G's steps.
 4. The gates (`gates` in metrics.json; Table 3 gives no verdict on a GAN that failed them):
    GAN-test at least 10 x chance, and, with DiffAugment, a validation FID below the same
    GAN's without it (--fid-baseline, that run's folder).
@@ -97,9 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="train and measure the GAN (FID, KID, gen_class_acc, the figure), "
                             "then stop: no synthetic images, no classifier")
     group.add_argument("--fid-every", type=cli.nonnegative_int, default=0, metavar="EPOCHS",
-                       help="read validation FID and KID every this many GAN epochs (and "
-                            "after the last), into the history and TensorBoard: the curve "
-                            "against generator steps (0: only at the end)")
+                       help="read validation FID, KID and GAN-test every this many GAN "
+                            "epochs (and after the last), into the history and TensorBoard: "
+                            "the curve against generator steps (0: only at the end)")
     group.add_argument("--fid-baseline", type=Path, metavar="RUN",
                        help="the same GAN's run without DiffAugment (its folder): the gate "
                             "asks for a validation FID below its")
@@ -150,15 +151,20 @@ def main(args: argparse.Namespace) -> None:
     # against photos the GAN never saw: what runs are compared by, and the curve
     val_features = features(load_images(val, args.gan_size, workers)) if val else None
 
-    def against_val(fake) -> dict:
+    # GAN-test's classifier depends on the real photos alone: trained first, it scores the
+    # generated images at every point of the curve as well as at the end
+    gan_test = real_classifier_at_gan_size(args, rt, index.classes, train, val, out)
+
+    def against_val(fake, fake_labels) -> dict:
         fake_features = features(fake)
         kid, kid_std = kernel_inception_distance(val_features, fake_features, seed=args.seed)
         return {"val_fid": frechet_distance(val_features, fake_features), "val_kid": kid,
-                "val_kid_std": kid_std}
+                "val_kid_std": kid_std,
+                "gan_test_top1": class_accuracy(gan_test, fake, fake_labels, rt.device)}
 
     G = train_gan(real, real_labels, len(index.classes), GanConfig.from_flags(vars(args)), rt,
                   out / "gan", monitor=None if val_features is None else
-                  lambda G: against_val(generate(G, per_class, args.seed, rt.device)[0]))
+                  lambda G: against_val(*generate(G, per_class, args.seed, rt.device)))
 
     fake, fake_labels = generate(G, per_class, args.seed, rt.device)
     keep = torch.arange(len(fake)) % per_class < k
@@ -171,11 +177,12 @@ def main(args: argparse.Namespace) -> None:
                "kid_std": kid_std,
                "gen_class_acc": class_accuracy(judge, fake, fake_labels, rt.device)}
     if val_features is not None:
-        quality |= against_val(fake)
+        quality |= against_val(fake, fake_labels)
     print(f"FID {quality['fid']:.2f}, KID {kid:.4f} +- {kid_std:.4f} (lite0 features, "
           f"{len(real)} real, {len(fake)} generated); gen_class_acc "
           f"{quality['gen_class_acc']}", flush=True)
-    gan_scores = gan_test_and_train(args, rt, index.classes, train, val, fake, fake_labels, out)
+    gan_scores = gan_train(args, rt, index.classes, val, fake, fake_labels, out,
+                           quality.get("gan_test_top1"))
     quality |= gan_scores["metrics"]
     gates = results.merge(gan_scores, fid_gate(args, quality))["gates"]
     if args.gan_only:
@@ -194,32 +201,48 @@ def main(args: argparse.Namespace) -> None:
     engine.shutdown(rt)
 
 
-def gan_test_and_train(args, rt, classes, train, val, fake, fake_labels, out: Path) -> dict:
-    """GAN-test and GAN-train (Shmelkov et al. 2018), at the GAN's own resolution so that
-    resolution is not what fails: a classifier trained on the real train photos at
-    --gan-size (the common flags otherwise) scores the generated images against the class
-    each was made for (`gan_test_top1`) and the real validation photos
-    (`gan_test_real_val_top1`); one trained on the generated images alone scores the real
-    validation photos (`gan_train_top1`). Both train without validation (last epoch): the
-    validation photos are what they are scored on. The gate: GAN-test at least 10 x
-    chance (`gan_test_gate`)."""
-    from gan import class_accuracy, gan_test_gate, load_judge, write_synthetic
+def real_classifier_at_gan_size(args, rt, classes, train, val, out: Path):
+    """GAN-test's classifier (Shmelkov et al. 2018), at the GAN's own resolution so that
+    resolution is not what fails: trained on the real train photos at --gan-size (the
+    common flags otherwise) into `<out>/gan_test/`, without validation (last epoch): the
+    validation photos are what it is scored on (its `test_top1`, Table 3's
+    `gan_test_real_val_top1`). A resumed run reuses a finished one. Returns it as a judge
+    (gan.load_judge); None without a validation split."""
+    from gan import load_judge
+
+    from shared import engine
+
+    if not val:
+        return None
+    flags = {**vars(args), "image_size": args.gan_size, "out": out / "gan_test"}
+    if not (out / "gan_test" / "metrics.json").is_file():
+        engine.train_classifier(TASK, "gan_test", flags, engine.TrainConfig.from_flags(flags),
+                                rt, classes, train, [], val)
+    return load_judge(out / "gan_test" / "best.pt", classes)
+
+
+def gan_train(args, rt, classes, val, fake, fake_labels, out: Path, gan_test_top1) -> dict:
+    """GAN-train (Shmelkov et al. 2018): a classifier trained on the generated images alone
+    at --gan-size (`<out>/gan_train/`, last epoch) scores the real validation photos
+    (`gan_train_top1`); with GAN-test's figures beside it (`gan_test_real_val_top1`, the
+    real photos' accuracy at this size) and the gate: GAN-test at least 10 x chance."""
+    import json
+
+    from gan import gan_test_gate, write_synthetic
 
     from shared import engine
 
     if not val:
         return {"gates": [gan_test_gate(None, len(classes))]}
-    scores = {}
-    for role, records in (("gan_test", train), ("gan_train", write_synthetic(
-            fake, fake_labels, args.gan_size, out / "gan_train_images"))):
-        flags = {**vars(args), "image_size": args.gan_size, "out": out / role}
-        result = engine.train_classifier(TASK, role, flags, engine.TrainConfig.from_flags(flags),
-                                         rt, classes, records, [], val)
-        scores[f"{role}_real_val_top1"] = result["metrics"]["test_top1"]
-    judge = load_judge(out / "gan_test" / "best.pt", classes)
-    scores["gan_test_top1"] = class_accuracy(judge, fake, fake_labels, rt.device)
-    scores["gan_train_top1"] = scores.pop("gan_train_real_val_top1")
-    return {"metrics": scores, "gates": [gan_test_gate(scores["gan_test_top1"], len(classes))]}
+    flags = {**vars(args), "image_size": args.gan_size, "out": out / "gan_train"}
+    images = write_synthetic(fake, fake_labels, args.gan_size, out / "gan_train_images")
+    result = engine.train_classifier(TASK, "gan_train", flags,
+                                     engine.TrainConfig.from_flags(flags), rt, classes, images,
+                                     [], val)
+    real = json.loads((out / "gan_test" / "metrics.json").read_text())["metrics"]["test_top1"]
+    scores = {"gan_test_top1": gan_test_top1, "gan_test_real_val_top1": real,
+              "gan_train_top1": result["metrics"]["test_top1"]}
+    return {"metrics": scores, "gates": [gan_test_gate(gan_test_top1, len(classes))]}
 
 
 def fid_gate(args, quality: dict) -> dict:

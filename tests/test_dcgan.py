@@ -362,6 +362,7 @@ def test_whole_pipeline_from_the_command_line(sample, tmp_path):
     record = json.loads((out / "metrics.json").read_text())
     (curve,) = json.loads((out / "gan" / "history.json").read_text())  # the one epoch
     assert curve["val_fid"] == record["metrics"]["val_fid"]  # the same generator, images
+    assert curve["gan_test_top1"] == record["metrics"]["gan_test_top1"]  # and classifier
     assert curve["g_steps"] == record["data"]["real_train"] // 8
     # GAN-test and GAN-train at the GAN's size, and the gates: 4 classes cannot reach 10 x
     # chance; the FID gate compares with the run without DiffAugment
