@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,8 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 # a task's helper modules are imported by their own names, as its scripts import them (so a
 # task folder runs under any name); the scripts themselves as task<N>_<name>.train
 sys.path[1:1] = [str(folder) for folder in sorted(REPO.glob("task*_*")) if folder.is_dir()]
-# check_images' cache of photos found whole: the tests' own, not the user's
-os.environ.setdefault("FGVC_CACHE", tempfile.mkdtemp(prefix="fgvc-cache-"))
+# the photo-check and decoded caches: the tests' own, not the user's, and removed after
+if "FGVC_CACHE" not in os.environ:
+    os.environ["FGVC_CACHE"] = tempfile.mkdtemp(prefix="fgvc-cache-")
+    atexit.register(shutil.rmtree, os.environ["FGVC_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
