@@ -177,12 +177,16 @@ def main(args: argparse.Namespace) -> None:
                "kid_std": kid_std,
                "gen_class_acc": class_accuracy(judge, fake, fake_labels, rt.device)}
     if val_features is not None:
-        quality |= against_val(fake, fake_labels)
+        # --fid-every's last point scored these same seeded images: read, not recomputed
+        curve_end = history(out)[-1]
+        quality |= ({k: curve_end[k] for k in ("val_fid", "val_kid", "val_kid_std",
+                                               "gan_test_top1")}
+                    if "val_fid" in curve_end else against_val(fake, fake_labels))
     print(f"FID {quality['fid']:.2f}, KID {kid:.4f} +- {kid_std:.4f} (lite0 features, "
           f"{len(real)} real, {len(fake)} generated); gen_class_acc "
           f"{quality['gen_class_acc']}", flush=True)
     gan_scores = gan_train(args, rt, index.classes, val, fake, fake_labels, out,
-                           quality.get("gan_test_top1"))
+                           quality.get("gan_test_top1"), history(out)[-1]["g_steps"])
     quality |= gan_scores["metrics"]
     gates = results.merge(gan_scores, fid_gate(args, quality))["gates"]
     if args.gan_only:
@@ -221,12 +225,23 @@ def real_classifier_at_gan_size(args, rt, classes, train, val, out: Path):
     return load_judge(out / "gan_test" / "best.pt", classes)
 
 
-def gan_train(args, rt, classes, val, fake, fake_labels, out: Path, gan_test_top1) -> dict:
+def history(out: Path) -> list[dict]:
+    """The GAN's per-epoch record (`<out>/gan/history.json`): losses, G's steps, the curve."""
+    import json
+
+    return json.loads((out / "gan" / "history.json").read_text())
+
+
+def gan_train(args, rt, classes, val, fake, fake_labels, out: Path, gan_test_top1,
+              g_steps: int) -> dict:
     """GAN-train (Shmelkov et al. 2018): a classifier trained on the generated images alone
     at --gan-size (`<out>/gan_train/`, last epoch) scores the real validation photos
     (`gan_train_top1`); with GAN-test's figures beside it (`gan_test_real_val_top1`, the
-    real photos' accuracy at this size) and the gate: GAN-test at least 10 x chance."""
+    real photos' accuracy at this size) and the gate: GAN-test at least 10 x chance.
+    `<out>/gan_train/generator.json` names the generator (its steps) whose images it
+    learns from: a run resumed with more --gan-epochs trains it again from scratch."""
     import json
+    import shutil
 
     from gan import gan_test_gate, write_synthetic
 
@@ -234,7 +249,15 @@ def gan_train(args, rt, classes, val, fake, fake_labels, out: Path, gan_test_top
 
     if not val:
         return {"gates": [gan_test_gate(None, len(classes))]}
-    flags = {**vars(args), "image_size": args.gan_size, "out": out / "gan_train"}
+    folder, generator = out / "gan_train", {"g_steps": g_steps}
+    marker = folder / "generator.json"
+    if folder.is_dir() and (not marker.is_file() or json.loads(marker.read_text()) != generator):
+        print(f"{folder} learnt from an earlier generator's images: trained again", flush=True)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(generator) + "\n")
+    # resume: the folder holds the marker (and a killed run's last.pt for this generator)
+    flags = {**vars(args), "image_size": args.gan_size, "out": folder, "resume": True}
     images = write_synthetic(fake, fake_labels, args.gan_size, out / "gan_train_images")
     result = engine.train_classifier(TASK, "gan_train", flags,
                                      engine.TrainConfig.from_flags(flags), rt, classes, images,

@@ -395,6 +395,18 @@ def test_whole_pipeline_from_the_command_line(sample, tmp_path):
     assert [g["name"] for g in record["gates"]] == [gan_test["name"]]  # it is the baseline
     assert not (gan_only / "synthetic").exists() and not (gan_only / "best.pt").exists()
     assert (gan_only / "gan" / "real_vs_generated.png").is_file()
+    # extended with --resume and more --gan-epochs: GAN-train learns from the new generator's
+    # images, from scratch (not the earlier classifier, resumed at its last epoch)
+    before = torch.load(gan_only / "gan_train" / "best.pt", weights_only=True)["model"]
+    steps = json.loads((gan_only / "gan_train" / "generator.json").read_text())["g_steps"]
+    result = run_cli(*args[:-1], str(gan_only), "--gan-only", "--diffaugment", "none",
+                     "--gan-epochs", "2", "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "learnt from an earlier generator's images" in result.stdout
+    assert json.loads((gan_only / "gan_train" / "generator.json").read_text()) == \
+        {"g_steps": 2 * steps}
+    after = torch.load(gan_only / "gan_train" / "best.pt", weights_only=True)["model"]
+    assert any(not torch.equal(before[k], after[k]) for k in before)
     # a judge trained on other classes is refused, by name
     torch.save({"model": judge.state_dict(), "model_name": "resnet18", "classes": ["a"] * 4,
                 "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}, tmp_path / "other.pt")
