@@ -214,7 +214,8 @@ def generate(G: Generator, per_class: int, seed: int, device) -> tuple[torch.Ten
 
 def write_synthetic(images: torch.Tensor, labels: torch.Tensor, size: int, folder: Path
                     ) -> list[Record]:
-    """PNGs resized (bicubic) to the classifier's input, and `synthetic.txt` listing them."""
+    """PNGs resized (bicubic) to the classifier's input, and `synthetic.txt` listing them
+    (record keys `<folder name>/<file>`)."""
     folder.mkdir(parents=True, exist_ok=True)
     records, lines = [], []
     counts = {}
@@ -223,7 +224,7 @@ def write_synthetic(images: torch.Tensor, labels: torch.Tensor, size: int, folde
         name = f"class{label:03d}_{counts[label]:04d}.png"
         Image.fromarray(image.permute(1, 2, 0).numpy()).resize(
             (size, size), Image.Resampling.BICUBIC).save(folder / name)
-        records.append(Record(f"synthetic/{name}", folder / name, label))
+        records.append(Record(f"{folder.name}/{name}", folder / name, label))
         lines.append(f"{name} {label}")
     (folder / "synthetic.txt").write_text("\n".join(lines) + "\n")
     return records

@@ -29,7 +29,9 @@
    classifier trained on the real train photos at --gan-size (`<out>/gan_test/`, before the
    GAN) scores the generated images (`gan_test_top1`) beside the real validation photos
    (`gan_test_real_val_top1`); one trained on generated images alone (`<out>/gan_train/`)
-   scores the real validation photos (`gan_train_top1`). --fid-every N reads val FID, KID
+   scores the real validation photos (`gan_train_top1`). Every image both classifiers see,
+   real or generated, is at --gan-size (what the GAN makes), then resized to
+   --gan-test-size for the network. --fid-every N reads val FID, KID
    and GAN-test every N GAN epochs: `<out>/gan/history.json`, the curve against G's steps.
 4. The gates (`gates` in metrics.json; Table 3 gives no verdict on a GAN that failed them):
    GAN-test at least 10 x chance, and, with DiffAugment, a validation FID below the same
@@ -104,6 +106,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--fid-baseline", type=Path, metavar="RUN",
                        help="the same GAN's run without DiffAugment (its folder): the gate "
                             "asks for a validation FID below its")
+    group.add_argument("--gan-test-size", type=cli.positive_int, default=128, metavar="PX",
+                       help="GAN-test's and GAN-train's classifiers see every image at "
+                            "--gan-size, resized to this for the network (lite0 reads 32-px "
+                            "inputs poorly: task4_dcgan/README.md)")
     group.add_argument("--judge", type=Path,
                        help="task 1-2's best.pt, for gen_class_acc (default "
                             "results/task1_2_finetune/<dataset>/pretrained/best.pt)")
@@ -111,6 +117,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.judge = args.judge or Path("results", "task1_2_finetune", args.dataset, "pretrained",
                                     "best.pt")
     args.out = args.out or Path("results", TASK, args.dataset, "dcgan")
+    if args.gan_test_size < args.gan_size:
+        parser.error(f"--gan-test-size {args.gan_test_size}: expected at least --gan-size "
+                     f"({args.gan_size}); the classifiers must see all the GAN's pixels")
     return args
 
 
@@ -149,11 +158,17 @@ def main(args: argparse.Namespace) -> None:
     per_class = max(k, -(-len(train) // len(index.classes)))
     features = Lite0Features(rt.device)
     # against photos the GAN never saw: what runs are compared by, and the curve
-    val_features = features(load_images(val, args.gan_size, workers)) if val else None
+    val_images = load_images(val, args.gan_size, workers) if val else None
+    val_features = features(val_images) if val else None
+    val_labels = torch.tensor([r.label for r in val])
 
     # GAN-test's classifier depends on the real photos alone: trained first, it scores the
-    # generated images at every point of the curve as well as at the end
-    gan_test = real_classifier_at_gan_size(args, rt, index.classes, train, val, out)
+    # generated images at every point of the curve as well as at the end. Its validation
+    # photos, at the GAN's size, are GAN-train's test images too.
+    gan_val = write_synthetic(val_images, val_labels, args.gan_size,
+                              out / "gan_test_images" / "val") if val else []
+    gan_test, gan_test_real = real_classifier_at_gan_size(args, rt, index.classes, real,
+                                                          real_labels, gan_val, out)
 
     def against_val(fake, fake_labels) -> dict:
         fake_features = features(fake)
@@ -185,8 +200,10 @@ def main(args: argparse.Namespace) -> None:
     print(f"FID {quality['fid']:.2f}, KID {kid:.4f} +- {kid_std:.4f} (lite0 features, "
           f"{len(real)} real, {len(fake)} generated); gen_class_acc "
           f"{quality['gen_class_acc']}", flush=True)
-    gan_scores = gan_train(args, rt, index.classes, val, fake, fake_labels, out,
-                           quality.get("gan_test_top1"), history(out)[-1]["g_steps"])
+    gan_scores = gan_train(args, rt, index.classes, gan_val, fake, fake_labels, out,
+                           {"gan_test_top1": quality.get("gan_test_top1"),
+                            "gan_test_real_val_top1": gan_test_real},
+                           history(out)[-1]["g_steps"])
     quality |= gan_scores["metrics"]
     gates = results.merge(gan_scores, fid_gate(args, quality))["gates"]
     if args.gan_only:
@@ -205,24 +222,34 @@ def main(args: argparse.Namespace) -> None:
     engine.shutdown(rt)
 
 
-def real_classifier_at_gan_size(args, rt, classes, train, val, out: Path):
+def real_classifier_at_gan_size(args, rt, classes, real, real_labels, val, out: Path):
     """GAN-test's classifier (Shmelkov et al. 2018), at the GAN's own resolution so that
-    resolution is not what fails: trained on the real train photos at --gan-size (the
-    common flags otherwise) into `<out>/gan_test/`, without validation (last epoch): the
-    validation photos are what it is scored on (its `test_top1`, Table 3's
-    `gan_test_real_val_top1`). A resumed run reuses a finished one. Returns it as a judge
-    (gan.load_judge); None without a validation split."""
-    from gan import load_judge
+    resolution is not what fails: trained on the real train photos as the GAN sees them
+    (`real`, at --gan-size; written to `<out>/gan_test_images/train/`), resized to
+    --gan-test-size, the common flags otherwise, into `<out>/gan_test/`, without validation
+    (last epoch): the validation photos at --gan-size (`val`) are what it is scored on (its
+    `test_top1`, Table 3's `gan_test_real_val_top1`). A resumed run reuses a finished one.
+    Returns it as a judge (gan.load_judge) and that accuracy; Nones without a validation
+    split."""
+    import json
+
+    from gan import load_judge, write_synthetic
 
     from shared import engine
 
     if not val:
-        return None
-    flags = {**vars(args), "image_size": args.gan_size, "out": out / "gan_test"}
-    if not (out / "gan_test" / "metrics.json").is_file():
-        engine.train_classifier(TASK, "gan_test", flags, engine.TrainConfig.from_flags(flags),
-                                rt, classes, train, [], val)
-    return load_judge(out / "gan_test" / "best.pt", classes)
+        return None, None
+    flags = {**vars(args), "image_size": args.gan_test_size, "out": out / "gan_test"}
+    finished = out / "gan_test" / "metrics.json"
+    if finished.is_file():
+        metrics = json.loads(finished.read_text())["metrics"]
+    else:
+        train = write_synthetic(real, real_labels, args.gan_size,
+                                out / "gan_test_images" / "train")
+        metrics = engine.train_classifier(TASK, "gan_test", flags,
+                                          engine.TrainConfig.from_flags(flags), rt, classes,
+                                          train, [], val)["metrics"]
+    return load_judge(out / "gan_test" / "best.pt", classes), metrics["test_top1"]
 
 
 def history(out: Path) -> list[dict]:
@@ -232,12 +259,14 @@ def history(out: Path) -> list[dict]:
     return json.loads((out / "gan" / "history.json").read_text())
 
 
-def gan_train(args, rt, classes, val, fake, fake_labels, out: Path, gan_test_top1,
+def gan_train(args, rt, classes, val, fake, fake_labels, out: Path, gan_test: dict,
               g_steps: int) -> dict:
     """GAN-train (Shmelkov et al. 2018): a classifier trained on the generated images alone
-    at --gan-size (`<out>/gan_train/`, last epoch) scores the real validation photos
-    (`gan_train_top1`); with GAN-test's figures beside it (`gan_test_real_val_top1`, the
-    real photos' accuracy at this size) and the gate: GAN-test at least 10 x chance.
+    (`<out>/gan_train/`, last epoch; as GAN-test's, at --gan-size resized to
+    --gan-test-size) scores the real validation photos at --gan-size (`val`,
+    `gan_train_top1`); with GAN-test's figures beside it (`gan_test`: `gan_test_top1`, and
+    `gan_test_real_val_top1`, the real photos' accuracy at this size) and the gate:
+    GAN-test at least 10 x chance.
     `<out>/gan_train/generator.json` names the generator (its steps) whose images it
     learns from: a run resumed with more --gan-epochs trains it again from scratch."""
     import json
@@ -257,15 +286,14 @@ def gan_train(args, rt, classes, val, fake, fake_labels, out: Path, gan_test_top
     folder.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(generator) + "\n")
     # resume: the folder holds the marker (and a killed run's last.pt for this generator)
-    flags = {**vars(args), "image_size": args.gan_size, "out": folder, "resume": True}
+    flags = {**vars(args), "image_size": args.gan_test_size, "out": folder, "resume": True}
     images = write_synthetic(fake, fake_labels, args.gan_size, out / "gan_train_images")
     result = engine.train_classifier(TASK, "gan_train", flags,
                                      engine.TrainConfig.from_flags(flags), rt, classes, images,
                                      [], val)
-    real = json.loads((out / "gan_test" / "metrics.json").read_text())["metrics"]["test_top1"]
-    scores = {"gan_test_top1": gan_test_top1, "gan_test_real_val_top1": real,
-              "gan_train_top1": result["metrics"]["test_top1"]}
-    return {"metrics": scores, "gates": [gan_test_gate(gan_test_top1, len(classes))]}
+    scores = {**gan_test, "gan_train_top1": result["metrics"]["test_top1"]}
+    return {"metrics": scores, "gates": [gan_test_gate(gan_test["gan_test_top1"],
+                                                       len(classes))]}
 
 
 def fid_gate(args, quality: dict) -> dict:

@@ -285,6 +285,12 @@ def gan_args(root, out, *extra):
         "--device", "cpu", *extra])
 
 
+def test_gan_test_size_below_the_gans_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gan_args(tmp_path, tmp_path / "out", "--gan-test-size", "16")
+    assert "--gan-test-size 16: expected at least --gan-size (32)" in capsys.readouterr().err
+
+
 def test_gan_training_resumes_to_the_same_generator(sample, tmp_path):
     root, _ = sample
     args = gan_args(root, tmp_path / "whole")
@@ -351,7 +357,7 @@ def test_whole_pipeline_from_the_command_line(sample, tmp_path):
     args = ["task4_dcgan/train.py", "--dataset", "bird", "--data-root", str(root),
             "--gan-epochs", "1", "--gan-batch-size", "8", "--z-dim", "16", "--gan-width", "8",
             "--synthetic-per-class", "2", "--model", "resnet18", "--weights", "none",
-            "--image-size", "32", "--batch-size", "8", "--epochs", "1",
+            "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--gan-test-size", "48",
             "--judge", str(tmp_path / "judge.pt"), "--out", str(out)]
     gan_only = tmp_path / "gan-only"  # first: it is the FID gate's baseline
     result = run_cli(*args[:-1], str(gan_only), "--gan-only", "--diffaugment", "none")
@@ -377,8 +383,13 @@ def test_whole_pipeline_from_the_command_line(sample, tmp_path):
     assert fid["passed"] == (metrics["val_fid"] < baseline["metrics"]["val_fid"])
     gan_test_run, gan_train_run = (json.loads((out / role / "metrics.json").read_text())
                                    for role in ("gan_test", "gan_train"))
-    assert gan_test_run["args"]["image_size"] == gan_train_run["args"]["image_size"] == 32
+    # both classifiers see what the GAN sees (32 px), resized for the network (48 px)
+    assert gan_test_run["args"]["image_size"] == gan_train_run["args"]["image_size"] == 48
     assert gan_test_run["data"]["train"] == record["data"]["real_train"]
+    assert gan_test_run["data"]["test"] == gan_train_run["data"]["test"] == record["data"]["val"]
+    for split in ("train", "val"):
+        assert {data.load_rgb(p).size for p in (out / "gan_test_images" / split).glob("*.png")
+                } == {(32, 32)}
     assert gan_train_run["data"]["train"] == baseline["data"]["generated"]  # generated only
     assert gan_train_run["metrics"]["test_top1"] == metrics["gan_train_top1"]
     assert record["task"] == "task4_dcgan" and record["variant"] == "dcgan"
