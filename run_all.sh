@@ -204,22 +204,23 @@ study() {  # every table's runs with one seed, into $RESULTS
   done
   table_done "Table 5"
 
-  # Table 6: robustness of task 1-2's model and of FGSM-, fast-FGSM- and PGD-3-trained ones,
-  # each attacked with FGSM and PGD (worst case per image) and checked for gradient masking.
+  # Table 6: robustness of task 1-2's model and of adversarially trained ones (ADV_RUNS, and
+  # ADV_MORE_RUNS for the ADV_MORE datasets: "folder flags"), each attacked with FGSM and
+  # PGD (worst case per image) and checked for gradient masking.
   for dataset in "${DATASETS[@]}"; do
     standard=$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt
     adversarial=("${ROBUST[@]}" --standard "$standard")  # the gate's reference
     [[ ${#ADV[@]} -eq 0 ]] || adversarial+=(--weights "$standard" "${ADV[@]}")
     run "$RESULTS/task7_fgsm/$dataset/standard" task7_fgsm/train.py --dataset "$dataset" \
       --evaluate "$standard" "${ROBUST[@]}"
-    run "$RESULTS/task7_fgsm/$dataset/fgsm" task7_fgsm/train.py --dataset "$dataset" \
-      "${adversarial[@]}"
-    if [[ " ${ADV_MORE[*]} " == *" $dataset "* ]]; then
-      run "$RESULTS/task7_fgsm/$dataset/fast-fgsm" task7_fgsm/train.py --dataset "$dataset" \
-        --fast "${adversarial[@]}"
-      run "$RESULTS/task7_fgsm/$dataset/pgd3" task7_fgsm/train.py --dataset "$dataset" \
-        --adv-attack pgd --adv-steps 3 "${adversarial[@]}"
-    fi
+    runs=("${ADV_RUNS[@]}")
+    [[ " ${ADV_MORE[*]} " != *" $dataset "* ]] || runs+=("${ADV_MORE_RUNS[@]}")
+    for name_flags in "${runs[@]}"; do
+      read -r name extra <<<"$name_flags"
+      # shellcheck disable=SC2086  # $extra holds flags
+      run "$RESULTS/task7_fgsm/$dataset/$name" task7_fgsm/train.py --dataset "$dataset" \
+        "${adversarial[@]}" $extra
+    done
   done
   table_done "Table 6"
 

@@ -35,6 +35,8 @@ HEATMAP=(--images 30 --faithfulness-steps 10)  # deletion / insertion: 21 passes
 ROBUST=(--robust-eps 2 8 --test-images 30)
 ADV=()  # adversarial training: task 1-2's full training, under attack
 ADV_MORE=(bird)
+ADV_RUNS=("fgsm")  # "folder flags": FGSM training for every dataset
+ADV_MORE_RUNS=("fast-fgsm --fast" "pgd3 --adv-attack pgd --adv-steps 3")
 
 # Table 7: ImageNet -> SimCLR for birds only
 SIMCLR=(--simclr-epochs 4 --simclr-batch-size 32 --label-fractions 1/class 1.0 --epochs 3)

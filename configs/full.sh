@@ -25,6 +25,8 @@ HEATMAP=()
 ROBUST=(--restarts 3)
 ADV=()
 ADV_MORE=(bird dog)
+ADV_RUNS=("fgsm")  # "folder flags": FGSM training for every dataset
+ADV_MORE_RUNS=("fast-fgsm --fast" "pgd3 --adv-attack pgd --adv-steps 3")
 
 SIMCLR=(--model resnet50 --image-size 224)  # SimCLR's own setting; batch 256
 SIMCLR_MORE=(bird dog)
