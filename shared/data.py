@@ -441,7 +441,10 @@ def crop_decoded(image: Image.Image, full_size: tuple[int, int], region: Box | N
     if region is None:
         return image
     scale = image.width / full_size[0]  # < 1 after a draft-mode decode
-    return image.crop(tuple(v * scale for v in _clipped(region, full_size)))
+    # PIL rounds each edge; a box under a pixel wide (an untrained detector's) keeps one
+    left, top, right, bottom = (round(v * scale) for v in _clipped(region, full_size))
+    left, top = min(left, image.width - 1), min(top, image.height - 1)
+    return image.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
 
 
 class DecodedCache:

@@ -195,6 +195,10 @@ def test_region_crops_the_same_place_after_a_reduced_decode(tmp_path):
     assert np.abs(pixels - resized)[:, 2:].mean() < 3
     # a region partly outside is clipped to the image, at either scale
     assert load_rgb(path, (600, -50, 900, 300), need=("long", 75)).size == (50, 75)
+    # a box under a pixel wide or tall (an untrained detector's) keeps one pixel, even at
+    # the image's edge: PIL would round both edges to the same column
+    assert load_rgb(path, (71.7, 77.66, 72.0, 96.0)).size == (1, 18)
+    assert load_rgb(path, (799.8, 10, 800, 10.2)).size == (1, 1)
 
 
 def test_default_workers_share_the_cores_between_local_processes(monkeypatch):
