@@ -191,9 +191,9 @@ def main(args: argparse.Namespace) -> None:
     quality = {"fid": frechet_distance(real_features, fake_features), "kid": kid,
                "kid_std": kid_std,
                "gen_class_acc": class_accuracy(judge, fake, fake_labels, rt.device)}
+    curve_end = history(out)[-1]  # the last epoch's record: G's steps, the curve's end
     if val_features is not None:
         # --fid-every's last point scored these same seeded images: read, not recomputed
-        curve_end = history(out)[-1]
         quality |= ({k: curve_end[k] for k in ("val_fid", "val_kid", "val_kid_std",
                                                "gan_test_top1")}
                     if "val_fid" in curve_end else against_val(fake, fake_labels))
@@ -203,7 +203,7 @@ def main(args: argparse.Namespace) -> None:
     gan_scores = gan_train(args, rt, index.classes, gan_val, fake, fake_labels, out,
                            {"gan_test_top1": quality.get("gan_test_top1"),
                             "gan_test_real_val_top1": gan_test_real},
-                           history(out)[-1]["g_steps"])
+                           curve_end["g_steps"])
     quality |= gan_scores["metrics"]
     gates = results.merge(gan_scores, fid_gate(args, quality))["gates"]
     if args.gan_only:
