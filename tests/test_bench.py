@@ -63,10 +63,15 @@ def test_memory_prints_both_steps_with_a_largest_batch():
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stdout, "resnet18")
     assert [r[1] for r in rows] == ["seed", "engine"]
-    for row in rows:
-        assert float(row[2].replace(",", "")) > 100  # MB: torch alone takes more
-        assert float(row[4].replace(",", "")) > 0  # activations grow with the batch
-        assert int(row[5].split()[0]) > 32
+    for row in rows:  # MB: torch alone takes more than 100
+        small, large, per_image = (float(cell.replace(",", "")) for cell in row[2:5])
+        assert small > 100 and per_image > 0  # activations grow with the batch
+        assert per_image == pytest.approx((large - small) / 30, abs=1)  # printed rounded
+        # the largest batch that fits 4 GB, extrapolated from batch 2's peak (MB per image
+        # printed to the nearest MB)
+        largest = int(row[5].split()[0])
+        assert 1 + (4096 - small) / (per_image + 0.5) <= largest
+        assert largest <= 2 + (4096 - small) / max(per_image - 0.5, 0.1)
     simclr = run_cli("bench/memory.py", "--models", "resnet18", "--batch-sizes", "2", "4",
                      "--image-size", "32", "--steps", "simclr")  # task 8's step imports
     assert simclr.returncode == 0 and "error" not in simclr.stdout, simclr.stdout[-2000:]
@@ -102,6 +107,10 @@ def test_eval_speed_prints_no_grad_then_each_batch():
     assert [(r[2], r[3]) for r in rows] == [("no_grad", "4"), ("inference_mode", "4"),
                                             ("inference_mode", "8")]
     assert all(float(r[4]) > 0 for r in rows)
+    for row in rows:  # each speed against the first row's, as printed (rounded)
+        assert float(row[5].rstrip("x")) == pytest.approx(float(row[4]) / float(rows[0][4]),
+                                                          abs=0.006 + 0.05 / float(rows[0][4]))
+    assert rows[0][5] == "1.00x"
 
 
 def test_quick_profile_reports_every_table_it_ran(sample, tmp_path):
