@@ -53,7 +53,8 @@ ADV_RUNS=("pgd2 --adv-attack pgd --adv-steps 2")
 ADV_MORE_RUNS=()
 
 # task 8's real-photo protocol: 96 px, LP-FT with the strong recipe, batch norm frozen (with
-# it re-estimated at 96 px the fine-tune fell 22.5 points below its probe on validation)
+# it re-estimated at 96 px the fine-tune fell 22.5 points below its probe on validation, a
+# figure taken while probe and fine-tune read different crops: to be re-measured)
 SIMCLR=(--image-size 96 --simclr-epochs 6 --simclr-warmup-epochs 1
         --label-fractions 1/class 0.1 1 --recipe strong --freeze-stages 0 --freeze-bn
         --head-only-epochs 0 --epochs 4)

@@ -125,12 +125,12 @@ def knn_scores(train_x, train_y, test_x, classes: int, k: int) -> torch.Tensor:
 
 
 def knn_top1(backbone: nn.Module, spec, train: list[Record], held_out: list[Record],
-             classes: int, k: int, image_size: int, resize_mode: str, workers: int | None,
-             rt) -> float:
+             classes: int, k: int, image_size: int, resize_mode: str, crop_ratio: float,
+             workers: int | None, rt) -> float:
     """kNN top-1 on `held_out` with every `train` image's label, scored as the final
     evaluation scores it (float16 scores, `results.score_predictions`): the online monitor."""
-    transform = data.build_transform(False, image_size, resize_mode)
-    need = data.decode_need(False, image_size, resize_mode)
+    transform = data.build_transform(False, image_size, resize_mode, crop_ratio=crop_ratio)
+    need = data.decode_need(False, image_size, resize_mode, crop_ratio=crop_ratio)
     workers = data.loader_workers(workers, rt.device.type == "cuda")
     train_x, train_y = extract(backbone, spec, train, transform, need, rt, workers)
     x, y = extract(backbone, spec, held_out, transform, need, rt, workers)

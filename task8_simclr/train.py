@@ -128,7 +128,8 @@ def main(args: argparse.Namespace) -> None:
         if not val and args.knn_every:
             print("no validation split (--val-fraction 0): the kNN monitor is off", flush=True)
         monitor = (lambda net: knn_top1(net, spec, train, val, len(index.classes), args.knn,
-                                        args.image_size, args.resize_mode, args.workers, rt)
+                                        args.image_size, args.resize_mode, args.crop_ratio,
+                                        args.workers, rt)
                    ) if val else None
         history = pretrain(backbone, features, spec, train,
                            SimCLRConfig.from_flags(vars(args)), rt, out, monitor)
@@ -139,8 +140,12 @@ def main(args: argparse.Namespace) -> None:
     if rt.world_size > 1:
         torch.distributed.barrier()
 
-    transform = data.build_transform(False, args.image_size, args.resize_mode)
-    need = data.decode_need(False, args.image_size, args.resize_mode)
+    # the view the fine-tune evaluates with (its --crop-ratio): probe and fine-tune read the
+    # same pixels of every photo
+    transform = data.build_transform(False, args.image_size, args.resize_mode,
+                                     crop_ratio=args.crop_ratio)
+    need = data.decode_need(False, args.image_size, args.resize_mode,
+                            crop_ratio=args.crop_ratio)
     workers = data.loader_workers(args.workers, rt.device.type == "cuda")
     test_x, test_y = extract(backbone, spec, test, transform, need, rt, workers)
     all_x, all_y = extract(backbone, spec, train, transform, need, rt, workers)  # once, for all

@@ -192,6 +192,25 @@ def test_pipeline_from_the_command_line(sample, tmp_path):
     assert table.count("| SimCLR (from random) |") == 2
 
 
+def test_lp_ft_starts_where_the_probe_ends_on_the_same_view(sample, tmp_path):
+    """A fine-tune that does not move (lr 1e-12, batch norm frozen) must read validation as
+    its probe does: both see each photo through the run's --crop-ratio (the probe once read
+    the default 0.875 crop while the strong recipe's fine-tune read the whole photo, 1.0,
+    and the gate compared two views)."""
+    root, _ = sample
+    out = tmp_path / "random"
+    result = run_cli("task8_simclr/train.py", "--dataset", "bird", "--data-root", str(root),
+                     "--backbone", "random", "--model", "resnet18", "--image-size", "32",
+                     "--resize-mode", "center-crop", "--crop-ratio", "0.4",
+                     "--label-fractions", "1", "--epochs", "1", "--batch-size", "8",
+                     "--lr", "1e-12", "--warmup-epochs", "0", "--freeze-bn",
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "fraction-1" / "metrics.json").read_text())
+    [gate] = metrics["gates"]
+    assert gate["value"] == 0 and gate["passed"]
+
+
 def test_two_processes_probe_the_whole_split_as_one_does(sample, tmp_path):
     root, _ = sample
     common = ["task8_simclr/train.py", "--dataset", "dog", "--data-root", str(root),
@@ -327,7 +346,8 @@ def test_the_knn_monitor_scores_as_the_final_knn_evaluation(sample, tmp_path):
     pretrain.split_head(backbone, spec)
     rt = engine.Runtime(torch.device("cpu"))
     again = probes.knn_top1(backbone, spec, train, test, len(index.classes), args.knn,
-                            args.image_size, args.resize_mode, args.workers, rt)
+                            args.image_size, args.resize_mode, args.crop_ratio, args.workers,
+                            rt)
     assert again == record["metrics"]["knn_top1"]
 
 
