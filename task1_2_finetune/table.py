@@ -14,7 +14,8 @@ def reference(r, rows):
         return None
     if r["args"].get("recipe", "seed") == "seed":
         return first(rows, lambda o: same_setting(r, o) and o["variant"] == "baseline")
-    return first(rows, lambda o: same_setting(r, o) and o["variant"] == "pretrained")
+    return first(rows, lambda o: same_setting(r, o) and o["variant"] == "pretrained"
+                 and o["args"].get("recipe", "seed") == "seed")
 
 
 TABLES = [Table(

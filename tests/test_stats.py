@@ -207,6 +207,24 @@ def test_tables_show_intervals_and_paired_differences(tmp_path):
     assert f"| test_top1 | 200 | {found['difference']:+.2f} |" in compared.stdout
 
 
+def test_the_strong_row_without_its_seed_recipe_reference_shows_no_difference(tmp_path):
+    keys = [str(i) for i in range(100)]
+    _run(tmp_path, "pretrained-strong", "pretrained", keys, np.arange(100) < 80,
+         recipe="strong")
+
+    def difference():
+        table = results.write_tables(tmp_path).read_text().split("## Table 1")[1]
+        lines = table.split("## ")[0].splitlines()
+        header = next(line for line in lines if line.startswith("| Model"))
+        row = next(line for line in lines if "| strong |" in line)
+        cells = dict(zip(header.split(" | "), row.split(" | "), strict=True))
+        return cells["Δ top-1 vs its reference (points, 95% CI; McNemar p)"]
+
+    assert difference() == "–"  # no seed-recipe run: nothing to compare, not itself
+    _run(tmp_path, "pretrained", "pretrained", keys, np.arange(100) < 50)
+    assert difference().startswith("+30.0 (")  # 80% against the seed recipe's 50%
+
+
 def test_a_row_whose_gate_failed_gets_no_verdict(tmp_path):
     keys = [str(i) for i in range(100)]
 
