@@ -359,3 +359,53 @@ def test_seeds_tested_on_different_images_are_refused_by_name(tmp_path):
                        "--a", str(tmp_path / "seed0/task1_2_finetune/bird/baseline"),
                        "--b", str(tmp_path / "seed1/task1_2_finetune/bird/baseline"))
     assert compared.returncode == 1 and "different images" in compared.stderr
+
+
+def test_calibration_bins_are_closed_on_the_right_and_rows_are_softmaxed_apart():
+    """Guo et al.'s bins are ((m - 1) / M, m / M]: with 2 bins a confidence of exactly 0.5
+    (two equal logits, class 0 predicted, right) falls in the first bin and 0.8 (wrong) in
+    the second: 1/2 |0.5 - 1| + 1/2 |0.8 - 0| = 0.65 (left-closed bins would give
+    |0.65 - 0.5| = 0.15). Each row's softmax is its own: a row shifted by 1,000 changes
+    nothing, and no row underflows against another's maximum."""
+    logits = np.array([[0.0, 0.0], [np.log(4.0), 0.0]])
+    labels = np.array([0, 1])
+    assert stats.expected_calibration_error(logits, labels, bins=2) == pytest.approx(0.65)
+    shifted = logits + np.array([[1000.0], [-1000.0]])
+    assert stats.expected_calibration_error(shifted, labels, bins=2) == pytest.approx(0.65)
+
+
+def test_mcnemar_reads_zero_one_hits_as_booleans():
+    a = np.array([1.0, 1, 1, 1, 1, 0, 0, 0])  # hits as floats, as a predictions file may hold
+    b = np.array([0.0, 0, 0, 0, 0, 0, 1, 1])
+    # discordant: 5 only a, 2 only b (the image right for neither is concordant)
+    expected = stats.mcnemar_p(a.astype(bool), b.astype(bool))
+    assert expected == pytest.approx(2 * (1 + 7 + 21) / 2 ** 7)  # exact: 2 P(k <= 2 | 7)
+    assert stats.mcnemar_p(a, b) == expected
+    assert stats.mcnemar_p(a.astype(int), b.astype(int)) == expected
+
+
+def test_wilson_interval_of_one_success_in_one_trial():
+    """p = 1, n = 1, z = 1.96: centre (1 + z^2/2) / (1 + z^2) = 0.6033, half
+    z sqrt(z^2 / 4) / (1 + z^2) = 0.3967: (0.2065, 1)."""
+    low, high = stats.wilson_interval(1, 1)
+    assert low == pytest.approx(0.2065, abs=1e-4) and high == pytest.approx(1.0)
+
+
+def test_bootstrap_mean_edges_defaults_and_its_normal_limit():
+    assert stats.bootstrap_mean([3.0]) == (3.0, 3.0)  # one value: nothing to resample
+    low, high = stats.bootstrap_mean([1.0, 0.0, 0.0, 0.0])
+    assert (low, high) != (0.0, 0.0) and high >= 0.5  # the first value is drawn too
+    values = np.arange(400.0)  # symmetric: the percentile interval is the normal one
+    low, high = stats.bootstrap_mean(values, resamples=20000)
+    se = values.std() / np.sqrt(len(values))  # the bootstrap's own spread of the mean
+    assert low == pytest.approx(values.mean() - 1.96 * se, abs=0.08 * se)
+    assert high == pytest.approx(values.mean() + 1.96 * se, abs=0.08 * se)
+    # the tables' intervals are the documented 2,000 seeded resamples (docs/results.md)
+    rng = np.random.default_rng(5)
+    hits, other = rng.random(60) < 0.5, rng.random(60) < 0.6
+    assert stats.bootstrap_mean(values[:30]) == stats.bootstrap_mean(values[:30], 2000, 0)
+    assert stats.paired_bootstrap(hits, other) == stats.paired_bootstrap(hits, other, 2000, 0)
+    matrix = np.stack([hits, other]).astype(float)
+    assert stats.two_level_bootstrap(matrix) == stats.two_level_bootstrap(matrix, 2000, 0)
+    with pytest.raises(ValueError, match="^paired_bootstrap needs the same images for both$"):
+        stats.paired_bootstrap(hits, other[:59])
