@@ -59,24 +59,26 @@ def extract(backbone: nn.Module, spec, records: list[Record], transform, need, r
 
 
 def linear_probe(train_x, train_y, classes: int, epochs: int, seed: int) -> nn.Linear:
-    """A softmax classifier on standardised frozen features (full-batch AdamW), returned
-    with the standardisation folded into its weights: it reads raw features, as the head
-    LP-FT's fine-tune starts from. A feature constant over the training images (a ReLU that
-    never fires on a few labelled photos) keeps its scale, as scikit-learn's StandardScaler
-    does: dividing by its ~0 spread would blow its test values up past float16's range."""
-    mean, std = train_x.mean(0), train_x.std(0)
-    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    """A softmax classifier on centred frozen features divided by one scale, their mean
+    spread (full-batch AdamW), returned with that folded into its weights: it reads raw
+    features, as the head LP-FT's fine-tune starts from. One scale, not one a feature: a
+    unit that barely varies over a few labelled photos would get its weight divided by that
+    spread (x20,000 on the demo), and the fine-tune's first step, which moves it a little,
+    would throw the logits into the hundreds and wreck the features."""
+    mean = train_x.mean(0)
+    scale = train_x.std(0).mean() if len(train_x) > 1 else train_x.new_tensor(0.0)
+    scale = scale if scale > 1e-6 else train_x.new_tensor(1.0)
     torch.manual_seed(seed)
     probe = nn.Linear(train_x.shape[1], classes)
     optimizer = torch.optim.AdamW(probe.parameters(), 1e-2, weight_decay=1e-4)
-    standardised = (train_x - mean) / std
+    standardised = (train_x - mean) / scale
     for _ in range(epochs):
         loss = F.cross_entropy(probe(standardised), train_y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    with torch.no_grad():  # w . (x - mean) / std + b = (w / std) . x + b - (w / std) . mean
-        weight = probe.weight / std
+    with torch.no_grad():  # w . (x - mean) / s + b = (w / s) . x + b - (w / s) . mean
+        weight = probe.weight / scale
         probe.bias -= weight @ mean
         probe.weight.copy_(weight)
     return probe.requires_grad_(False)

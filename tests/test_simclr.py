@@ -407,16 +407,33 @@ def test_linear_probe_keeps_a_feature_constant_in_training_on_its_scale():
     assert logits.abs().max() < 100
 
 
+def test_a_unit_nearly_constant_on_the_labelled_photos_gets_no_outsized_weight():
+    """The demo's failure: a unit that barely varies over six labelled photos (spread 1e-4)
+    got its weight divided by that spread, and LP-FT's first step, moving it by a little,
+    sent the fine-tune's loss into the hundreds. Folded, the probe's weights stay on the
+    scale of the typical feature's."""
+    g = torch.Generator().manual_seed(0)
+    train_x, train_y = torch.randn(6, 8, generator=g), torch.arange(6) % 3
+    train_x[:, 0] = 0.5 + 1e-4 * torch.randn(6, generator=g)
+    train_x[:, 0] += 1e-4 * train_y  # it even tells the classes apart
+    probe = probes.linear_probe(train_x, train_y, 3, 100, 0)
+    assert probe.weight.abs().max() < 10
+    moved = train_x.clone()
+    moved[:, 0] += 0.1  # a fine-tune step nudges the unit
+    assert (probe(moved) - probe(train_x)).abs().max() < 5
+
+
 def test_the_probe_reads_raw_features_as_its_standardised_fit_and_heads_lp_ft(sample):
-    """The folded probe equals the classifier fitted on standardised features (refitted
-    here by hand), and LP-FT's start is the backbone with exactly that probe as its head."""
+    """The folded probe equals the classifier fitted on centred features divided by their
+    mean spread (refitted here by hand), and LP-FT's start is the backbone with exactly
+    that probe as its head."""
     from shared.models import build_model
 
     g = torch.Generator().manual_seed(1)
     train_x, test_x = 3 + 2 * torch.randn(40, 6, generator=g), torch.randn(5, 6, generator=g)
     train_y = torch.arange(40) % 3
     probe = probes.linear_probe(train_x, train_y, 3, 30, 0)
-    mean, std = train_x.mean(0), train_x.std(0)
+    mean, std = train_x.mean(0), train_x.std(0).mean()
     torch.manual_seed(0)
     by_hand = nn.Linear(6, 3)
     optimizer = torch.optim.AdamW(by_hand.parameters(), 1e-2, weight_decay=1e-4)
