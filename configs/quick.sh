@@ -52,12 +52,9 @@ ADV_MORE=()
 ADV_RUNS=("pgd2 --adv-attack pgd --adv-steps 2")
 ADV_MORE_RUNS=()
 
-# task 8's real-photo protocol: 96 px, LP-FT with the strong recipe, batch norm frozen, no
-# label smoothing (the probe, fit without it, starts at a loss of about 4 under it, and the
-# first steps wreck the features pulling its logits together) and a backbone lr of 3e-5:
-# the one setting of the validation curve whose fine-tunes reach their probes at all
-# three label budgets (docs/studies/2026-12-06-epyc-tables-6-7.md)
+# task 8 at 96 px; its fine-tunes use task 8's default recipe, lp-ft (shared/cli.py): the
+# one setting of the validation curve whose fine-tunes reach their probes at all three
+# label budgets (docs/studies/2026-12-06-epyc-tables-6-7.md)
 SIMCLR=(--image-size 96 --simclr-epochs 6 --simclr-warmup-epochs 1
-        --label-fractions 1/class 0.1 1 --recipe strong --freeze-stages 0 --freeze-bn
-        --head-only-epochs 0 --epochs 4 --label-smoothing 0 --lr 3e-5)
+        --label-fractions 1/class 0.1 1 --epochs 4)
 SIMCLR_MORE=(bird dog)

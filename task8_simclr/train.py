@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--knn-every", type=cli.nonnegative_int, default=5, metavar="EPOCHS",
                        help="the online kNN monitor on validation every this many epochs of "
                             "pre-training (0: off)")
-    parser.set_defaults(weights=None)
+    parser.set_defaults(weights=None, recipe="lp-ft")
     args = cli.parse_with_recipes(parser, argv)
     # The backbone names the starting weights: SimCLR pre-trains from random unless
     # --weights says otherwise; the other two are their names.

@@ -321,6 +321,19 @@ def test_lr_defaults_follow_each_optimiser_and_imagenet_simclr_is_its_own_row():
     assert simclr_train.parse_args(["--dataset", "bird"]).variant == "simclr"
 
 
+def test_fine_tunes_default_to_the_lp_ft_recipe_and_flags_still_win():
+    """Task 8's fine-tunes start from the probe: by default unfrozen, batch norm frozen, no
+    head-only epochs or label smoothing, a backbone lr well below the head's (the seed's
+    SGD at lr 0.01 took the demo's fine-tunes to chance)."""
+    lp_ft = simclr_train.parse_args([])
+    assert (lp_ft.recipe, lp_ft.lr, lp_ft.label_smoothing) == ("lp-ft", 3e-5, 0.0)
+    assert (lp_ft.freeze_stages, lp_ft.head_only_epochs, lp_ft.freeze_bn) == (0, 0, True)
+    assert lp_ft.lr * lp_ft.head_lr_mult <= 1e-3
+    assert simclr_train.parse_args(["--lr", "1e-4"]).lr == 1e-4
+    seed = simclr_train.parse_args(["--recipe", "seed"])
+    assert (seed.optimizer, seed.lr) == ("sgd", 0.01)
+
+
 def test_the_knn_monitor_scores_as_the_final_knn_evaluation(sample, tmp_path):
     root, _ = sample
     from shared import data, engine
