@@ -46,8 +46,8 @@ def test_quick_builds_every_table_with_and_without_boxes(tmp_path):
     assert tables.count("| ImageNet → SimCLR |") == 6  # 3 label budgets, 2 datasets
     finetune = json.loads((results / "seed0" / "task8_simclr" / "bird" / "simclr" / "fraction-1" /
                            "finetune" / "metrics.json").read_text())["args"]
-    assert (finetune["recipe"], finetune["freeze_stages"], finetune["freeze_bn"]) == (
-        "strong", 0, True)  # task 8: unfrozen stages, batch norm frozen (docs/studies)
+    assert (finetune["recipe"], finetune["freeze_stages"], finetune["freeze_bn"],
+            finetune["label_smoothing"]) == ("lp-ft", 0, True, 0.0)  # task 8's LP-FT protocol
     # a second run finds every run finished and rebuilds the tables only
     again = subprocess.run(["bash", "run_all.sh", "--quick", "--datasets", "bird", *toy],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
