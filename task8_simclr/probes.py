@@ -64,7 +64,7 @@ def linear_probe(train_x, train_y, classes: int, epochs: int, seed: int) -> nn.L
     features, as the head LP-FT's fine-tune starts from. One scale, not one a feature: a
     unit that barely varies over a few labelled photos would get its weight divided by that
     spread (x20,000 on the demo), and the fine-tune's first step, which moves it a little,
-    would throw the logits into the hundreds and wreck the features."""
+    would throw the logits into the thousands and wreck the features."""
     mean = train_x.mean(0)
     scale = train_x.std(0).mean() if len(train_x) > 1 else train_x.new_tensor(0.0)
     scale = scale if scale > 1e-6 else train_x.new_tensor(1.0)
