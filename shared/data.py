@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 import torch
 from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -191,6 +190,8 @@ def _every_class_trains(index: DatasetIndex, source: Path) -> DatasetIndex:
 
 def mat_list(path: Path) -> list[tuple[str, str, int]]:
     """(file, annotation, 1-based label) rows of an official `*_list.mat`."""
+    import scipy.io  # half a second to import: Stanford Dogs only
+
     try:
         mat = scipy.io.loadmat(path)
     except Exception as e:  # scipy raises several types for a damaged file

@@ -17,7 +17,6 @@ from torch import nn
 from shared.cam import Hooked, grad_cam, normalise, token_grid  # noqa: F401  (re-exported)
 
 
-@torch.no_grad()
 def attention_rollout(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Attention rollout (Abnar & Zuidema) of a torchvision ViT: each block's head-averaged
     attention, with the residual as 0.5 I, multiplied through the blocks; the class token's
@@ -25,32 +24,32 @@ def attention_rollout(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     by a forward hook (torchvision asks its attention for no weights)."""
     model.eval()
     blocks = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    with Hooked(model, [n.rsplit(".", 1)[0] + ".ln_1" for n in blocks]) as hooked:
+    with Hooked(model, [n.rsplit(".", 1)[0] + ".ln_1" for n in blocks]) as hooked, \
+            torch.no_grad():
         model(images)
-    modules = dict(model.named_modules())
-    rollout = None
-    for name in blocks:
-        attention_module = modules[name]
-        x = hooked.activation[name.rsplit(".", 1)[0] + ".ln_1"]
-        n, t, d = x.shape
-        heads = attention_module.num_heads
-        q, k, _ = F.linear(x, attention_module.in_proj_weight,
-                           attention_module.in_proj_bias).chunk(3, dim=-1)
-        q = q.reshape(n, t, heads, d // heads).transpose(1, 2)
-        k = k.reshape(n, t, heads, d // heads).transpose(1, 2)
-        attention = (q @ k.transpose(-2, -1) / (d // heads) ** 0.5).softmax(-1).mean(1)
-        attention = 0.5 * attention + 0.5 * torch.eye(t, device=x.device)
-        attention = attention / attention.sum(-1, keepdim=True)
-        rollout = attention if rollout is None else attention @ rollout
+        modules = dict(model.named_modules())
+        rollout = None
+        for name in blocks:
+            attention_module = modules[name]
+            x = hooked.activation[name.rsplit(".", 1)[0] + ".ln_1"]
+            n, t, d = x.shape
+            heads = attention_module.num_heads
+            q, k, _ = F.linear(x, attention_module.in_proj_weight,
+                               attention_module.in_proj_bias).chunk(3, dim=-1)
+            q = q.reshape(n, t, heads, d // heads).transpose(1, 2)
+            k = k.reshape(n, t, heads, d // heads).transpose(1, 2)
+            attention = (q @ k.transpose(-2, -1) / (d // heads) ** 0.5).softmax(-1).mean(1)
+            attention = 0.5 * attention + 0.5 * torch.eye(t, device=x.device)
+            attention = attention / attention.sum(-1, keepdim=True)
+            rollout = attention if rollout is None else attention @ rollout
     h, w = images.shape[-2] // model.patch_size, images.shape[-1] // model.patch_size
     return normalise(rollout[:, 0, 1:].reshape(n, h, w))
 
 
-@torch.no_grad()
 def feature_maps(model: nn.Module, images: torch.Tensor, layers: list[str]) -> dict:
     """The output of each named layer for `images` (the seed's per-channel figure)."""
     model.eval()
-    with Hooked(model, layers) as hooked:
+    with Hooked(model, layers) as hooked, torch.no_grad():
         model(images)
     return {name: hooked.activation[name].detach() for name in layers}
 
@@ -68,7 +67,6 @@ def centre_map(images: torch.Tensor, grid: int = 15) -> torch.Tensor:
     return bump.expand(len(images), grid, grid)
 
 
-@torch.inference_mode()
 def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tensor,
                        target: torch.Tensor, steps: int = 20, amp_dtype=None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,22 +78,23 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
     colour rather than a blur: a blurred patch keeps its colour, which is all some classes
     differ in."""
     model.eval()
-    n, _, h, w = images.shape
-    full = F.interpolate(maps[:, None].float(), size=(h, w), mode="bilinear",
-                         align_corners=False)[:, 0].flatten(1)
-    rank = torch.empty_like(full, dtype=torch.long)  # 0 = the most salient pixel
-    rank.scatter_(1, full.argsort(dim=1, descending=True, stable=True),
-                  torch.arange(h * w, device=images.device).expand(n, -1))
-    rank = rank.view(n, 1, h, w)
-    blank = images.mean((2, 3), keepdim=True).expand_as(images)
-    target = target.to(images.device)
-    deletion, insertion = [], []
-    for step in range(steps + 1):
-        shown = rank < round(step * h * w / steps)
-        for curve, batch in ((deletion, torch.where(shown, blank, images)),
-                             (insertion, torch.where(shown, images, blank))):
-            with torch.autocast(images.device.type, amp_dtype, enabled=amp_dtype is not None):
-                logits = model(batch)  # n images a pass: the caller's (evaluation) batch
-            curve.append(logits.float().softmax(1).gather(1, target[:, None])[:, 0])
-    return tuple(torch.trapezoid(torch.stack(curve, dim=1), dx=1 / steps, dim=1).cpu()
-                 for curve in (deletion, insertion))
+    with torch.inference_mode():
+        n, _, h, w = images.shape
+        full = F.interpolate(maps[:, None].float(), size=(h, w), mode="bilinear",
+                             align_corners=False)[:, 0].flatten(1)
+        rank = torch.empty_like(full, dtype=torch.long)  # 0 = the most salient pixel
+        rank.scatter_(1, full.argsort(dim=1, descending=True, stable=True),
+                      torch.arange(h * w, device=images.device).expand(n, -1))
+        rank = rank.view(n, 1, h, w)
+        blank = images.mean((2, 3), keepdim=True).expand_as(images)
+        target = target.to(images.device)
+        deletion, insertion = [], []
+        for step in range(steps + 1):
+            shown = rank < round(step * h * w / steps)
+            for curve, batch in ((deletion, torch.where(shown, blank, images)),
+                                 (insertion, torch.where(shown, images, blank))):
+                with torch.autocast(images.device.type, amp_dtype, enabled=amp_dtype is not None):
+                    logits = model(batch)  # n images a pass: the caller's (evaluation) batch
+                curve.append(logits.float().softmax(1).gather(1, target[:, None])[:, 0])
+        return tuple(torch.trapezoid(torch.stack(curve, dim=1), dx=1 / steps, dim=1).cpu()
+                     for curve in (deletion, insertion))

@@ -41,21 +41,13 @@ class Normalized(nn.Module):
 def _loss_gradient(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor
                    ) -> torch.Tensor:
     pixels = pixels.detach().requires_grad_(True)
-    with torch.enable_grad():
+    # eval mode, each module put back in its own after: frozen batch norms stay frozen
+    with evaluating(model), torch.enable_grad():
         loss = F.cross_entropy(model(pixels).float(), labels)
         (gradient,) = torch.autograd.grad(loss, pixels)
     return gradient
 
 
-def _in_eval_mode(attack):
-    def wrapped(model, *args, **kwargs):
-        with evaluating(model):  # each module back in its own mode: frozen batch norms stay
-            return attack(model, *args, **kwargs)
-    wrapped.__doc__, wrapped.__name__ = attack.__doc__, attack.__name__
-    return wrapped
-
-
-@_in_eval_mode
 def fgsm(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: float,
          random_start: bool = False, step: float | None = None) -> torch.Tensor:
     """x + eps * sign(grad of the loss), clamped to [0, 1]. `eps` in 1/255 units. With
@@ -71,7 +63,6 @@ def fgsm(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: floa
     return adversarial.clamp(0, 1).detach()
 
 
-@_in_eval_mode
 def pgd(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: float,
         steps: int = 10, step: float | None = None, random_start: bool = True,
         generator: torch.Generator | None = None) -> torch.Tensor:

@@ -26,21 +26,26 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5
     return loss, accuracy
 
 
-def simclr_views(image_size: int, blur: bool = True):
-    """A transform returning two independent augmented views of a PIL image, as uint8 pixels
-    (`shared.data.normalize` them on the device): random-resized crop (scale 0.08-1), flip,
-    colour jitter (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale with p 0.2, Gaussian blur
-    (kernel a tenth of the image, sigma 0.1-2) with p 0.5."""
+def simclr_augment(image_size: int, blur: bool = True):
+    """SimCLR's augmentation of a PIL image to uint8 pixels (`shared.data.normalize` them on
+    the device), as in Chen et al. 2020 (appendix A, colour strength 0.5): random-resized
+    crop (scale 0.08-1), flip, colour jitter (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale with
+    p 0.2, Gaussian blur (kernel a tenth of the image, odd; sigma 0.1-2) with p 0.5."""
     from torchvision import transforms as T
 
     kernel = max(3, image_size // 10 | 1)  # odd
-    augment = T.Compose([
+    return T.Compose([
         T.RandomResizedCrop(image_size, scale=(0.08, 1.0)),
         T.RandomHorizontalFlip(),
         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
         *([T.RandomApply([T.GaussianBlur(kernel, (0.1, 2.0))], p=0.5)] if blur else []),
         T.PILToTensor()])
+
+
+def simclr_views(image_size: int, blur: bool = True):
+    """A transform returning two independent `simclr_augment` views of a PIL image."""
+    augment = simclr_augment(image_size, blur)
 
     def two_views(image):
         return augment(image), augment(image)
@@ -74,30 +79,32 @@ class LARS(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "momentum": momentum,
                                   "weight_decay": weight_decay, "eta": eta, "adapt": True})
 
-    @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad, rate = param.grad, group["lr"]
-                if group["adapt"]:
-                    grad = grad.add(param, alpha=group["weight_decay"])
-                    w_norm, g_norm = param.norm(), grad.norm()
-                    trust = torch.where((w_norm > 0) & (g_norm > 0),
-                                        group["eta"] * w_norm / g_norm, torch.ones_like(w_norm))
-                    rate = rate * trust
-                state = self.state[param]
-                if "velocity" not in state:
-                    state["velocity"] = torch.zeros_like(param)
-                velocity = state["velocity"]
-                velocity.mul_(group["momentum"]).add_(grad * rate)
-                param.sub_(velocity)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for param in group["params"]:
+                    if param.grad is not None:
+                        self._update(param, group)
         return loss
+
+    def _update(self, param: torch.Tensor, group: dict) -> None:
+        grad, rate = param.grad, group["lr"]
+        if group["adapt"]:
+            grad = grad.add(param, alpha=group["weight_decay"])
+            w_norm, g_norm = param.norm(), grad.norm()
+            trust = torch.where((w_norm > 0) & (g_norm > 0),
+                                group["eta"] * w_norm / g_norm, torch.ones_like(w_norm))
+            rate = rate * trust
+        state = self.state[param]
+        if "velocity" not in state:
+            state["velocity"] = torch.zeros_like(param)
+        velocity = state["velocity"]
+        velocity.mul_(group["momentum"]).add_(grad * rate)
+        param.sub_(velocity)
 
 
 def lars_groups(model: nn.Module) -> list[dict]:

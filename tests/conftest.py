@@ -1,9 +1,11 @@
 import atexit
+import importlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -14,10 +16,29 @@ REPO = Path(__file__).resolve().parents[1]
 # a task's helper modules are imported by their own names, as its scripts import them (so a
 # task folder runs under any name); the scripts themselves as task<N>_<name>.train
 sys.path[1:1] = [str(folder) for folder in sorted(REPO.glob("task*_*")) if folder.is_dir()]
+# under pytest-xdist (the README's `-n 2`) each worker gets its own share of the cores, so
+# its torch threads and its subprocesses' (the engine takes one thread a core it may use)
+# never contend with the other worker's
+_worker, _workers = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(
+    "PYTEST_XDIST_WORKER_COUNT")
+if _worker and _workers and int(_workers) <= len(os.sched_getaffinity(0)):
+    _cores = sorted(os.sched_getaffinity(0))[int(_worker.removeprefix("gw"))::int(_workers)]
+    os.sched_setaffinity(0, _cores)
+    os.environ["OMP_NUM_THREADS"] = str(len(_cores))  # torch's default, before it loads
+if REPO.name == "mutants":  # mutmut's copy of the repository (pyproject.toml): it knows a
+    # task's mutated module by its path, so `import fgsm` must give task7_fgsm.fgsm
+    settings = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mutmut"]
+    for path in map(Path, settings["only_mutate"]):
+        if path.parts[0].startswith("task"):
+            sys.modules[path.stem] = importlib.import_module(".".join(path.with_suffix("").parts))
 # the photo-check and decoded caches: the tests' own, not the user's, and removed after
 if "FGVC_CACHE" not in os.environ:
     os.environ["FGVC_CACHE"] = tempfile.mkdtemp(prefix="fgvc-cache-")
     atexit.register(shutil.rmtree, os.environ["FGVC_CACHE"], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.get_closest_marker("longest") is None)  # stable
 
 
 @pytest.fixture(scope="session")

@@ -322,6 +322,96 @@ def test_masking_checks_on_constructed_accuracies():
     assert not gradient_masking_checks(0.9, fine, 25, 100, 10)["passed"]
 
 
+class _Recorder(nn.Module):
+    """A linear two-class model that keeps every photo it is shown. The loss gradient with
+    respect to the photo is p_other * (w_other - w_true), so its sign is known in closed
+    form at every photo: sign(w_other - w_true)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight, self.seen = weight, []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return x.flatten(1) @ self.weight.T
+
+
+def test_attack_paths_in_closed_form_on_a_linear_model():
+    """FGSM is x + eps d (where d = 0 the pixel stays); PGD's default is 10 steps of 2.5 eps
+    / 10, so the network sees x, x + 2/255 d, ... up to the eps-ball; random starts replay
+    the same uniform draws (fast FGSM: then one step of 1.25 eps, or of `step`, projected
+    onto the ball)."""
+    torch.manual_seed(0)
+    weight = torch.randn(2, 48)
+    weight[:, 0] = 0  # a pixel the loss does not depend on: it must not move
+    x = 0.3 + 0.4 * torch.rand(4, 3, 4, 4)  # every pixel more than eps from 0 and 1
+    labels = torch.tensor([0, 1, 0, 1])
+    d = torch.sign(weight[1 - labels] - weight[labels]).view(4, 3, 4, 4)
+    eps = 8 / 255
+    model = _Recorder(weight)
+    torch.testing.assert_close(fgsm(model, x, labels, 8), x + eps * d)
+    model.seen.clear()
+    torch.testing.assert_close(pgd(model, x, labels, 8, random_start=False), x + eps * d)
+    assert len(model.seen) == 10
+    for k, seen in enumerate(model.seen):
+        torch.testing.assert_close(seen, x + min(2 * k, 8) / 255 * d)
+
+    def in_ball(z):
+        return torch.min(torch.max(z, x - eps), x + eps)
+
+    for step, size in ((None, 1.25 * eps), (2, 2 / 255)):
+        torch.manual_seed(1)
+        start = x + torch.empty_like(x).uniform_(-eps, eps)
+        torch.manual_seed(1)
+        found = fgsm(model, x, labels, 8, random_start=True, step=step)
+        torch.testing.assert_close(found, in_ball(start + size * d))
+    model.seen.clear()
+    start = x + torch.empty_like(x).uniform_(-eps, eps, generator=torch.Generator().manual_seed(3))
+    pgd(model, x, labels, 8, steps=2, step=3, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(model.seen[0], start)
+    torch.testing.assert_close(model.seen[1], in_ball(start + 3 / 255 * d))
+
+
+def test_random_starts_feed_the_network_only_pixels_in_range():
+    """From a black and a white photo, the random start lies in [0, 1] before the network
+    sees it (fast FGSM and PGD alike), so no gradient is taken at an impossible photo."""
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.seen = nn.Linear(3 * 4 * 4, 3), []
+
+        def forward(self, x):
+            self.seen.append((x.min().item(), x.max().item()))
+            return self.linear(x.flatten(1))
+
+    spy = Spy()
+    photos, labels = torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand(2, 3, 4, 4), torch.zeros(
+        2, dtype=torch.long)
+    fgsm(spy, photos, labels, eps=8, random_start=True)
+    pgd(spy, photos, labels, eps=8, steps=2)
+    assert len(spy.seen) == 3 and all(0 <= low and high <= 1 for low, high in spy.seen)
+
+
+def test_masking_checks_name_every_failure_and_let_ties_pass():
+    """Worked by hand: ties (PGD equal to FGSM, to clean accuracy, flat over budgets) are no
+    failure; each failure is one line, in the order the accuracies come and then by attack,
+    budgets compared in numeric order whatever order they come in; a PGD budget with no
+    FGSM partner is not compared."""
+    flat = {"fgsm@2/255": 0.5, "pgd10@2/255": 0.5, "fgsm@8/255": 0.5, "pgd10@8/255": 0.5}
+    assert gradient_masking_checks(0.5, flat, 1, 200, 100) == {
+        "passed": True, "failed": [], "unbounded_top1": 0.005, "chance": 0.01}
+    assert gradient_masking_checks(0.5, flat, 0, 0, 100)["unbounded_top1"] == 0.0
+    assert gradient_masking_checks(0.5, flat, 1, 1, 100)["unbounded_top1"] == 1.0
+    bad = {"fgsm@2/255": 0.30, "pgd10@2/255": 0.40, "pgd10@8/255": 0.45, "worst@4/255": 0.1,
+           "worst@1/255": 0.2, "pgd20@4/255": 0.05, "fgsm@8/255": 0.95}
+    assert gradient_masking_checks(0.9, bad, 30, 100, 10) == {
+        "passed": False, "unbounded_top1": 0.3, "chance": 0.1, "failed": [
+            "pgd10@2/255 40.0% above fgsm@2/255 30.0%",
+            "fgsm@8/255 95.0% above clean 90.0%",
+            "pgd10@8/255 45.0% above pgd10@2/255 40.0%",
+            "unbounded attack leaves 30.0%, above chance 10.0%"]}
+
+
 def test_the_guard_stops_a_collapsing_run_and_keeps_the_best_epoch(sample, tmp_path,
                                                                   monkeypatch):
     """A constructed collapse: the guard's PGD accuracy reads 50%, 60%, then 30% (30 points

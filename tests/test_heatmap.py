@@ -106,6 +106,32 @@ def test_vit_maps_follow_the_input_size(size):
         heatmaps.token_grid(torch.zeros(1, 1 + grid * grid, 4), (24, 24), 8)
 
 
+def test_attention_rollout_multiplies_the_library_attention_through_the_blocks():
+    """Rollout (Abnar & Zuidema) by its definition, from nn.MultiheadAttention's own
+    head-averaged weights (need_weights=True, the library's path) instead of the q and k
+    attention_rollout recomputes: each block 0.5 A + 0.5 I, multiplied from the first block
+    on; the class token's row over the 4 x 4 grid, scaled to a peak of 1."""
+    torch.manual_seed(0)
+    model, _ = build_model("vit_tiny", 5, "none", image_size=32)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    modules = dict(model.named_modules())
+    blocks = [n for n, m in modules.items() if isinstance(m, nn.MultiheadAttention)]
+    for name in blocks:  # torchvision starts the q, k, v biases at zero
+        nn.init.normal_(modules[name].in_proj_bias)
+    with heatmaps.Hooked(model, [n.rsplit(".", 1)[0] + ".ln_1" for n in blocks]) as hooked, \
+            torch.no_grad():
+        model(x)
+        expected = torch.eye(17)
+        for name in blocks:
+            tokens = hooked.activation[name.rsplit(".", 1)[0] + ".ln_1"]
+            _, weights = modules[name](tokens, tokens, tokens, need_weights=True)
+            expected = (0.5 * weights + 0.5 * torch.eye(17)) @ expected
+    expected = expected[:, 0, 1:].reshape(2, 4, 4)
+    expected = expected / expected.amax((1, 2), keepdim=True)
+    torch.testing.assert_close(heatmaps.attention_rollout(model, x), expected)
+
+
 def test_a_trained_model_looks_at_the_object():
     """Noise photos with one coloured square at a random place; the class is its colour. A
     small CNN that learned this must point into the square far more often than chance."""
@@ -158,6 +184,74 @@ def test_a_trained_model_looks_at_the_object():
                                          steps=16) for i in (0, 5)]
     torch.testing.assert_close(torch.cat([a[0] for a in alone]), deletion[[0, 5]])
     torch.testing.assert_close(torch.cat([a[1] for a in alone]), insertion[[0, 5]])
+
+
+@pytest.mark.parametrize("name, layer", [
+    ("resnet18", "layer4"), ("tf_efficientnet_lite0", "conv_head"),
+    ("convnext_tiny", "features.7"),  # the last stage: the head's norm is not a stage's
+    ("efficientnet_b0", "features.8"), ("mobilenet_v3_small", "features.12"),  # last convs
+    ("vit_tiny", "encoder.layers.encoder_layer_1.ln_1"),  # the last of its 2 blocks
+    ("timm/deit_tiny_distilled_patch16_224", "blocks.11.norm1"), ("swin_t", "permute"),
+    ("timm/convnext_atto", "stages.3")])  # a timm CNN: its last feature stage
+def test_the_default_cam_layer_is_each_architectures_last_stage(name, layer):
+    model, spec = build_model(name, 5, "none", image_size=32 if name == "vit_tiny" else 64)
+    assert cam.default_layer(spec, model) == layer
+
+
+def test_token_grid_reads_tokens_row_by_row_past_the_prefix():
+    """Tokens 1..6 after a class token, for a 16 x 24 input in 8-pixel patches: a 2 x 3
+    grid, filled row by row; with 2 prefix tokens (class and distillation) both dropped."""
+    tokens = torch.arange(7.0).view(1, 7, 1)
+    torch.testing.assert_close(cam.token_grid(tokens, (16, 24), 8),
+                               torch.tensor([[[[1.0, 2, 3], [4, 5, 6]]]]))
+    two = torch.arange(8.0).view(1, 8, 1)
+    torch.testing.assert_close(cam.token_grid(two, (16, 24), 8, prefix=2),
+                               torch.tensor([[[[2.0, 3, 4], [5, 6, 7]]]]))
+    with pytest.raises(ValueError, match="^8 tokens do not make a 2x3 grid plus 1 prefix"):
+        cam.token_grid(two, (16, 24), 8)
+
+
+def test_baseline_maps_and_feature_maps_by_hand():
+    """The centre bump on a 3 x 3 grid: cell centres at -1/3, 0, 1/3 of the frame, sigma a
+    quarter: exp(-r^2 / 0.125) is 1 in the middle, exp(-8/9) at an edge's middle, exp(-16/9)
+    in a corner; the random map is 7 x 7 by default and the same for the same seed; feature
+    maps are each named layer's output."""
+    images = torch.zeros(2, 3, 8, 8)
+    edge, corner = torch.exp(torch.tensor(-8 / 9)), torch.exp(torch.tensor(-16 / 9))
+    expected = torch.tensor([[corner, edge, corner], [edge, 1.0, edge], [corner, edge, corner]])
+    torch.testing.assert_close(heatmaps.centre_map(images, grid=3), expected.expand(2, 3, 3))
+    default = heatmaps.centre_map(images)
+    assert default.shape == (2, 15, 15) and default[:, 7, 7].tolist() == [1.0, 1.0]
+    noise = heatmaps.random_map(images)
+    assert noise.shape == (2, 7, 7) and torch.equal(noise, heatmaps.random_map(images, seed=0))
+    assert not torch.equal(noise, heatmaps.random_map(images, seed=1))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    x = torch.randn(2, 3, 8, 8)
+    found = heatmaps.feature_maps(model, x, ["0", "2"])
+    with torch.no_grad():
+        torch.testing.assert_close(found["0"], model[0](x))
+        torch.testing.assert_close(found["2"], model(x))
+    assert not found["2"].requires_grad and no_hooks(model)
+
+
+def test_map_boxes_on_a_hand_worked_map():
+    """Task 3's CAM box on an 8 x 8 map at its own size (the upsampling is the identity): a
+    diagonal of four pixels at the peak, 2.0 (one region only under 8-connectivity), and a
+    row of five at exactly half the peak; a map of zeros has no region: the whole frame."""
+    heat = torch.zeros(2, 8, 8)
+    for i in range(4):
+        heat[0, i, i] = 2.0
+    heat[0, 6, 2:7] = 1.0
+    found = cam.map_boxes(heat, (0.5, 0.9), 8)
+    assert found[0][0.5] == (2.0, 6.0, 7.0, 7.0)  # the row: 5 pixels "at least" half, > 4
+    assert found[0][0.9] == (0.0, 0.0, 4.0, 4.0)  # the diagonal, one 8-connected region
+    assert found[1] == {0.5: (0.0, 0.0, 8.0, 8.0), 0.9: (0.0, 0.0, 8.0, 8.0)}
+    # (x0, y0, x1, y1) in the frame's pixels: a 4 x 4 square upsampled to a 16-pixel frame
+    # (bilinear: 0.75 at frame column 7, 0.25 at 8)
+    square = torch.zeros(1, 8, 8)
+    square[0, :4, :4] = 1.0
+    assert cam.map_boxes(square, (0.5,), 16)[0][0.5] == (0.0, 0.0, 8.0, 8.0)
 
 
 def test_maps_that_would_be_blank_or_ill_posed_are_refused():

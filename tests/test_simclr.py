@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from conftest import assert_predictions_reproduce, run_cli
 from PIL import Image
-from simclr import LARS, ProjectionHead, lars_groups, nt_xent, simclr_views
+from simclr import LARS, ProjectionHead, lars_groups, nt_xent, simclr_augment, simclr_views
 from torch import nn
 
 from shared import errors
@@ -291,6 +291,78 @@ def test_lars_trust_ratio_is_one_for_a_zero_weight():
     weight.grad = torch.ones(2, 2)
     LARS([weight], lr=0.1, momentum=0.0, weight_decay=0.0).step()
     torch.testing.assert_close(weight.detach(), torch.full((2, 2), -0.1))
+
+
+def test_lars_trust_ratio_for_small_norms_and_a_zero_gradient():
+    """Norms below 1 still scale the step: ||w|| = ||g|| = 0.2 gives a trust ratio of eta,
+    a step of lr * eta * g = 1e-5; a zero gradient leaves the weight as it is (no 0 / 0)."""
+    weight = nn.Parameter(torch.full((2, 2), 0.1))
+    weight.grad = torch.full((2, 2), 0.1)
+    optimizer = LARS([weight], lr=0.1, momentum=0.0, weight_decay=0.0)
+    assert optimizer.step() is None  # no closure, no loss
+    torch.testing.assert_close(weight.detach(), torch.full((2, 2), 0.1 - 1e-5))
+    weight.grad = torch.zeros(2, 2)
+    optimizer.step()
+    torch.testing.assert_close(weight.detach(), torch.full((2, 2), 0.1 - 1e-5))
+
+
+def test_lars_closure_and_missing_gradients():
+    """step(closure) returns the closure's loss, computed with gradients even under no_grad;
+    a parameter without a gradient is left as it is."""
+    used, unused = nn.Parameter(torch.ones(2, 2)), nn.Parameter(torch.ones(2))
+    optimizer = LARS([{"params": [used]}, {"params": [unused], "adapt": False}], lr=0.1)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (used ** 2).sum()
+        loss.backward()
+        return loss
+
+    with torch.no_grad():
+        assert optimizer.step(closure).item() == 4.0
+    assert used.detach().lt(1).all() and torch.equal(unused.detach(), torch.ones(2))
+
+
+def test_simclr_parts_default_to_the_papers_settings():
+    """Chen et al. 2020 (appendix B): LARS with momentum 0.9, weight decay 1e-6, trust
+    coefficient 1e-3; a projection head Linear-BN-ReLU-Linear through 2048 units to 128."""
+    assert LARS(lars_groups(nn.Linear(4, 2)), lr=0.3).defaults == {
+        "lr": 0.3, "momentum": 0.9, "weight_decay": 1e-6, "eta": 1e-3, "adapt": True}
+    head = ProjectionHead(512).net
+    assert [type(m) for m in head] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert (head[0].in_features, head[0].out_features, head[1].num_features,
+            head[3].in_features, head[3].out_features) == (512, 2048, 2048, 2048, 128)
+
+
+def test_the_augmentation_is_the_papers():
+    """Chen et al. 2020, appendix A, at colour strength s = 0.5: crops of 8-100% of the area,
+    flips, jitter (0.8 s, 0.8 s, 0.8 s, 0.2 s) with p 0.8, grey with p 0.2, a blur whose
+    kernel is a tenth of the image (odd) with sigma 0.1-2 and p 0.5; no blur when asked."""
+    from torchvision import transforms as T
+
+    crop, flip, jitter, grey, blur, to_tensor = simclr_augment(96).transforms
+    assert (crop.size, crop.scale, crop.ratio) == ((96, 96), (0.08, 1.0), (3 / 4, 4 / 3))
+    assert isinstance(flip, T.RandomHorizontalFlip) and flip.p == 0.5
+    (colour,) = jitter.transforms
+    assert jitter.p == 0.8 and (colour.brightness, colour.contrast, colour.saturation,
+                                colour.hue) == ((0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1))
+    assert isinstance(grey, T.RandomGrayscale) and grey.p == 0.2
+    (gaussian,) = blur.transforms
+    assert blur.p == 0.5 and gaussian.kernel_size == (9, 9) and gaussian.sigma == (0.1, 2.0)
+    assert isinstance(to_tensor, T.PILToTensor)
+    assert simclr_augment(32).transforms[4].transforms[0].kernel_size == (3, 3)  # at least 3
+    assert simclr_augment(224).transforms[4].transforms[0].kernel_size == (23, 23)
+    assert len(simclr_augment(96, blur=False).transforms) == 5
+
+
+def test_views_turn_grey_a_fifth_of_the_time():
+    """RandomGrayscale(p=0.2): of 600 views of a colourful photo, seeded, between 13% and
+    27% grey (a binomial's 4 standard deviations around 20%)."""
+    torch.manual_seed(0)
+    image = Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy())
+    views = [v for _ in range(300) for v in simclr_views(32, blur=False)(image)]
+    grey = sum(bool(torch.equal(v[0], v[1]) and torch.equal(v[1], v[2])) for v in views)
+    assert 0.13 < grey / len(views) < 0.27
 
 
 def test_per_class_budgets_give_exactly_that_many_photos_a_class(sample):
