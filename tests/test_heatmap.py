@@ -198,6 +198,37 @@ def test_the_default_cam_layer_is_each_architectures_last_stage(name, layer):
     assert cam.default_layer(spec, model) == layer
 
 
+def test_deletion_and_insertion_curves_worked_by_hand():
+    """A 2 x 2 photo (0.9, 0.1, 0.5, 0.3; mean 0.45) and a map ranking its pixels 0, 2, 3, 1;
+    the "model" scores w . x (w = 1, -1, 2, 0.5) against 0, so p = sigmoid(w . x). Step k of
+    4 deletes (sets to the mean) or inserts (onto a canvas of the mean) the k most salient
+    pixels; each AUC is the trapezoid over the 5 points, dx = 1/4."""
+    class Linear(nn.Module):
+        def forward(self, x):
+            score = x.flatten(1) @ torch.tensor([1.0, -1.0, 2.0, 0.5])  # autocast would round it
+            return torch.stack([score, torch.zeros_like(score)], 1)
+
+    photo = torch.tensor([0.9, 0.1, 0.5, 0.3])
+    order, mean = [0, 2, 3, 1], 0.45
+    deletion, insertion = [], []
+    for k in range(5):
+        deleted, inserted = photo.clone(), torch.full((4,), mean)
+        deleted[order[:k]], inserted[order[:k]] = mean, photo[order[:k]]
+        for curve, image in ((deletion, deleted), (insertion, inserted)):
+            score = (image * torch.tensor([1.0, -1.0, 2.0, 0.5])).sum()
+            curve.append(torch.sigmoid(score).item())
+
+    def trapezoid(curve):
+        return 0.25 * (curve[0] / 2 + sum(curve[1:-1]) + curve[-1] / 2)
+
+    found = heatmaps.deletion_insertion(Linear(), photo.view(1, 1, 2, 2),
+                                        torch.tensor([[[4.0, 1.0], [3.0, 2.0]]]),
+                                        torch.tensor([0]), steps=4)
+    torch.testing.assert_close(found[0], torch.tensor([trapezoid(deletion)]))
+    torch.testing.assert_close(found[1], torch.tensor([trapezoid(insertion)]))
+    assert trapezoid(deletion) < trapezoid(insertion)  # the map found the pixels that matter
+
+
 def test_token_grid_reads_tokens_row_by_row_past_the_prefix():
     """Tokens 1..6 after a class token, for a 16 x 24 input in 8-pixel patches: a 2 x 3
     grid, filled row by row; with 2 prefix tokens (class and distillation) both dropped."""
