@@ -375,21 +375,13 @@ def test_attack_paths_in_closed_form_on_a_linear_model():
 def test_random_starts_feed_the_network_only_pixels_in_range():
     """From a black and a white photo, the random start lies in [0, 1] before the network
     sees it (fast FGSM and PGD alike), so no gradient is taken at an impossible photo."""
-    class Spy(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear, self.seen = nn.Linear(3 * 4 * 4, 3), []
-
-        def forward(self, x):
-            self.seen.append((x.min().item(), x.max().item()))
-            return self.linear(x.flatten(1))
-
-    spy = Spy()
+    torch.manual_seed(0)
+    model = _Recorder(torch.randn(2, 3 * 4 * 4))
     photos, labels = torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand(2, 3, 4, 4), torch.zeros(
         2, dtype=torch.long)
-    fgsm(spy, photos, labels, eps=8, random_start=True)
-    pgd(spy, photos, labels, eps=8, steps=2)
-    assert len(spy.seen) == 3 and all(0 <= low and high <= 1 for low, high in spy.seen)
+    fgsm(model, photos, labels, eps=8, random_start=True)
+    pgd(model, photos, labels, eps=8, steps=2)
+    assert len(model.seen) == 3 and all(0 <= x.min() and x.max() <= 1 for x in model.seen)
 
 
 def test_masking_checks_name_every_failure_and_let_ties_pass():

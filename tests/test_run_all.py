@@ -16,7 +16,7 @@ TABLES = ["Table 1:", "Table 2:", "Table 2b:", "Table 3:", "Table 4:", "Table 5:
           "Table 7:"]
 
 
-@pytest.mark.longest  # about 15 minutes on one core: two thirds of the suite's work
+@pytest.mark.longest  # 13-15 minutes on one core: nearly half the suite's work
 def test_quick_builds_every_table_with_and_without_boxes(tmp_path):
     data = tmp_path / "data"
     write_sample_data(data, classes=3, per_class=8, size=48, seed=0)
