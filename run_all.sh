@@ -8,6 +8,10 @@
 #   --datasets bird          only CUB (or dog; both by default)
 #   --seeds N                every run with seeds 0..N-1, into <results>/seed0/, seed1/, ...;
 #                            each table row is then the mean over the seeds (default 1)
+#   --jobs N                 up to N runs at once, the cores shared between them, each run's
+#                            output in <its folder>/run_all.log (default: the demo as many as
+#                            cores, at most 4; otherwise 1). Table 4, which times its models,
+#                            runs one at a time.
 #   --dry-run                print every command, run none
 # RESULTS=<folder> writes elsewhere. A run whose metrics.json exists is not run again; a
 # killed run resumes from its last.pt.
@@ -20,6 +24,7 @@ cd "$(dirname "$0")"
 MODE=full
 DRY_RUN=false
 SEEDS=1
+JOBS=
 DATASETS=(bird dog)
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -31,6 +36,14 @@ while [[ $# -gt 0 ]]; do
         exit 2
       fi
       SEEDS=$2
+      shift
+      ;;
+    --jobs)
+      if [[ ! "${2:-}" =~ ^[1-9][0-9]*$ ]]; then
+        echo "run_all.sh: --jobs expects a whole number of at least 1, got '${2:-}'" >&2
+        exit 2
+      fi
+      JOBS=$2
       shift
       ;;
     --datasets)
@@ -51,6 +64,13 @@ done
 EXTRA=("$@")
 # shellcheck source=configs/demo.sh
 source "configs/$MODE.sh"
+JOBS=${JOBS:-$DEFAULT_JOBS}
+CORES=$(nproc)
+# each of N parallel runs gets its share of the cores as its threads (PyTorch reads
+# OMP_NUM_THREADS): more threads than cores slow every run down
+THREADS=$((CORES / JOBS > 0 ? CORES / JOBS : 1))
+FAILED=$(mktemp)  # the folders of parallel runs that failed
+trap 'rm -f "$FAILED"' EXIT
 
 if [[ $MODE == demo && ( ! -d $DATA/CUB_200_2011 || ! -d $DATA/StanfordDogs ) ]]; then
   if $DRY_RUN; then
@@ -94,12 +114,47 @@ launch() {  # launch OUT SCRIPT ARGS...: python SCRIPT ARGS, or print it with --
     printf '\n'
   elif [[ -f $out/metrics.json ]]; then
     echo "finished already: $out"
-  else
+  elif ((JOBS == 1)); then
     echo "== $* -> $out"
     local start=$SECONDS
     python "$@"
     echo "== took $((SECONDS - start)) s: $out"
+  else
+    while (($(jobs -rp | wc -l) >= JOBS)); do
+      wait -n || true  # a failure is in $FAILED
+    done
+    stop_if_failed
+    mkdir -p "$out"
+    echo "== $* -> $out (output in $out/run_all.log)"
+    (
+      start=$SECONDS
+      if OMP_NUM_THREADS=${OMP_NUM_THREADS:-$THREADS} python "$@" >"$out/run_all.log" 2>&1; then
+        echo "== took $((SECONDS - start)) s: $out"
+      else
+        echo "$out" >>"$FAILED"
+      fi
+    ) &
   fi
+}
+
+stop_if_failed() {  # after a parallel run failed: let the others finish, name it, stop
+  [[ -s $FAILED ]] || return 0
+  wait
+  while read -r out; do
+    echo "run_all.sh: this run failed: $out (its output: $out/run_all.log, last lines:)" >&2
+    tail -n 5 "$out/run_all.log" >&2
+  done <"$FAILED"
+  exit 1
+}
+
+finish_runs() {  # wait for every parallel run: what comes next reads their results
+  wait
+  stop_if_failed
+}
+
+alone() {  # alone COMMAND...: with no other run beside it (a run that times its model)
+  finish_runs
+  JOBS=1 "$@"
 }
 
 has_boxes() {  # has_boxes DATASET: the data holds its true boxes (--dry-run without data: yes)
@@ -115,6 +170,7 @@ has_boxes() {  # has_boxes DATASET: the data holds its true boxes (--dry-run wit
 
 table_started=$SECONDS
 table_done() {  # table_done NAME: its wall time
+  finish_runs
   $DRY_RUN || echo "== $1 took $((SECONDS - table_started)) s"
   table_started=$SECONDS
 }
@@ -126,8 +182,14 @@ study() {  # every table's runs with one seed, into $RESULTS
       run "$RESULTS/task1_2_finetune/$dataset/$variant" task1_2_finetune/train.py \
         --dataset "$dataset" --variant "$variant"
     done
-    run "$RESULTS/task1_2_finetune/$dataset/pretrained-strong" task1_2_finetune/train.py \
-      --dataset "$dataset" --variant pretrained --recipe strong "${STRONG[@]}" "${COST[@]}"
+    strong_run=("$RESULTS/task1_2_finetune/$dataset/pretrained-strong"
+                task1_2_finetune/train.py --dataset "$dataset" --variant pretrained
+                --recipe strong "${STRONG[@]}" "${COST[@]}")
+    if [[ ${#COST[@]} -gt 0 ]]; then  # it times its model (Table 4's row): none beside it
+      alone run "${strong_run[@]}"
+    else
+      run "${strong_run[@]}"
+    fi
   done
   table_done "Table 1"
 
@@ -141,24 +203,32 @@ study() {  # every table's runs with one seed, into $RESULTS
     launch "$out" task3_crop/detect.py --data-root "$DATA" --out "$out" --resume \
       --seed "$SEED" "$@"
   }
-  for dataset in "${DATASETS[@]}"; do
+  box_free() { [[ " ${BOX_FREE[*]} " == *" $1 "* ]]; }  # box_free DATASET: centre, CAM rows
+  for dataset in "${DATASETS[@]}"; do  # the localisers first: the crops read their boxes
     task3=$RESULTS/task3_crop/$dataset
     if has_boxes "$dataset"; then
       localise "$task3/detector" --dataset "$dataset" "${DETECT[@]}"
-      for crop in "${CROPS[@]}"; do
-        run "$task3/$crop" task3_crop/train.py --dataset "$dataset" --crop "$crop" \
-          --boxes "$task3/detector/boxes.json" "${CROP_RECIPE[@]}"
-      done
       run "$task3/box-oracle" task3_crop/train.py --dataset "$dataset" --crop box \
         --test-boxes gt "${CROP_RECIPE[@]}"
     elif ! $DRY_RUN; then
       echo "== $dataset: no true boxes under $DATA, so no detector or oracle-crop rows" \
         "(the centre and CAM rows need none)"
     fi
-    [[ " ${BOX_FREE[*]} " == *" $dataset "* ]] || continue
+    box_free "$dataset" || continue
     localise "$task3/centre" --dataset "$dataset" --localiser centre
     localise "$task3/cam" --dataset "$dataset" --localiser cam \
       --classifier "$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt"
+  done
+  finish_runs
+  for dataset in "${DATASETS[@]}"; do
+    task3=$RESULTS/task3_crop/$dataset
+    if has_boxes "$dataset"; then
+      for crop in "${CROPS[@]}"; do
+        run "$task3/$crop" task3_crop/train.py --dataset "$dataset" --crop "$crop" \
+          --boxes "$task3/detector/boxes.json" "${CROP_RECIPE[@]}"
+      done
+    fi
+    box_free "$dataset" || continue
     for localiser in centre cam; do
       run "$task3/box-$localiser" task3_crop/train.py --dataset "$dataset" --crop box \
         --train-boxes pred --boxes "$task3/$localiser/boxes.json" "${CROP_RECIPE[@]}"
@@ -172,23 +242,27 @@ study() {  # every table's runs with one seed, into $RESULTS
   # judges the generated images (gen_class_acc). The same GAN without DiffAugment first: the
   # gate asks the row's validation FID to be below its.
   for dataset in "${DATASETS[@]}"; do
-    judge=(--judge "$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt")
     run "$RESULTS/task4_dcgan/$dataset/no-diffaugment" task4_dcgan/train.py \
-      --dataset "$dataset" "${judge[@]}" "${GAN[@]}" --gan-only --diffaugment none
+      --dataset "$dataset" --judge "$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt" \
+      "${GAN[@]}" --gan-only --diffaugment none
+  done
+  finish_runs
+  for dataset in "${DATASETS[@]}"; do
     run "$RESULTS/task4_dcgan/$dataset/dcgan" task4_dcgan/train.py --dataset "$dataset" \
-      "${judge[@]}" "${GAN[@]}" --fid-baseline "$RESULTS/task4_dcgan/$dataset/no-diffaugment"
+      --judge "$RESULTS/task1_2_finetune/$dataset/$REFERENCE/best.pt" "${GAN[@]}" \
+      --fid-baseline "$RESULTS/task4_dcgan/$dataset/no-diffaugment"
   done
   table_done "Table 3"
 
-  # Table 4: ViT against CNN, each with a recipe that suits it, accuracy and cost; outside the
-  # demo its fine-tuned CNN is Table 1's strong run. A run's folder is its model's name,
+  # Table 4: ViT against CNN, each with a recipe that suits it, accuracy and cost (so one run
+  # at a time); outside the demo its fine-tuned CNN is Table 1's strong run. A run's folder is its model's name,
   # timm/<name> as timm-<name>.
   for dataset in "${DATASETS[@]}"; do
     for model_recipe in "${VIT_RUNS[@]}"; do
       read -r model recipe extra <<<"$model_recipe"
       # shellcheck disable=SC2086  # $extra holds flags
-      run "$RESULTS/task5_vit/$dataset/${model//\//-}" task5_vit/train.py --dataset "$dataset" \
-        --model "$model" --recipe "$recipe" "${VIT[@]}" $extra
+      alone run "$RESULTS/task5_vit/$dataset/${model//\//-}" task5_vit/train.py \
+        --dataset "$dataset" --model "$model" --recipe "$recipe" "${VIT[@]}" $extra
     done
   done
   table_done "Table 4"

@@ -6,6 +6,9 @@ RESULTS=${RESULTS:-results/demo}
 DATA=$RESULTS/data
 SAMPLE_DATA=(--classes 6 --per-class 30 --size 96)  # written to $DATA when it is missing
 
+# its runs are small: as many at once as cores, at most 4, the cores shared between them
+DEFAULT_JOBS=$(($(nproc) < 4 ? $(nproc) : 4))
+
 CNN=tf_efficientnet_lite0  # Table 1's model (the heatmaps' folder is named after it)
 COMMON=(--data-root "$DATA" --model "$CNN" --image-size 96 --epochs 5 --batch-size 16
         --step-size 4)

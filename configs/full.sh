@@ -3,6 +3,8 @@
 RESULTS=${RESULTS:-results}
 DATA=${DATA:-data}
 
+DEFAULT_JOBS=1  # one run at a time, every core and GPU its own
+
 CNN=resnext101_32x8d  # the scripts' default model
 COMMON=(--data-root "$DATA")
 REFERENCE=pretrained

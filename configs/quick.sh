@@ -9,6 +9,7 @@ DATA=${DATA:-data}
 # measured: the bird study on the kit's 4,403 CUB photos took 10,476 s on 2 cores of a Xeon
 # without AMX (fp32): 4.76 core-seconds a photo, for the printed estimate
 CORE_SECONDS_PER_PHOTO=4.76
+DEFAULT_JOBS=1  # one run at a time, every core its own (--jobs N to share them)
 
 CNN=tf_efficientnet_lite0
 COMMON=(--data-root "$DATA" --model "$CNN" --image-size 224 --epochs 4)

@@ -2,6 +2,7 @@
 true boxes (as the team kit's real CUB subset), dogs with them."""
 
 import importlib.util
+import itertools
 import json
 import os
 import shlex
@@ -132,9 +133,9 @@ def test_seeds_run_into_their_own_folders_and_a_killed_seed_resumes(tmp_path):
 
     def start():
         log.unlink(missing_ok=True)
-        done = subprocess.run(["bash", "run_all.sh", "--demo", "--seeds", "2", "--datasets",
-                               "bird"], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run(["bash", "run_all.sh", "--demo", "--seeds", "2", "--jobs", "1",
+                               "--datasets", "bird"], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
         return done, [shlex.split(line) for line in log.read_text().splitlines()]
 
     first, calls = start()
@@ -154,3 +155,100 @@ def test_seeds_run_into_their_own_folders_and_a_killed_seed_resumes(tmp_path):
     assert [o.replace("/seed0/", "/seed1/") for o in seed0] == [
         o for o in outs + [a[a.index("--out") + 1] for a in again[1:]] if "/seed1/" in o]
     assert calls[-1][:3] == ["-m", "shared.results", str(results)]  # tables over both seeds
+
+
+TIMED_PYTHON = """#!/usr/bin/env bash
+# stands in for python: a training script logs its start (with OMP_NUM_THREADS) and end
+# around a short sleep and "finishes" by writing its --out's metrics.json, except the run
+# named by $KILL, which fails at once
+out=""
+for ((i = 1; i < $#; i++)); do [[ ${!i} == --out ]] && { j=$((i + 1)); out=${!j}; }; done
+[[ $1 == *.py ]] || exit 0
+echo "start $out $(date +%s.%N) ${OMP_NUM_THREADS:-unset}" >> "$LOG"
+[[ $out == "${KILL:-none}" ]] && { echo "the error that stopped it"; exit 1; }
+sleep 0.3
+mkdir -p "$out" && echo '{}' > "$out/metrics.json"
+echo "end $out $(date +%s.%N)" >> "$LOG"
+"""
+
+
+def _run_timed(tmp_path, *flags, kill="none"):
+    """run_all.sh --demo --datasets bird with TIMED_PYTHON: the completed process and each
+    run's (start, end or None, OMP_NUM_THREADS) by its folder, below RESULTS/seed0."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python").write_text(TIMED_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    results, log = tmp_path / "results", tmp_path / "log"
+    (results / "data" / "CUB_200_2011").mkdir(parents=True, exist_ok=True)
+    (results / "data" / "StanfordDogs").mkdir(exist_ok=True)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(log),
+           "RESULTS": str(results), "KILL": f"{results}/seed0/{kill}"}
+    env.pop("OMP_NUM_THREADS", None)
+    done = subprocess.run(["bash", "run_all.sh", "--demo", "--datasets", "bird", *flags],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    runs = {}
+    for event, out, *rest in (line.split() for line in log.read_text().splitlines()):
+        name = out.split("/seed0/")[1]
+        if event == "start":
+            runs[name] = [float(rest[0]), None, rest[1]]
+        else:
+            runs[name][1] = float(rest[0])
+    return done, runs
+
+
+def test_parallel_runs_share_the_cores_and_wait_for_what_they_read(tmp_path):
+    """--jobs 2: at most two runs at once, each with half the cores as threads; a run starts
+    only after the runs whose results it reads have ended (Table 1 before the rest, the
+    localisers before the crops, the GAN without DiffAugment before the one gated on it,
+    each table after the one before), and Table 4's runs, which time their models, alone."""
+    done, runs = _run_timed(tmp_path, "--jobs", "2")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert len(runs) == 22 and all(end is not None for _, end, _ in runs.values())
+    events = sorted([(start, 1) for start, _, _ in runs.values()]
+                    + [(end, -1) for _, end, _ in runs.values()])
+    at_once = [sum(step for _, step in events[:i + 1]) for i in range(len(events))]
+    assert max(at_once) == 2
+
+    def ended_before(later, earlier):
+        return all(runs[e][1] <= runs[lo][0] for e in earlier for lo in later)
+
+    table = {name: name.split("/")[0] for name in runs}
+    order = ["task1_2_finetune", "task3_crop", "task4_dcgan", "task5_vit", "task6_heatmap",
+             "task7_fgsm", "task8_simclr"]
+    for before, after in itertools.pairwise(order):
+        assert ended_before([n for n in runs if table[n] == after],
+                            [n for n in runs if table[n] == before]), after
+    crops = [f"task3_crop/bird/{c}" for c in ("box-centre", "box-cam", "box-cam-tta")]
+    assert ended_before(crops, ["task3_crop/bird/centre", "task3_crop/bird/cam"])
+    assert ended_before(["task4_dcgan/bird/dcgan"], ["task4_dcgan/bird/no-diffaugment"])
+    cores = os.cpu_count()
+    for name, (start, end, threads) in runs.items():
+        if table[name] == "task5_vit":
+            assert threads == "unset"  # alone: every core
+            assert not any(s < end and start < e for other, (s, e, _) in runs.items()
+                           if other != name)
+        else:
+            assert threads == str(max(1, cores // 2)), name
+
+
+def test_a_failed_parallel_run_stops_the_study_and_is_named(tmp_path):
+    """--jobs 2 with one run failing: the run beside it finishes, no other starts, and the
+    error names the failed run's folder and shows its log's last lines."""
+    done, runs = _run_timed(tmp_path, "--jobs", "2", kill="task7_fgsm/bird/standard")
+    assert done.returncode != 0
+    assert "this run failed:" in done.stderr and "task7_fgsm/bird/standard " in done.stderr
+    assert "the error that stopped it" in done.stderr and "standard/run_all.log" in done.stderr
+    assert runs["task7_fgsm/bird/standard"][1] is None
+    assert runs["task7_fgsm/bird/fgsm"][1] is not None  # the run beside it
+    assert all(end is not None for name, (_, end, _) in runs.items() if "task7" not in name)
+    assert not any(n.startswith(("task7_fgsm/bird/fast", "task7_fgsm/bird/pgd", "task8"))
+                   for n in runs)
+    assert (tmp_path / "results/seed0/task7_fgsm/bird/standard/run_all.log").is_file()
+
+
+def test_jobs_flag_names_what_it_expects():
+    done = subprocess.run(["bash", "run_all.sh", "--demo", "--jobs", "0", "--dry-run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--jobs expects a whole number of at least 1, got '0'" in done.stderr
