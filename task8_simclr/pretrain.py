@@ -94,6 +94,13 @@ def simclr_step(net: nn.Module, views: torch.Tensor, optimizer, temperature: flo
     return loss.detach(), accuracy
 
 
+def described(record: dict) -> str:
+    """The monitor's part of a history record, for the log line."""
+    knn = f" val kNN {record['val_knn_top1']:.3f}" if "val_knn_top1" in record else ""
+    gate = f" (gate p {record['val_knn_gate_p']:.2g})" if "val_knn_gate_p" in record else ""
+    return knn + gate
+
+
 def out_of_memory(error: BaseException) -> bool:
     """A CUDA out-of-memory error, or a CPU allocation the system refused."""
     return isinstance(error, torch.OutOfMemoryError) or (
@@ -103,9 +110,9 @@ def out_of_memory(error: BaseException) -> bool:
 def pretrain(backbone: nn.Module, features: int, spec, train: list[Record],
              config: SimCLRConfig, rt, out: Path, monitor=None) -> list[dict]:
     """SimCLR pre-training of `backbone` (resumable); `monitor(backbone)`, if given, scores
-    it (the validation kNN) before the first epoch (history's epoch 0), every --knn-every
-    epochs and after the last. Returns the history: each epoch's loss, positive-pair
-    accuracy, seconds and `val_knn_top1`."""
+    it (a dict: the validation kNN, the gate's value) before the first epoch (history's
+    epoch 0), every --knn-every epochs and after the last. Returns the history: each
+    epoch's loss, positive-pair accuracy, seconds and the monitor's record."""
     from torch.utils.tensorboard import SummaryWriter
 
     head = ProjectionHead(features, out_features=config.proj_dim)
@@ -137,10 +144,12 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record],
     writer = SummaryWriter(out / "tb") if rt.main else None
     if start == 0 and monitor is not None and config.knn_every:
         # the starting point (epoch 0), so the curve shows whether pre-training helps
-        history.append({"epoch": 0, "val_knn_top1": monitor(backbone)})
+        history.append({"epoch": 0, **monitor(backbone)})
         if rt.main:
-            writer.add_scalar("simclr/val_knn_top1", history[0]["val_knn_top1"], 0)
-            print(f"SimCLR epoch 0 val kNN {history[0]['val_knn_top1']:.3f}", flush=True)
+            for key, value in history[0].items():
+                if key != "epoch":
+                    writer.add_scalar(f"simclr/{key}", value, 0)
+            print(f"SimCLR epoch 0{described(history[0])}", flush=True)
     for epoch in range(start, config.simclr_epochs):
         sampler.set_epoch(epoch)
         net.train()
@@ -167,17 +176,17 @@ def pretrain(backbone: nn.Module, features: int, spec, train: list[Record],
                   "seconds": time.perf_counter() - begin}
         if monitor is not None and config.knn_every and (
                 (epoch + 1) % config.knn_every == 0 or epoch + 1 == config.simclr_epochs):
-            record["val_knn_top1"] = monitor(backbone)
+            record.update(monitor(backbone))
         history.append(record)
         if rt.main:
-            for key in ("loss", "positive_acc", "val_knn_top1"):
-                if key in record:
-                    writer.add_scalar(f"simclr/{key}", record[key], epoch + 1)
+            for key, value in record.items():
+                if key not in ("epoch", "seconds"):
+                    writer.add_scalar(f"simclr/{key}", value, epoch + 1)
             writer.flush()
             resumable.save(epoch=epoch + 1, history=history)
-            knn = f" val kNN {record['val_knn_top1']:.3f}" if "val_knn_top1" in record else ""
             print(f"SimCLR epoch {epoch + 1}/{config.simclr_epochs} loss {loss:.4f} positive "
-                  f"acc {accuracy:.3f}{knn} ({record['seconds']:.0f} s)", flush=True)
+                  f"acc {accuracy:.3f}{described(record)} ({record['seconds']:.0f} s)",
+                  flush=True)
     if writer:
         writer.close()
     return history

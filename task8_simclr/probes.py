@@ -126,17 +126,24 @@ def knn_scores(train_x, train_y, test_x, classes: int, k: int) -> torch.Tensor:
     return votes.log()
 
 
-def knn_top1(backbone: nn.Module, spec, train: list[Record], held_out: list[Record],
-             classes: int, k: int, image_size: int, resize_mode: str, crop_ratio: float,
-             workers: int | None, rt) -> float:
-    """kNN top-1 on `held_out` with every `train` image's label, scored as the final
-    evaluation scores it (float16 scores, `results.score_predictions`): the online monitor."""
-    transform = data.build_transform(False, image_size, resize_mode, crop_ratio=crop_ratio)
-    need = data.decode_need(False, image_size, resize_mode, crop_ratio=crop_ratio)
+def knn_monitor(backbone: nn.Module, spec, train: list[Record], held_out: list[Record],
+                classes: int, k: int, view: tuple, workers: int | None, rt,
+                random_features: list | None = None) -> dict:
+    """The online monitor: `val_knn_top1`, kNN top-1 on `held_out` with every `train` image's
+    label, scored as the final evaluation scores it (float16 scores,
+    `results.score_predictions`), and with `random_features` (a random network's train and
+    held-out features) `val_knn_gate_p`, the gate's value (`knn_gate`) at this point of
+    pre-training. `view` is the evaluation's (transform, decode need)."""
+    transform, need = view
     workers = data.loader_workers(workers, rt.device.type == "cuda")
     train_x, train_y = extract(backbone, spec, train, transform, need, rt, workers)
     x, y = extract(backbone, spec, held_out, transform, need, rt, workers)
     scores = knn_scores(train_x, train_y, x, classes, k).numpy()
     keys = [r.image_id or r.key for r in held_out]
-    return results.score_predictions(Path("."), "", keys, y.numpy(), scores, {"knn_top1": 1},
-                                     write=False)["metrics"]["knn_top1"]
+    record = {"val_knn_top1": results.score_predictions(
+        Path("."), "", keys, y.numpy(), scores, {"knn_top1": 1}, write=False
+    )["metrics"]["knn_top1"]}
+    if random_features is not None:
+        record["val_knn_gate_p"] = knn_gate((train_x, x), random_features, train_y, y,
+                                            classes, k)["value"]
+    return record

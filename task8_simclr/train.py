@@ -14,9 +14,10 @@ AdamW, SGD or LARS (--simclr-optimizer) with warmup and cosine; --simclr-lr defa
 0.075 x sqrt(batch). Before the first epoch, every --knn-every epochs and after the last,
 an online kNN monitor scores the validation split by kNN on the backbone's features of the
 labelled train split, as the final evaluation does (`val_knn_top1` in TensorBoard and the
-pre-training history): whether pre-training helps shows before it ends.
-`<out>/pretrain.pt` each epoch for --resume; TensorBoard simclr/loss, simclr/positive_acc
-and simclr/val_knn_top1; the backbone goes to `<out>/backbone.pt`.
+pre-training history): whether pre-training helps shows before it ends. From random, it also
+records the kNN gate's value at that point (`val_knn_gate_p`, below): the gate's curve.
+`<out>/pretrain.pt` each epoch for --resume; TensorBoard simclr/loss, simclr/positive_acc,
+simclr/val_knn_top1 and simclr/val_knn_gate_p; the backbone goes to `<out>/backbone.pt`.
 
 Evaluation of the backbone at each --label-fractions (a seeded, class-balanced share of the
 train split, or `N/class`: exactly N photos of every class; validation and test stay whole):
@@ -107,8 +108,8 @@ def main(args: argparse.Namespace) -> None:
         budget_folder,
         extract,
         knn_gate,
+        knn_monitor,
         knn_scores,
-        knn_top1,
         label_subset,
         linear_probe,
         probe_start,
@@ -123,14 +124,30 @@ def main(args: argparse.Namespace) -> None:
     backbone, spec = models.build_model(args.model, len(index.classes), args.weights,
                                         args.image_size)
     features = split_head(backbone, spec)
+    # the view the fine-tune evaluates with (its --crop-ratio): probe, kNN, monitor and
+    # fine-tune read the same pixels of every photo
+    transform = data.build_transform(False, args.image_size, args.resize_mode,
+                                     crop_ratio=args.crop_ratio)
+    need = data.decode_need(False, args.image_size, args.resize_mode,
+                            crop_ratio=args.crop_ratio)
+    workers = data.loader_workers(args.workers, rt.device.type == "cuda")
+    random_features = None  # the kNN gate's reference: a random network of this seed
+    if args.variant == "simclr" and val:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            random_net, _ = models.build_model(args.model, len(index.classes), "none",
+                                               args.image_size)
+            split_head(random_net, spec)
+            random_features = [extract(random_net.to(rt.device), spec, records, transform,
+                                       need, rt, workers)[0] for records in (train, val)]
+        del random_net
     history = []
     if args.backbone == "simclr":
         if not val and args.knn_every:
             print("no validation split (--val-fraction 0): the kNN monitor is off", flush=True)
-        monitor = (lambda net: knn_top1(net, spec, train, val, len(index.classes), args.knn,
-                                        args.image_size, args.resize_mode, args.crop_ratio,
-                                        args.workers, rt)
-                   ) if val else None
+        monitor = (lambda net: knn_monitor(net, spec, train, val, len(index.classes), args.knn,
+                                           (transform, need), args.workers, rt,
+                                           random_features)) if val else None
         history = pretrain(backbone, features, spec, train,
                            SimCLRConfig.from_flags(vars(args)), rt, out, monitor)
     backbone.to(rt.device)
@@ -140,27 +157,12 @@ def main(args: argparse.Namespace) -> None:
     if rt.world_size > 1:
         torch.distributed.barrier()
 
-    # the view the fine-tune evaluates with (its --crop-ratio): probe and fine-tune read the
-    # same pixels of every photo
-    transform = data.build_transform(False, args.image_size, args.resize_mode,
-                                     crop_ratio=args.crop_ratio)
-    need = data.decode_need(False, args.image_size, args.resize_mode,
-                            crop_ratio=args.crop_ratio)
-    workers = data.loader_workers(args.workers, rt.device.type == "cuda")
     test_x, test_y = extract(backbone, spec, test, transform, need, rt, workers)
     all_x, all_y = extract(backbone, spec, train, transform, need, rt, workers)  # once, for all
     val_x, val_y = extract(backbone, spec, val, transform, need, rt, workers) if val else (
         None, None)
     gates = []
     if args.variant == "simclr":  # from random: did pre-training learn features kNN reads?
-        random_features = None
-        if val:
-            torch.manual_seed(args.seed)
-            random_net, _ = models.build_model(args.model, len(index.classes), "none",
-                                               args.image_size)
-            split_head(random_net, spec)
-            random_features = [extract(random_net.to(rt.device), spec, records, transform,
-                                       need, rt, workers)[0] for records in (train, val)]
         gates.append(knn_gate((all_x, val_x), random_features, all_y, val_y,
                               len(index.classes), args.knn))
     position = {r.key: i for i, r in enumerate(train)}

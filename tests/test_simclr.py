@@ -423,6 +423,10 @@ def test_the_knn_monitor_scores_as_the_final_knn_evaluation(sample, tmp_path):
     assert [h["epoch"] for h in history] == [0, 1, 2]  # epoch 0: the starting weights
     assert all(0 <= h["val_knn_top1"] <= 1 for h in history)
     assert list((out / "tb").glob("events.out.tfevents.*"))
+    # the gate's curve: at epoch 0 the network is the gate's random one (the same seed), at
+    # the end the gate's own value
+    assert history[0]["val_knn_gate_p"] == 1.0
+    assert history[-1]["val_knn_gate_p"] == record["gates"][0]["value"]
     # the monitor's function, pointed at the test split with every training label, is the
     # final evaluation's kNN at 100% of the labels
     args = simclr_train.parse_args(flags)
@@ -430,10 +434,11 @@ def test_the_knn_monitor_scores_as_the_final_knn_evaluation(sample, tmp_path):
     backbone, spec = build_model("resnet18", len(index.classes), str(out / "backbone.pt"), 32)
     pretrain.split_head(backbone, spec)
     rt = engine.Runtime(torch.device("cpu"))
-    again = probes.knn_top1(backbone, spec, train, test, len(index.classes), args.knn,
-                            args.image_size, args.resize_mode, args.crop_ratio, args.workers,
-                            rt)
-    assert again == record["metrics"]["knn_top1"]
+    view = (data.build_transform(False, 32, args.resize_mode, crop_ratio=args.crop_ratio),
+            data.decode_need(False, 32, args.resize_mode, crop_ratio=args.crop_ratio))
+    again = probes.knn_monitor(backbone, spec, train, test, len(index.classes), args.knn,
+                               view, args.workers, rt)
+    assert again == {"val_knn_top1": record["metrics"]["knn_top1"]}
 
 
 def test_pretraining_from_imagenet_starts_from_imagenet_weights(sample, tmp_path,
@@ -457,6 +462,36 @@ def test_pretraining_from_imagenet_starts_from_imagenet_weights(sample, tmp_path
     pretrain.split_head(imagenet, spec)
     assert started.keys() == imagenet.state_dict().keys()
     assert all(torch.equal(started[k], v) for k, v in imagenet.state_dict().items())
+
+
+def test_the_knn_gate_compares_with_the_network_pre_training_starts_from(sample, tmp_path,
+                                                                        monkeypatch):
+    """SimCLR from random: the gate's random network (and so the monitor's gate curve, p 1
+    at epoch 0) is the very network pre-training starts from, not another draw."""
+    root, _ = sample
+    from shared import models
+
+    started, built = {}, []
+
+    def first_state(backbone, *args, **kwargs):  # stands in for pre-training: what it gets
+        started.update({k: v.clone() for k, v in backbone.state_dict().items()})
+        return []
+
+    def recording(*args, **kwargs):
+        model, spec = build_model(*args, **kwargs)
+        built.append({k: v.clone() for k, v in model.state_dict().items()})
+        return model, spec
+
+    build_model = models.build_model
+    monkeypatch.setattr(pretrain, "pretrain", first_state)
+    monkeypatch.setattr(models, "build_model", recording)
+    simclr_train.main(simclr_train.parse_args([
+        "--dataset", "bird", "--data-root", str(root), "--model", "resnet18",
+        "--weights", "none", "--image-size", "32", "--label-fractions", "1",
+        "--epochs", "1", "--batch-size", "8", "--probe-epochs", "2",
+        "--out", str(tmp_path / "simclr")]))
+    reference = built[1]  # the second network built: the gate's
+    assert started and all(torch.equal(reference[k], v) for k, v in started.items())
 
 
 def test_running_out_of_memory_names_the_flags(sample, tmp_path, monkeypatch):
