@@ -82,7 +82,10 @@ def grad_cam(model: nn.Module, images: torch.Tensor, layer: str,
     `target` classes (default: the predicted ones). Returns maps (N, h, w) in [0, 1] and the
     targets."""
     model.eval()
-    model.zero_grad(set_to_none=True)
+    model.zero_grad(set_to_none=True)  # frees what training left; autograd.grad adds none
+    # an input that asks for gradients: the layer's output joins the graph even when every
+    # weight before it is frozen
+    images = images.detach().requires_grad_()
     with Hooked(model, [layer], gradients=True) as hooked, torch.enable_grad():
         logits = model(images)
         target = logits.argmax(1) if target is None else target.to(logits.device)
@@ -111,7 +114,6 @@ def grad_cam(model: nn.Module, images: torch.Tensor, layer: str,
     else:
         weights = gradient.mean((2, 3))
     cam = F.relu((weights[:, :, None, None] * activation).sum(1))
-    model.zero_grad(set_to_none=True)
     return normalise(cam), target.cpu()
 
 

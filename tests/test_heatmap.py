@@ -46,6 +46,13 @@ def test_grad_cam_and_grad_cam_plus_plus_on_a_hand_worked_example():
     torch.testing.assert_close(plain, torch.tensor([[[1.5, 1.0], [1.5, 2.0]]]) / 2)
     plus, _ = heatmaps.grad_cam(Probe(), x, "layer", plus=True)
     torch.testing.assert_close(plus, torch.tensor([[[34.0, 12.0], [18.0, 24.0]]]) / 34)
+    # class 0 weighing channel 0 by 4: its gradient is exactly 1, alpha 1 / (2 + 10) and the
+    # weight 4 / 12; channel 1's stays 1/3: the map (A0 + A1) / 3 = [[5, 2], [3, 4]] / 3
+    heavy = Probe()
+    with torch.no_grad():
+        heavy.head.weight[0, 0] = 4.0
+    plus, _ = heatmaps.grad_cam(heavy, x, "layer", plus=True)
+    torch.testing.assert_close(plus, torch.tensor([[[5.0, 2.0], [3.0, 4.0]]]) / 5)
 
 
 def test_grad_cam_equals_plain_autograd_on_the_layer_output():
@@ -61,13 +68,24 @@ def test_grad_cam_equals_plain_autograd_on_the_layer_output():
     a = model.layer4(stem(x))
     logits = model.fc(torch.flatten(model.avgpool(a), 1))
     assert torch.equal(logits.argmax(1), target)
-    (g,) = torch.autograd.grad(logits[torch.arange(3), target].sum(), a)
-    a = a.detach()
-    cam = torch.relu((g.mean((2, 3))[:, :, None, None] * a).sum(1))
-    cam = cam / cam.flatten(1).max(1).values[:, None, None]
-    torch.testing.assert_close(ours, cam)
+
+    def by_hand(target):
+        (g,) = torch.autograd.grad(logits[torch.arange(3), target].sum(), a, retain_graph=True)
+        cam = torch.relu((g.mean((2, 3))[:, :, None, None] * a.detach()).sum(1))
+        return cam / cam.flatten(1).max(1).values[:, None, None]
+
+    torch.testing.assert_close(ours, by_hand(target))
     assert ours.shape == (3, 2, 2) and no_hooks(model)
     assert all(p.grad is None for p in model.parameters())  # nothing left behind
+    other = (target + 1) % 5  # a class it did not predict, asked for
+    maps, returned = heatmaps.grad_cam(model, x, "layer4", target=other)
+    assert torch.equal(returned, other)
+    torch.testing.assert_close(maps, by_hand(other))
+    model(x).sum().backward()  # gradients a caller's training left: freed, none added
+    heatmaps.grad_cam(model, x, "layer4")
+    assert all(p.grad is None for p in model.parameters())
+    model.requires_grad_(False)  # a frozen network: the same maps
+    torch.testing.assert_close(heatmaps.grad_cam(model, x, "layer4")[0], ours)
 
 
 def test_grad_cam_frees_its_graph_when_it_returns():
@@ -85,8 +103,21 @@ def test_hooks_are_removed_even_when_the_forward_fails():
     with pytest.raises(RuntimeError), heatmaps.Hooked(model, ["layer4", "layer3"], True):
         model(torch.randn(1, 1, 32, 32))  # wrong channel count
     assert no_hooks(model)
-    with pytest.raises(ValueError, match="no layer named 'layer9'"):
+    with pytest.raises(ValueError, match="^no layer named 'layer9'; layers are e.g. conv1, "
+                                         "bn1, relu, maxpool, layer1$"):
         heatmaps.Hooked(model, ["layer9"])
+
+
+def test_hooks_record_gradients_only_when_asked():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    x = torch.randn(4, 3)
+    for asked in (False, True):
+        with heatmaps.Hooked(model, ["0"], gradients=asked) as hooked:
+            model(x).sum().backward()
+        assert list(hooked.gradient) == (["0"] if asked else [])
+    with heatmaps.Hooked(model, ["0"]) as hooked:  # the default: outputs only
+        model(x).sum().backward()
+    assert "0" in hooked.activation and hooked.gradient == {}
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -198,6 +229,64 @@ def test_the_default_cam_layer_is_each_architectures_last_stage(name, layer):
     assert cam.default_layer(spec, model) == layer
 
 
+def test_the_default_cam_layer_reads_the_spec_and_refuses_what_it_cannot_pick():
+    """A torchvision ViT of 3 blocks: the last block's norm (not the second); a CNN whose
+    spec names two heads (the first's module is the head); a model that is neither a CNN
+    nor a ViT: no default, the error says how to pick one."""
+    from torchvision.models import VisionTransformer
+
+    from shared.errors import UsageError
+    from shared.models import ModelSpec
+
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2,
+                            hidden_dim=16, mlp_dim=32)
+    _, vit_spec = build_model("vit_tiny", 5, "none", image_size=32)
+    assert cam.default_layer(vit_spec, vit) == "encoder.layers.encoder_layer_2.ln_1"
+    net = nn.Sequential()
+    net.add_module("stem", nn.Conv2d(3, 4, 3))
+    net.add_module("body", nn.Conv2d(4, 4, 3))
+    net.add_module("head", nn.Linear(4, 2))
+    net.add_module("aux", nn.Linear(4, 2))
+    two_heads = ModelSpec("two-heads", True, (0.5,) * 3, (0.5,) * 3, ("head", "aux"),
+                          (("stem.",), ("body.",), ("head.", "aux.")))
+    assert cam.default_layer(two_heads, net) == "body"
+    other = ModelSpec("mlp-mixer", False, (0.5,) * 3, (0.5,) * 3, "head", (("stem.",),))
+    with pytest.raises(UsageError, match="^mlp-mixer: no default layer for its maps; name one "
+                                         "with --layer$"):
+        cam.default_layer(other, net)
+
+
+def test_a_layer_outside_the_graph_is_refused_by_name():
+    """A branch the forward computes and the logits never read: no gradient reaches it, and
+    the error names it (autograd's own error would not)."""
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.aux = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            features = self.body(x)
+            self.aux(features)  # computed, never read
+            return self.head(features.mean((2, 3)))
+
+    from shared.errors import UsageError
+
+    with pytest.raises(UsageError, match="^no gradient reaches layer 'aux', so its map would "
+                                         "be zero everywhere; pick a layer before the head "
+                                         "reads the features$"):
+        heatmaps.grad_cam(Branch(), torch.randn(2, 3, 8, 8), "aux")
+
+
+def test_grad_cam_drops_every_prefix_token_of_a_distilled_vit():
+    """DeiT-distilled has a class and a distillation token before its patches: both are
+    dropped, leaving the 4 x 4 grid of a 64-px input in 16-px patches."""
+    torch.manual_seed(0)
+    model, spec = build_model("timm/deit_tiny_distilled_patch16_224", 5, "none", image_size=64)
+    maps, _ = heatmaps.grad_cam(model, torch.randn(2, 3, 64, 64), cam.default_layer(spec, model))
+    assert maps.shape == (2, 4, 4) and no_hooks(model)
+
+
 def test_deletion_and_insertion_curves_worked_by_hand():
     """A 2 x 2 photo (0.9, 0.1, 0.5, 0.3; mean 0.45) and a map ranking its pixels 0, 2, 3, 1;
     the "model" scores w . x (w = 1, -1, 2, 0.5) against 0, so p = sigmoid(w . x). Step k of
@@ -227,6 +316,61 @@ def test_deletion_and_insertion_curves_worked_by_hand():
     torch.testing.assert_close(found[0], torch.tensor([trapezoid(deletion)]))
     torch.testing.assert_close(found[1], torch.tensor([trapezoid(insertion)]))
     assert trapezoid(deletion) < trapezoid(insertion)  # the map found the pixels that matter
+
+
+def test_deletion_ranks_by_the_map_upsampled_at_pixel_centres_ties_in_reading_order():
+    """An 8 x 8 photo, one pixel a step (64 steps), a linear "model" with a different weight
+    on every pixel, so the curve depends on the exact order. A flat map ties every pixel:
+    they go in reading order (a stable sort; an unstable one reorders 64 ties). A 2 x 2 map
+    with its peak top-left, upsampled at pixel centres: each axis weighs 1, 1, 0.875, 0.625,
+    0.375, 0.125, 0, 0, a pixel its row's weight times its column's."""
+    torch.manual_seed(0)
+    photo, weights = torch.rand(64), torch.randn(64)
+
+    class Linear(nn.Module):
+        def forward(self, x):
+            score = x.flatten(1) @ weights
+            return torch.stack([score, torch.zeros_like(score)], 1)
+
+    def by_hand(order):  # the AUCs of deleting / inserting pixels in this order
+        mean, curves = photo.mean(), ([], [])
+        for k in range(65):
+            deleted, inserted = photo.clone(), torch.full((64,), mean.item())
+            deleted[order[:k]], inserted[order[:k]] = mean, photo[order[:k]]
+            for curve, image in zip(curves, (deleted, inserted), strict=True):
+                curve.append(torch.sigmoid(image @ weights))
+        return [torch.trapezoid(torch.stack(curve), dx=1 / 64) for curve in curves]
+
+    axis = torch.tensor([1, 1, 0.875, 0.625, 0.375, 0.125, 0, 0])
+    corner = (axis[:, None] * axis[None, :]).flatten()
+    for heat, order in ((torch.ones(1, 2, 2), list(range(64))),
+                        (torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]),
+                         corner.argsort(descending=True, stable=True).tolist())):
+        found = heatmaps.deletion_insertion(Linear(), photo.view(1, 1, 8, 8), heat,
+                                            torch.tensor([0]), steps=64)
+        for ours, expected in zip(found, by_hand(order), strict=True):
+            torch.testing.assert_close(ours, expected[None])
+
+
+def test_deletion_and_insertion_default_to_21_points_under_the_given_autocast():
+    """20 steps by default: 21 points a curve, each a pass for deletion and one for
+    insertion; the model runs under the autocast dtype it is given (float16 here, not the
+    CPU's default bfloat16) and under none without one."""
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, x):
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
+                        else None)
+            return torch.zeros(len(x), 2)
+
+    images, maps = torch.rand(1, 3, 4, 4), torch.rand(1, 2, 2)
+    heatmaps.deletion_insertion(Recorder(), images, maps, torch.tensor([0]))
+    assert seen == [None] * 42
+    seen.clear()
+    heatmaps.deletion_insertion(Recorder(), images, maps, torch.tensor([0]), steps=2,
+                                amp_dtype=torch.float16)
+    assert seen == [torch.float16] * 6
 
 
 def test_token_grid_reads_tokens_row_by_row_past_the_prefix():
@@ -285,6 +429,21 @@ def test_map_boxes_on_a_hand_worked_map():
     assert cam.map_boxes(square, (0.5,), 16)[0][0.5] == (0.0, 0.0, 8.0, 8.0)
 
 
+def test_map_boxes_picks_the_largest_region_and_upsamples_by_pixel_centres():
+    """Three regions numbered in reading order, the largest the middle one: its box. A 2 x 2
+    map with its peak top-left, upsampled to 8 x 8 bilinearly at pixel centres (not corners):
+    along each axis 1, 1, 0.875, 0.625, ... so at 0.8 of the peak the cells whose product
+    reaches 0.8 are the 3 x 3 corner less its far cell: the box (0, 0, 3, 3) (corner-aligned
+    sampling gives 1, 0.857, 0.714, ...: (0, 0, 2, 2))."""
+    heat = torch.zeros(1, 8, 8)
+    heat[0, 0, 0] = 1.0  # region 1: one pixel
+    heat[0, 2, 0:4] = 1.0  # region 2: four
+    heat[0, 5, 5:7] = 1.0  # region 3: two
+    assert cam.map_boxes(heat, (0.5,), 8)[0][0.5] == (0.0, 2.0, 4.0, 3.0)
+    corner = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    assert cam.map_boxes(corner, (0.8,), 8)[0][0.8] == (0.0, 0.0, 3.0, 3.0)
+
+
 def test_maps_that_would_be_blank_or_ill_posed_are_refused():
     from shared.errors import UsageError
 
@@ -294,7 +453,9 @@ def test_maps_that_would_be_blank_or_ill_posed_are_refused():
     with pytest.raises(UsageError, match="no gradient reaches layer 'encoder.layers."
                                          "encoder_layer_1'"):
         heatmaps.grad_cam(vit, images, "encoder.layers.encoder_layer_1")  # past the last block
-    with pytest.raises(UsageError, match="Grad-CAM\\+\\+ is ill-posed on ViT tokens"):
+    with pytest.raises(UsageError, match="^Grad-CAM\\+\\+ is ill-posed on ViT tokens "
+                                         "\\(encoder.layers.encoder_layer_1.ln_1\\): use "
+                                         "gradcam or rollout$"):
         heatmaps.grad_cam(vit, images, "encoder.layers.encoder_layer_1.ln_1", plus=True)
     maps, _ = heatmaps.grad_cam(vit, images, "encoder.layers.encoder_layer_1.ln_1")
     assert maps.shape == (2, 4, 4) and maps.amax((1, 2)).gt(0).all()

@@ -355,6 +355,18 @@ def test_the_augmentation_is_the_papers():
     assert len(simclr_augment(96, blur=False).transforms) == 5
 
 
+def test_views_blur_by_default_and_pass_the_choice_on(monkeypatch):
+    """simclr_views builds both views with simclr_augment, blurring unless told not to (the
+    paper's augmentation; pre-training calls it with the default)."""
+    import simclr
+
+    asked = []
+    monkeypatch.setattr(simclr, "simclr_augment", lambda size, blur: asked.append(blur))
+    simclr.simclr_views(32)
+    simclr.simclr_views(32, blur=False)
+    assert asked == [True, False]
+
+
 def test_views_turn_grey_a_fifth_of_the_time():
     """RandomGrayscale(p=0.2): of 600 views of a colourful photo, seeded, between 13% and
     27% grey (a binomial's 4 standard deviations around 20%)."""
