@@ -26,24 +26,23 @@ DRY_RUN=false
 SEEDS=1
 JOBS=
 DATASETS=(bird dog)
+count() {  # count FLAG VALUE: VALUE if a whole number of at least 1, else stop naming FLAG
+  if [[ ! $2 =~ ^[1-9][0-9]*$ ]]; then
+    echo "run_all.sh: $1 expects a whole number of at least 1, got '$2'" >&2
+    exit 2
+  fi
+  echo "$2"
+}
 while [[ $# -gt 0 ]]; do
   case $1 in
     --demo | --quick) MODE=${1#--} ;;
     --dry-run) DRY_RUN=true ;;
     --seeds)
-      if [[ ! "${2:-}" =~ ^[1-9][0-9]*$ ]]; then
-        echo "run_all.sh: --seeds expects a whole number of at least 1, got '${2:-}'" >&2
-        exit 2
-      fi
-      SEEDS=$2
+      SEEDS=$(count "$1" "${2:-}")
       shift
       ;;
     --jobs)
-      if [[ ! "${2:-}" =~ ^[1-9][0-9]*$ ]]; then
-        echo "run_all.sh: --jobs expects a whole number of at least 1, got '${2:-}'" >&2
-        exit 2
-      fi
-      JOBS=$2
+      JOBS=$(count "$1" "${2:-}")
       shift
       ;;
     --datasets)

@@ -453,11 +453,9 @@ def test_the_knn_monitor_scores_as_the_final_knn_evaluation(sample, tmp_path):
     assert again == {"val_knn_top1": record["metrics"]["knn_top1"]}
 
 
-def test_pretraining_from_imagenet_starts_from_imagenet_weights(sample, tmp_path,
-                                                                monkeypatch):
-    root, _ = sample
-    from shared.models import build_model
-
+def _pretraining_start(root, out, monkeypatch, model: str, weights: str) -> dict:
+    """Task 8 on the sample data with pre-training replaced by a stand-in that keeps the
+    weights it is handed: those weights."""
     started = {}
 
     def first_state(backbone, *args, **kwargs):  # stands in for pre-training: what it gets
@@ -466,10 +464,19 @@ def test_pretraining_from_imagenet_starts_from_imagenet_weights(sample, tmp_path
 
     monkeypatch.setattr(pretrain, "pretrain", first_state)
     simclr_train.main(simclr_train.parse_args([
-        "--dataset", "bird", "--data-root", str(root), "--model", "tf_efficientnet_lite0",
-        "--weights", "imagenet", "--image-size", "32", "--label-fractions", "1",
-        "--epochs", "1", "--batch-size", "8", "--probe-epochs", "2",
-        "--out", str(tmp_path / "imagenet-simclr")]))
+        "--dataset", "bird", "--data-root", str(root), "--model", model,
+        "--weights", weights, "--image-size", "32", "--label-fractions", "1",
+        "--epochs", "1", "--batch-size", "8", "--probe-epochs", "2", "--out", str(out)]))
+    return started
+
+
+def test_pretraining_from_imagenet_starts_from_imagenet_weights(sample, tmp_path,
+                                                                monkeypatch):
+    root, _ = sample
+    from shared.models import build_model
+
+    started = _pretraining_start(root, tmp_path / "imagenet-simclr", monkeypatch,
+                                 "tf_efficientnet_lite0", "imagenet")
     imagenet, spec = build_model("tf_efficientnet_lite0", 4, "imagenet", 32)
     pretrain.split_head(imagenet, spec)
     assert started.keys() == imagenet.state_dict().keys()
@@ -483,25 +490,15 @@ def test_the_knn_gate_compares_with_the_network_pre_training_starts_from(sample,
     root, _ = sample
     from shared import models
 
-    started, built = {}, []
-
-    def first_state(backbone, *args, **kwargs):  # stands in for pre-training: what it gets
-        started.update({k: v.clone() for k, v in backbone.state_dict().items()})
-        return []
+    build_model, built = models.build_model, []
 
     def recording(*args, **kwargs):
         model, spec = build_model(*args, **kwargs)
         built.append({k: v.clone() for k, v in model.state_dict().items()})
         return model, spec
 
-    build_model = models.build_model
-    monkeypatch.setattr(pretrain, "pretrain", first_state)
     monkeypatch.setattr(models, "build_model", recording)
-    simclr_train.main(simclr_train.parse_args([
-        "--dataset", "bird", "--data-root", str(root), "--model", "resnet18",
-        "--weights", "none", "--image-size", "32", "--label-fractions", "1",
-        "--epochs", "1", "--batch-size", "8", "--probe-epochs", "2",
-        "--out", str(tmp_path / "simclr")]))
+    started = _pretraining_start(root, tmp_path / "simclr", monkeypatch, "resnet18", "none")
     reference = built[1]  # the second network built: the gate's
     assert started and all(torch.equal(reference[k], v) for k, v in started.items())
 
