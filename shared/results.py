@@ -211,7 +211,8 @@ def _mean_of(values: list):
 
 def seed_group(members: list[dict], cache: dict | None = None) -> dict:
     """Runs of one row with different seeds as one record: numbers (metrics, gate values)
-    are means over the seeds, a gate passes only if it passed for every seed, each
+    are means over the seeds, a gate passes only if it passed for every seed (one a seed
+    lacks is not measured), each
     accuracy backed by predictions files gets `stats.two_level_bootstrap`'s interval (over
     seeds and test photos) and its spread over the seeds (`spread`: sd, or the two values
     for 2 seeds); `_seeds` holds the members. One run is returned as it is (its Wilson
@@ -223,12 +224,18 @@ def seed_group(members: list[dict], cache: dict | None = None) -> dict:
     first = members[0]
     group = {**first, "_dir": row_key(first), "_seeds": members,
              "metrics": _mean_of([r["metrics"] for r in members]), "ci95": {}, "spread": {}}
-    if all(r.get("gates") for r in members):
-        group["gates"] = [
-            {**gates[0], "value": None if any(g["value"] is None for g in gates)
-             else float(np.mean([g["value"] for g in gates])),
-             "passed": all(g["passed"] for g in gates)}
-            for gates in zip(*(r["gates"] for r in members), strict=False)]
+    group.pop("gates", None)
+    names = list(dict.fromkeys(g["name"] for r in members for g in r.get("gates", [])))
+    if names:  # matched by name; a seed without the gate leaves it unmeasured (not passed)
+        by_seed = [{g["name"]: g for g in r.get("gates", [])} for r in members]
+        group["gates"] = []
+        for name in names:
+            gates = [found.get(name) for found in by_seed]
+            measured = all(g is not None and g["value"] is not None for g in gates)
+            group["gates"].append(
+                {**next(g for g in gates if g is not None),
+                 "value": float(np.mean([g["value"] for g in gates])) if measured else None,
+                 "passed": measured and all(g["passed"] for g in gates)})
     for name in first.get("predictions", {}):
         found = [_correct_of(r, name, cache) for r in members]
         if any(f is None for f in found):

@@ -1,0 +1,389 @@
+"""Run records and the tables built from them, worked by hand: seed groups (means, spreads,
+gates), every kind of cell, a whole small table, and `compare` as a user calls it. The
+intervals' own arithmetic is tested in test_stats.py; here shared/stats.py is the oracle."""
+
+import json
+
+import numpy as np
+import pytest
+
+from shared import errors, results, stats
+
+
+def _record(root, folder, correct, *, gates=None, metrics=None, name="test_top1", **args):
+    """A run folder under `root` with a predictions file (image i right when correct[i];
+    10 classes, true class 0) and its metrics.json; returns the record as `load_records`
+    reads it."""
+    path = root / folder
+    path.mkdir(parents=True)
+    correct = np.asarray(correct, bool)
+    logits = np.where(correct[:, None], np.eye(10)[0], np.eye(10)[1])
+    results.save_predictions(path / "test_predictions.npz", [f"img{i}" for i in
+                                                             range(len(correct))],
+                             np.zeros(len(correct), np.int64), logits)
+    record = {"task": "task1_2_finetune", "variant": folder.rsplit("/", 1)[-1],
+              "dataset": "bird", "model": "resnet18", "weights": "none",
+              "metrics": {name: float(correct.mean()), **(metrics or {})},
+              "ci95": {name: list(stats.wilson_interval(int(correct.sum()), len(correct)))},
+              "predictions": {name: "test_predictions.npz"},
+              "data": {"train": 8, "val": 2, "test": len(correct)},
+              "args": {"recipe": "seed", "epochs": 3, "image_size": 32, **args}}
+    if gates is not None:
+        record["gates"] = gates
+    (path / "metrics.json").write_text(json.dumps(record))
+    return next(r for r in results.load_records(root) if r["_dir"] == folder)
+
+
+def test_load_records_names_each_folder_relative_to_the_root(tmp_path):
+    _record(tmp_path, "b/run", [1, 0])
+    _record(tmp_path, "a/run", [1, 1])
+    found = results.load_records(tmp_path)
+    assert [r["_dir"] for r in found] == ["a/run", "b/run"]  # sorted, posix, relative
+    assert found[0]["_path"] == str(tmp_path / "a" / "run")
+    assert found[0]["metrics"]["test_top1"] == 1.0
+
+
+def test_row_keys_and_seeds_read_the_seed_folder_only():
+    r = {"_dir": "seed12/task1_2_finetune/bird/seedling"}
+    assert results.row_key(r) == "task1_2_finetune/bird/seedling"
+    assert results.seed_of(r) == "seed12"
+    assert results.seed_of({"_dir": "task1/bird/run"}) == ""
+    assert results.row_key({"_dir": "a/seedx/b"}) == "a/seedx/b"  # not seed<digits>
+
+
+def test_seed_group_means_metrics_and_gates_and_keeps_the_spread(tmp_path):
+    """Three seeds right on 6, 8 and 7 of 10 images: mean 0.7, sd 0.1; the gate's value is
+    the mean of 1, 2 and 4 and it passes only if every seed passed; a number that is equal
+    across seeds stays as it is (an int stays an int), a flag or a text is the first seed's;
+    members are ordered by seed number (seed10 after seed2)."""
+    hits = {0: [1] * 6 + [0] * 4, 2: [1] * 8 + [0] * 2, 10: [1] * 7 + [0] * 3}
+    members = [_record(tmp_path, f"seed{s}/t/bird/run", hits[s],
+                       metrics={"best_epoch": 3, "epochs_run": s, "finished": s == 0,
+                                "localiser": f"CAM{s}", "robust_top1": {"fgsm": s / 10}},
+                       gates=[results.gate("worked", value, 0.5, value > 1.5),
+                              results.gate("other", 1.0, 0.5, True)])
+               for s, value in ((10, 4.0), (0, 1.0), (2, 2.0))]
+    group = results.seed_group(members)
+    assert [results.seed_of(r) for r in group["_seeds"]] == ["seed0", "seed2", "seed10"]
+    assert group["_dir"] == "t/bird/run"
+    m = group["metrics"]
+    assert m["test_top1"] == pytest.approx(0.7)
+    assert m["best_epoch"] == 3 and isinstance(m["best_epoch"], int)
+    assert m["epochs_run"] == pytest.approx(4.0)  # (0 + 2 + 10) / 3
+    assert m["finished"] is True and m["localiser"] == "CAM0"
+    assert m["robust_top1"] == {"fgsm": pytest.approx(0.4)}
+    assert group["spread"]["test_top1"] == pytest.approx(0.1)
+    matrix = np.array([hits[s] for s in (0, 2, 10)], float)
+    _, low, high = stats.two_level_bootstrap(matrix)
+    assert group["ci95"]["test_top1"] == [low, high]
+    worked, other = group["gates"]
+    assert worked["value"] == pytest.approx(7 / 3) and worked["passed"] is False
+    assert other["value"] == 1.0 and other["passed"] is True
+    assert worked["name"] == "worked" and worked["threshold"] == 0.5
+
+
+def test_two_seeds_show_both_values_and_an_unmeasured_gate_stays_unmeasured(tmp_path):
+    a = _record(tmp_path, "seed0/t/run", [1, 1, 0, 0],
+                gates=[results.gate("g", None, 0, False)])
+    b = _record(tmp_path, "seed1/t/run", [1, 1, 1, 0], gates=[results.gate("g", 2.0, 0, True)])
+    group = results.seed_group([b, a])
+    assert group["spread"]["test_top1"] == [0.5, 0.75]
+    assert group["gates"][0]["value"] is None and group["gates"][0]["passed"] is False
+    assert results.seeds_cell(group) == "2 seeds"
+    cell = results.with_interval("test_top1")(group)
+    low, high = group["ci95"]["test_top1"]
+    assert cell == f"62.5 ({100 * low:.1f}–{100 * high:.1f}; seeds 50.0, 75.0)"
+    c = _record(tmp_path, "seed2/t/run", [1, 0, 0, 0])  # a seed without the gate
+    assert [(g["value"], g["passed"]) for g in results.seed_group([b, c])["gates"]] == [
+        (None, False)]
+    d = _record(tmp_path, "seed3/t/run", [1, 0, 0, 0], gates=[results.gate("g", 4.0, 0, True)])
+    assert [(g["value"], g["passed"]) for g in results.seed_group([b, d])["gates"]] == [
+        (3.0, True)]
+    e = _record(tmp_path, "seed4/t/run", [1, 0, 0, 0], gates=[results.gate("h", 1.0, 0, True),
+                                                               results.gate("g", 1.0, 0, True)])
+    assert [(g["name"], g["value"]) for g in results.seed_group([b, e])["gates"]] == [
+        ("g", 1.5), ("h", None)]  # matched by name, not by position
+    assert "gates" not in results.seed_group([c, _record(tmp_path, "seed5/t/run", [1, 0, 0, 1])])
+
+
+def test_one_run_is_its_own_group_with_its_wilson_interval(tmp_path):
+    run = _record(tmp_path, "t/run", [1, 1, 1, 0])
+    group = results.seed_group([run])
+    assert group["_seeds"] == [run] and group["ci95"] == run["ci95"]
+    assert "spread" not in group and results.seeds_cell(group) == "1 seed"
+    low, high = stats.wilson_interval(3, 4)
+    assert results.with_interval("test_top1")(group) == (
+        f"75.0 ({100 * low:.1f}–{100 * high:.1f})")
+
+
+def test_seed_groups_gather_rows_in_order_and_refuse_different_images(tmp_path):
+    _record(tmp_path, "seed0/t/b", [1, 0])
+    _record(tmp_path, "seed0/t/a", [1, 1])
+    _record(tmp_path, "seed1/t/a", [0, 1])
+    groups = results.seed_groups(results.load_records(tmp_path))
+    # one run stays as it is: its own folder, for the links to its figures
+    assert [(g["_dir"], len(g["_seeds"])) for g in groups] == [("t/a", 2), ("seed0/t/b", 1)]
+    _record(tmp_path, "seed1/t/b", [1, 0, 1])  # three test images against two
+    with pytest.raises(errors.TestSetMismatch, match=r"seed1/t/b and seed0/t/b were tested "
+                                                     r"on different images \(3 and 2\): "
+                                                     r"test_top1 cannot be compared"):
+        results.seed_groups(results.load_records(tmp_path))
+
+
+def test_cells_by_hand():
+    r = {"metrics": {"test_top1": 0.898, "ece": 0.1394, "robust_top1": {"pgd@1/255": 0.25},
+                     "missing": None},
+         "ci95": {"test_top1": [0.882, 0.912], "ece": [0.128, 0.150]},
+         "spread": {"ece": 0.0123},
+         "data": {"train": 2610, "val": 293, "test": 1500}}
+    assert results.with_interval("test_top1")(r) == "89.8 (88.2–91.2)"
+    assert results.with_interval("ece", scale=1, digits=3, bare=results.fixed)(r) == (
+        "0.139 (0.128–0.150; sd 0.012)")
+    assert results.with_interval("robust_top1:pgd@1/255")(r) == "25.00"  # no interval: bare
+    assert results.with_interval("missing")(r) == "–"
+    assert results.metric(r, "robust_top1:pgd@1/255") == 0.25
+    assert results.metric(r, "test_top1:anything") == 0.898  # not nested: the value itself
+    assert results.pct(0.12345) == "12.35" and results.pct(None) == "–"
+    assert results.fixed(0.12345) == "0.123" and results.fixed(None) == "–"
+    assert results.split_counts(r) == "2610 / 293 / 1500"
+
+
+def test_difference_and_gate_cells_by_hand():
+    one = {"difference": 3.04, "ci95": [0.96, 5.14], "seeds": 1, "mcnemar_p": 0.00123,
+           "seeds_agreeing": 1}
+    assert results._difference_cell(one) == "+3.0 (+1.0–+5.1), p 0.0012"
+    three = one | {"difference": -0.55, "ci95": [-2.0, 0.91], "seeds": 3, "seeds_agreeing": 2}
+    assert results._difference_cell(three) == "-0.6 (-2.0–+0.9), 2/3 seeds agree"
+    assert results._difference_cell(None) == "–"
+    r = {"gates": [results.gate("GAN-test / chance", 11.3456, 10, True),
+                   results.gate("FID below", None, 0.5, True)]}
+    assert results._gates_cell(r) == ("GAN-test / chance: 11.3 (threshold 10) pass; "
+                                      "FID below: not measured (threshold 0.5) FAIL")
+    assert results._gates_cell({}) == "–"
+
+
+def test_gates_judge_only_the_metrics_they_name():
+    clean = results.gate("clean", 1.0, 0, False, judges=["test_top1"])
+    everything = results.gate("all", 1.0, 0, False)
+    passed = results.gate("fine", 1.0, 0, True)
+    assert clean == {"name": "clean", "value": 1.0, "threshold": 0, "passed": False,
+                     "judges": ["test_top1"]}
+    assert "judges" not in everything and passed["passed"] is True
+    r = {"gates": [clean, everything, passed]}
+    assert results.failed_gates(r) == [clean, everything]
+    assert results.failed_gates(r, "robust_top1") == [everything]
+    assert results.failed_gates(r, "test_top1") == [clean, everything]
+    assert results.failed_gates({}) == []
+    assert results.gate("truthy", 1.0, 0, 1)["passed"] is True  # a bool, for JSON
+
+
+def test_merge_keeps_later_values_and_every_gate_in_order():
+    a = {"metrics": {"x": 1, "y": 2}, "ci95": {"x": [0, 1]}, "gates": [{"name": "a"}]}
+    b = {"metrics": {"y": 3}, "predictions": {"y": "f.npz"}, "gates": [{"name": "b"}]}
+    assert results.merge(a, b, {"other": 1}) == {
+        "metrics": {"x": 1, "y": 3}, "ci95": {"x": [0, 1]}, "predictions": {"y": "f.npz"},
+        "gates": [{"name": "a"}, {"name": "b"}]}
+    assert results.merge({"metrics": {"x": 1}}) == {"metrics": {"x": 1}, "ci95": {},
+                                                    "predictions": {}}
+
+
+def test_predictions_files_hold_float16_logits_and_score_top_k(tmp_path):
+    logits = np.array([[0.1, 0.3, 0.2], [0.5, 0.4, 0.3], [0.2, 0.3, 0.1]], np.float64)
+    labels = [2, 0, 2]  # wrong, right, third of three
+    scores = results.score_predictions(tmp_path, "p.npz", ["a", "b", "c"], labels, logits,
+                                       {"top1": 1, "top2": 2})
+    saved = results.load_predictions(tmp_path / "p.npz")
+    assert saved["logits"].dtype == np.float16 and saved["label"].dtype == np.int64
+    assert saved["index"].tolist() == ["a", "b", "c"] and saved["label"].tolist() == labels
+    assert np.array_equal(saved["logits"], scores["logits"])
+    assert scores["metrics"] == {"top1": pytest.approx(1 / 3), "top2": pytest.approx(2 / 3)}
+    assert scores["ci95"]["top2"] == list(stats.wilson_interval(2, 3))
+    assert scores["predictions"] == {"top1": "p.npz", "top2": "p.npz"}
+    assert not list(tmp_path.glob("*.tmp*"))  # written whole, then renamed
+    results.score_predictions(tmp_path, "q.npz", ["a"], [0], logits[:1], {"top1": 1},
+                              write=False)
+    assert not (tmp_path / "q.npz").exists()
+    np.savez(tmp_path / "pickled.npz", index=np.array([object()], dtype=object),
+             label=np.zeros(1), logits=np.zeros((1, 1)))
+    with pytest.raises(ValueError, match="pickle"):
+        results.load_predictions(tmp_path / "pickled.npz")
+    assert results.scored("x", np.array([], bool), "f")["metrics"] == {"x": 0.0}
+
+
+def test_paired_difference_reads_top5_and_pairs_seed_with_seed(tmp_path):
+    """B right on 3 of 4 where A is right on 1: +50 points; top-5 counts an image right
+    when fewer than 5 classes score above its own (all of these, B's and A's alike)."""
+    a = _record(tmp_path, "a", [1, 0, 0, 0])
+    b = _record(tmp_path, "b", [1, 1, 1, 0])
+    found = results.paired_difference(b, a, "test_top1")
+    assert found["difference"] == pytest.approx(50.0) and found["images"] == 4
+    assert found["mcnemar_p"] == stats.mcnemar_p(np.array([1, 0, 0, 0], bool),
+                                                 np.array([1, 1, 1, 0], bool))
+    assert found["seeds"] == 1 and found["seeds_agreeing"] == 1
+    _, low, high = stats.paired_bootstrap(np.array([1, 0, 0, 0], bool),
+                                          np.array([1, 1, 1, 0], bool))
+    assert found["ci95"] == [pytest.approx(100 * low), pytest.approx(100 * high)]
+    for r in (a, b):
+        r["predictions"]["test_top5"] = "test_predictions.npz"
+    assert results.paired_difference(b, a, "test_top5")["difference"] == 0.0
+    assert results.paired_difference(b, {**a, "predictions": {}}, "test_top1") is None
+    group = results.seed_group([_record(tmp_path, f"seed{s}/g", [1, 0, 1, 0])
+                                for s in range(2)])
+    with pytest.raises(errors.TestSetMismatch, match="g has 2 seeds and a 1"):
+        results.paired_difference(group, a, "test_top1")
+
+
+def test_trained_alike_reads_recipe_size_and_epochs():
+    r = {"dataset": "bird", "model": "m", "args": {"image_size": 32, "epochs": 3}}
+    assert results.trained_alike(r, {**r, "args": {**r["args"], "recipe": "seed"}})
+    for key, value in (("recipe", "strong"), ("image_size", 64), ("epochs", 4)):
+        assert not results.trained_alike(r, {**r, "args": {**r["args"], key: value}})
+    assert not results.trained_alike(r, {**r, "model": "other"})
+    assert not results.trained_alike(r, {**r, "dataset": "dog"})
+
+
+def test_tables_are_ordered_by_number_then_letter():
+    titles = ["Table 10: x", "Table 2b: y", "Notes", "Table 2: z"]
+    tables = [results.Table(t, rows=bool, order=str, columns=[]) for t in titles]
+    assert [t.title for t in sorted(tables, key=lambda t: t.number)] == [
+        "Table 2: z", "Table 2b: y", "Table 10: x", "Notes"]
+    assert results.Table("Notes", bool, str, []).number == (10**6, "Notes")
+    declared = [t.number for t in results.declared_tables()]
+    assert declared == sorted(declared) and declared[0] == (1, "")
+
+
+def _table(**kw):
+    return results.Table("Table 9: by hand", rows=lambda r: r["task"] == "task1_2_finetune",
+                         order=lambda r: r["variant"],
+                         columns=[("Variant", lambda r: r["variant"])], **kw)
+
+
+def test_a_whole_table_by_hand(tmp_path):
+    """Two runs, the second compared with the first: the header, the Seeds column, the gates
+    column (a row without gates shows –), the paired difference, the links to the figures
+    that exist, the forest plot's panel named by the table's number."""
+    a = _record(tmp_path, "runs/a", [1, 0, 0, 0])
+    b = _record(tmp_path, "runs/b", [1, 1, 1, 0], gates=[results.gate("g", 2.5, 1, True)])
+    (tmp_path / "runs" / "b" / "confusions.png").write_bytes(b"png")
+    (tmp_path / "runs" / "b" / "per_class.csv").write_text("class\n")
+    panels = []
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(results.figures, "forest_plot", lambda p, path: panels.append((p, path)))
+    try:
+        path = results.write_tables(tmp_path, [_table(
+            reference=lambda r, rows: None if r["variant"] == "a" else rows[0],
+            compared=[("top-1", "test_top1")], reference_name="a", confusions=True),
+            results.Table("Table 10: empty", rows=lambda r: False, order=str, columns=[])])
+    finally:
+        monkey.undo()
+    found = results.paired_difference(b, a, "test_top1")
+    low, high = found["ci95"]
+    expected = "\n".join([
+        "## Table 9: by hand", "",
+        "| Variant | Seeds | Gate: did the method work? (validation) | Δ top-1 vs a (points, "
+        "95% CI; McNemar p) | Confusions |",
+        "|---|---|---|---|---|",
+        "| a | 1 seed | – | – | – |",
+        f"| b | 1 seed | g: 2.5 (threshold 1) pass | +50.0 ({low:+.1f}–{high:+.1f}), "
+        f"p {found['mcnemar_p']:.2g} | [pairs](runs/b/confusions.png), "
+        "[per class](runs/b/per_class.csv) |", "",
+        "## Table 10: empty", "", "No runs yet.", ""])
+    text = path.read_text()
+    assert path == tmp_path / "TABLES.md" and text.startswith("# Results\n\nBuilt from")
+    assert text.endswith(expected)
+    (table_panels, plot_path), = panels
+    assert plot_path == tmp_path / "differences.png"
+    assert [(title, [(row, label) for row, label, _ in rows])
+            for title, rows in table_panels] == [("Table 9", [("runs/b", "top-1")])]
+
+
+def test_a_failed_gate_or_several_seeds_change_the_difference_column(tmp_path):
+    for s in range(2):
+        _record(tmp_path, f"seed{s}/a", [1, 0, 0, 0])
+        _record(tmp_path, f"seed{s}/b", [1, 1, 1 - s, 0],
+                gates=[results.gate("g", 0.0, 1, False, judges=["other"])])
+    results.write_tables(tmp_path, [_table(
+        reference=lambda r, rows: None if r["variant"] == "a" else rows[0],
+        compared=lambda rows: [("top-1", "test_top1")], reference_name="a")])
+    lines = (tmp_path / "TABLES.md").read_text().splitlines()
+    assert "| Variant | Seeds | Gate: did the method work? (validation) | Δ top-1 vs a " \
+           "(points, 95% CI; McNemar p, or seeds agreeing) |" in lines
+    row = next(line for line in lines if line.startswith("| b |"))
+    assert "| 2 seeds | g: 0 (threshold 1) FAIL | +37.5 (" in row  # judges another metric
+    assert row.endswith(", 2/2 seeds agree |")
+    for s in range(2):
+        record = json.loads((tmp_path / f"seed{s}/b/metrics.json").read_text())
+        record["gates"][0].pop("judges")
+        (tmp_path / f"seed{s}/b/metrics.json").write_text(json.dumps(record))
+    results.write_tables(tmp_path, [_table(
+        reference=lambda r, rows: None if r["variant"] == "a" else rows[0],
+        compared=[("top-1", "test_top1")], reference_name="a")])
+    row = next(line for line in (tmp_path / "TABLES.md").read_text().splitlines()
+               if line.startswith("| b |"))
+    assert row.endswith("| did not work at this budget |")
+
+
+def test_compare_prints_one_pair_and_seed_groups(tmp_path, capsys):
+    a = _record(tmp_path, "a", [1, 0, 0, 0]).get("_path")
+    b = _record(tmp_path, "b", [1, 1, 1, 0]).get("_path")
+    results.main(["compare", a, b])
+    found = results.compare([tmp_path / "a"], [tmp_path / "b"])[0]
+    low, high = found["ci95"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"B = {b} minus A = {a}", "",
+        "| accuracy | images | B - A (points) | 95% CI | McNemar p |", "|---|---|---|---|---|",
+        f"| test_top1 | 4 | +50.00 | {low:+.2f} – {high:+.2f} | {found['mcnemar_p']:.3g} |"]
+    sides = {side: [_record(tmp_path, f"seed{s}/{side}", hits).get("_path")
+                    for s, hits in enumerate(rows)]
+             for side, rows in (("a", ([1, 0, 0, 0], [0, 0, 0, 0])),
+                                ("b", ([1, 1, 0, 0], [0, 0, 0, 0])))}
+    results.main(["compare", "--a", *sides["a"], "--b", *sides["b"]])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == ("| accuracy | seeds | images | B - A (points) | 95% CI (seeds and "
+                        "photos) | seeds agreeing | each seed's B - A (McNemar p) |")
+    assert lines[4].startswith("| test_top1 | 2 | 4 | +12.50 | ")
+    assert lines[4].endswith(" | 1/2 | +25.00 (p 1); +0.00 (p 1) |")
+
+
+def test_compare_refuses_what_it_cannot_pair_and_says_why(tmp_path, capsys):
+    a = _record(tmp_path, "a", [1, 0]).get("_path")
+    b = _record(tmp_path, "b", [1, 1], name="other_top1").get("_path")
+    with pytest.raises(SystemExit, match="share no accuracy with a predictions file"):
+        results.main(["compare", a, b])
+    with pytest.raises(SystemExit, match=r"empty: no metrics.json \(expected a run folder\)"):
+        results.main(["compare", a, str(tmp_path / "empty")])
+    with pytest.raises(errors.TestSetMismatch, match="2 runs against 1: compare pairs seed"):
+        results.compare([tmp_path / "a", tmp_path / "a"], [tmp_path / "b"])
+    for wrong in (["compare", a], ["compare", a, b, "--a", a, "--b", b], ["compare", "--a", a]):
+        with pytest.raises(SystemExit) as exit_:
+            results.main(wrong)
+        assert exit_.value.code == 2
+        assert "give RUN_A RUN_B, or --a RUN... --b RUN..." in capsys.readouterr().err
+
+
+def test_run_records_keep_flags_as_json_and_the_fit_beside_them(tmp_path):
+    import torch
+
+    rt = type("Runtime", (), {"device": torch.device("cpu"), "world_size": 1,
+                              "amp_dtype": torch.bfloat16})()
+    flags = {"dataset": "bird", "model": "resnet18", "weights": "imagenet",
+             "out": tmp_path / "run", "epochs": 2}
+    fit = {"metrics": {"test_top1": 0.5}, "ci95": {"test_top1": [0.4, 0.6]},
+           "predictions": {"test_top1": "p.npz"}, "history": [{"epoch": 1}],
+           "timing": {"train_seconds": 3.0}, "channels_last": True}
+    record = results.make_record("task1_2_finetune", "pretrained", flags, rt,
+                                 {"test": 4}, fit, extra=1.5)
+    assert record["metrics"] == {"test_top1": 0.5, "extra": 1.5}
+    assert record["args"]["out"] == str(tmp_path / "run") and record["weights"] == "imagenet"
+    assert record["env"]["amp"] == "bfloat16" and record["env"]["channels_last"] is True
+    assert record["env"]["device"] == f"cpu: {results.cpu_name()}"
+    assert record["env"]["threads"] == torch.get_num_threads()
+    assert (record["history"], record["timing"]) == (fit["history"], fit["timing"])
+    assert "gates" not in record
+    gated = results.make_record("t", "v", flags, rt, {}, fit | {"gates": [{"name": "g"}]})
+    assert gated["gates"] == [{"name": "g"}]
+    json.dumps(record)  # every value JSON can hold
+    assert results.task_record("t", "v", flags, rt, {}, {}, model="vit", weights=None)[
+        "model"] == "vit"
+    results.write_json({"a": 1}, tmp_path / "m.json")
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
