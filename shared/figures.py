@@ -58,8 +58,8 @@ def write_confusions(out: Path, classes: list[str], records: list[Record], label
 
     figure, axes = plt.subplots(figsize=(7, 6), dpi=100)  # pragma: no mutate (appearance)
     shown = np.ma.masked_equal(counts, 0)  # empty cells stay white
-    image = axes.imshow(shown, cmap="viridis", interpolation="nearest",
-                        norm=LogNorm(vmin=1, vmax=max(2, counts.max())))
+    look = {"cmap": "viridis", "interpolation": "nearest"}  # pragma: no mutate (appearance)
+    image = axes.imshow(shown, norm=LogNorm(vmin=1, vmax=max(2, counts.max())), **look)
     figure.colorbar(image, ax=axes, label="test images (log scale)")
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
@@ -70,8 +70,8 @@ def write_confusions(out: Path, classes: list[str], records: list[Record], label
 
     pairs = confused_pairs(counts)
     rows = max(1, len(pairs))
-    figure, grid = plt.subplots(rows, 2, squeeze=False,
-                                figsize=(5, 2.4 * rows), dpi=72)  # pragma: no mutate
+    size = {"figsize": (5, 2.4 * rows), "dpi": 72}  # pragma: no mutate (appearance)
+    figure, grid = plt.subplots(rows, 2, squeeze=False, **size)
     for row, (a, b, a_as_b, b_as_a) in enumerate(pairs):
         for column, (c, d) in enumerate(((a, b), (b, a))):
             # a photo of c taken for d if there is one, else any photo of c
@@ -88,8 +88,7 @@ def write_confusions(out: Path, classes: list[str], records: list[Record], label
             axes.set_title(title, fontsize=7)  # pragma: no mutate (appearance)
             axes.axis("off")
     if not pairs:
-        grid[0, 0].set_title("no confusions",
-                             fontsize=8)  # pragma: no mutate (appearance)
+        grid[0, 0].set_title("no confusions", fontsize=8)  # pragma: no mutate (appearance)
         for axes in grid[0]:
             axes.axis("off")
     figure.tight_layout()
@@ -109,32 +108,31 @@ def forest_plot(panels: list[tuple[str, list]], path: Path) -> None:
     from matplotlib import pyplot as plt
 
     heights = [max(1, len(rows)) for _, rows in panels] or [1]
-    size = (9, 0.8 + 0.32 * sum(heights) + 0.5 * len(heights))  # pragma: no mutate
-    figure, axes = plt.subplots(len(heights), 1, squeeze=False, figsize=size,
-                                dpi=100,  # pragma: no mutate (appearance)
-                                gridspec_kw={"height_ratios": heights})
+    height = 0.8 + 0.32 * sum(heights) + 0.5 * len(heights)  # pragma: no mutate (appearance)
+    size = {"figsize": (9, height), "dpi": 100}  # pragma: no mutate (appearance)
+    figure, axes = plt.subplots(len(heights), 1, squeeze=False,
+                                gridspec_kw={"height_ratios": heights}, **size)
     if not panels:
-        axes[0, 0].text(0.5, 0.5, "no comparisons yet", ha="center", va="center")
+        centred = {"x": 0.5, "y": 0.5, "ha": "center", "va": "center"}  # pragma: no mutate
+        axes[0, 0].text(s="no comparisons yet", **centred)
         axes[0, 0].axis("off")
     for axis, (title, rows) in zip(axes[:, 0], panels, strict=False):  # none: one axis
         y = np.arange(len(rows))[::-1]
         for position, (_, _, found) in zip(y, rows, strict=True):
             low, high = found["ci95"]
-            axis.plot([low, high], [position, position],
-                      color="0.3", linewidth=1.5)  # pragma: no mutate (appearance)
+            line, dot = {"color": "0.3", "linewidth": 1.5}, {"markersize": 5}  # pragma: no mutate
+            axis.plot([low, high], [position, position], **line)
             colour = "C0" if low > 0 else "C3" if high < 0 else "0.3"  # above, below, across 0
-            axis.plot(found["difference"], position, "o", color=colour,
-                      markersize=5)  # pragma: no mutate (appearance)
-        axis.axvline(0, linestyle="--",
-                     color="0.6", linewidth=1)  # pragma: no mutate (appearance)
+            axis.plot(found["difference"], position, "o", color=colour, **dot)
+        zero = {"color": "0.6", "linewidth": 1}  # pragma: no mutate (appearance)
+        axis.axvline(0, linestyle="--", **zero)
         labels = [f"{row}: {label}" + (f" ({found['seeds_agreeing']}/{found['seeds']} seeds)"
                                        if found["seeds"] > 1 else "")
                   for row, label, found in rows]
-        axis.set_yticks(y, labels, fontsize=7)  # pragma: no mutate (appearance)
-        axis.set_title(title, loc="left",
-                       fontsize=9)  # pragma: no mutate (appearance)
-        axis.set_xlabel("difference from the reference row (points, 95% CI)",
-                        fontsize=7)  # pragma: no mutate (appearance)
+        small = {"fontsize": 7}  # pragma: no mutate (appearance)
+        axis.set_yticks(y, labels, **small)
+        axis.set_title(title, loc="left", fontsize=9)  # pragma: no mutate (appearance)
+        axis.set_xlabel("difference from the reference row (points, 95% CI)", **small)
         axis.tick_params(axis="x", labelsize=7)  # pragma: no mutate (appearance)
     figure.tight_layout()
     figure.savefig(path)

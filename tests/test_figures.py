@@ -50,12 +50,13 @@ def _intervals(axis):
 def test_forest_plot_puts_each_difference_on_its_interval_in_row_order(tmp_path, kept_figures):
     """Table 1's first row on top; a dot blue when its interval lies above zero, red below,
     grey across it or touching it; a line at zero; a row over seeds names how many agree;
-    panel heights follow the rows (two rows against one)."""
+    panel heights follow the rows (two rows against one, three)."""
     panels = [("Table 1", [("pretrained", "top-1", _difference(5.0, 2.0, 8.0)),
                            ("strong", "top-1", _difference(-1.0, -3.0, 1.0, 3, 2))]),
               ("Table 6", [("pgd2", "PGD", _difference(-4.0, -6.0, -2.0))]),
               ("Table 7", [("touches zero", "above", _difference(1.0, 0.0, 2.0)),
-                           ("touches zero", "below", _difference(-1.0, -2.0, 0.0))])]
+                           ("touches zero", "below", _difference(-1.0, -2.0, 0.0)),
+                           ("just above", "x", _difference(0.7, 0.5, 0.9, 2, 2))])]
     path = tmp_path / "differences.png"
     figures.forest_plot(panels, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -66,7 +67,8 @@ def test_forest_plot_puts_each_difference_on_its_interval_in_row_order(tmp_path,
     assert _dots(top) == [(5.0, 1, "C0"), (-1.0, 0, "0.3")]
     assert _intervals(top) == [(2.0, 8.0, 1), (-3.0, 1.0, 0)]
     assert _dots(bottom) == [(-4.0, 0, "C3")] and _intervals(bottom) == [(-6.0, -2.0, 0)]
-    assert [colour for *_, colour in _dots(touching)] == ["0.3", "0.3"]  # not above or below
+    assert [colour for *_, colour in _dots(touching)] == ["0.3", "0.3", "C0"]
+    assert [t.get_text() for t in touching.get_yticklabels()][-1] == "just above: x (2/2 seeds)"
     for axis in figure.axes:
         zero = [line for line in axis.lines if list(line.get_xdata()) == [0, 0]]
         assert len(zero) == 1 and zero[0].get_linestyle() == "--"
@@ -75,8 +77,8 @@ def test_forest_plot_puts_each_difference_on_its_interval_in_row_order(tmp_path,
     assert [t.get_text() for t in top.get_yticklabels()] == [
         "pretrained: top-1", "strong: top-1 (2/3 seeds)"]
     assert [t.get_text() for t in bottom.get_yticklabels()] == ["pgd2: PGD"]
-    ratio = top.get_position().height / bottom.get_position().height
-    assert ratio == pytest.approx(2, rel=0.05)
+    heights = [axis.get_position().height for axis in figure.axes]
+    assert [h / heights[1] for h in heights] == pytest.approx([2, 1, 3], rel=0.05)
 
 
 def test_forest_plot_without_comparisons_says_so(tmp_path, kept_figures):
@@ -133,11 +135,29 @@ def test_confusion_figures_show_true_rows_log_counts_and_a_photo_of_each_mistake
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_a_large_count_sets_the_scale_and_no_confusion_is_said(tmp_path, kept_figures):
-    labels = np.array([0, 0, 0, 1])
-    records = _photos(tmp_path, labels)
-    figures.write_confusions(tmp_path, ["a", "b"], records, labels, np.eye(2)[labels])
-    matrix, pairs = kept_figures
-    assert matrix.axes[0].images[0].norm.vmax == 3  # the largest count, 3 a's called a
+def test_the_scale_runs_from_one_to_the_largest_count_and_no_confusion_is_said(
+        tmp_path, kept_figures):
+    """Counts 3 and 2 on the diagonal: the scale is 1-3 (1, not the smallest count); one
+    image a class: 1-2 (a log scale needs two ends). A class without test images gets no
+    accuracy; long class names are cut to keep titles readable."""
+    for folder, labels in (("three", [0, 0, 0, 1, 1]), ("one", [0, 1])):
+        (tmp_path / folder).mkdir()
+        labels = np.array(labels)
+        figures.write_confusions(tmp_path / folder, ["a", "b", "c"],
+                                 _photos(tmp_path / folder, labels), labels,
+                                 np.eye(3)[labels])
+    (three, pairs, one, _) = kept_figures
+    assert (three.axes[0].images[0].norm.vmin, three.axes[0].images[0].norm.vmax) == (1, 3)
+    assert (one.axes[0].images[0].norm.vmin, one.axes[0].images[0].norm.vmax) == (1, 2)
     assert [axis.get_title() for axis in pairs.axes] == ["no confusions", ""]
     assert all(not axis.images and not axis.axison for axis in pairs.axes)
+    assert (tmp_path / "one" / "per_class.csv").read_text().splitlines()[1:] == [
+        "a,1,1,1.0000,,0", "b,1,1,1.0000,,0", "c,0,0,,,0"]
+
+    names = ["Black-footed Albatross of the far north", "Laysan Albatross of the south seas"]
+    labels, predicted = np.array([0, 1]), np.array([1, 1])
+    kept_figures.clear()
+    figures.write_confusions(tmp_path, names, _photos(tmp_path, labels), labels,
+                             np.eye(2)[predicted])
+    assert kept_figures[1].axes[0].get_title() == (  # 28 and 20 characters
+        "Black-footed Albatross of th\ncalled Laysan Albatross of : 1")
