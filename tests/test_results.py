@@ -3,6 +3,7 @@ gates), every kind of cell, a whole small table, and `compare` as a user calls i
 intervals' own arithmetic is tested in test_stats.py; here shared/stats.py is the oracle."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from shared import errors, results, stats
 
 
-def _record(root, folder, correct, *, gates=None, metrics=None, name="test_top1", **args):
+def _record(root, folder, correct, *, gates=None, metrics=None, name="test_top1",
+            task="task1_2_finetune", **args):
     """A run folder under `root` with a predictions file (image i right when correct[i];
     10 classes, true class 0) and its metrics.json; returns the record as `load_records`
     reads it."""
@@ -21,7 +23,7 @@ def _record(root, folder, correct, *, gates=None, metrics=None, name="test_top1"
     results.save_predictions(path / "test_predictions.npz", [f"img{i}" for i in
                                                              range(len(correct))],
                              np.zeros(len(correct), np.int64), logits)
-    record = {"task": "task1_2_finetune", "variant": folder.rsplit("/", 1)[-1],
+    record = {"task": task, "variant": folder.rsplit("/", 1)[-1],
               "dataset": "bird", "model": "resnet18", "weights": "none",
               "metrics": {name: float(correct.mean()), **(metrics or {})},
               "ci95": {name: list(stats.wilson_interval(int(correct.sum()), len(correct)))},
@@ -31,7 +33,8 @@ def _record(root, folder, correct, *, gates=None, metrics=None, name="test_top1"
     if gates is not None:
         record["gates"] = gates
     (path / "metrics.json").write_text(json.dumps(record))
-    return next(r for r in results.load_records(root) if r["_dir"] == folder)
+    found = next(r for r in results.load_records(root) if r["_dir"] == folder)
+    return found | {"_hits": correct}  # for the tests' own arithmetic; the code reads files
 
 
 def test_load_records_names_each_folder_relative_to_the_root(tmp_path):
@@ -141,6 +144,7 @@ def test_cells_by_hand():
         "0.139 (0.128–0.150; sd 0.012)")
     assert results.with_interval("robust_top1:pgd@1/255")(r) == "25.00"  # no interval: bare
     assert results.with_interval("missing")(r) == "–"
+    assert results.with_interval("test_top1")({"metrics": {"test_top1": 0.5}}) == "50.00"
     assert results.metric(r, "robust_top1:pgd@1/255") == 0.25
     assert results.metric(r, "test_top1:anything") == 0.898  # not nested: the value itself
     assert results.pct(0.12345) == "12.35" and results.pct(None) == "–"
@@ -211,31 +215,50 @@ def test_predictions_files_hold_float16_logits_and_score_top_k(tmp_path):
 
 
 def test_paired_difference_reads_top5_and_pairs_seed_with_seed(tmp_path):
-    """B right on 3 of 4 where A is right on 1: +50 points; top-5 counts an image right
-    when fewer than 5 classes score above its own (all of these, B's and A's alike)."""
-    a = _record(tmp_path, "a", [1, 0, 0, 0])
-    b = _record(tmp_path, "b", [1, 1, 1, 0])
+    """B against A on 200 images: the difference in points, the documented paired bootstrap
+    (2,000 resamples, seed 0) and McNemar's p; top-5 counts an image right when fewer than 5
+    classes score above its own (all of these); several seeds pair seed with seed, with no
+    single McNemar p."""
+    rng = np.random.default_rng(7)
+    hits_a, hits_b = rng.random(200) < 0.5, rng.random(200) < 0.7
+    a, b = _record(tmp_path, "a", hits_a), _record(tmp_path, "b", hits_b)
     found = results.paired_difference(b, a, "test_top1")
-    assert found["difference"] == pytest.approx(50.0) and found["images"] == 4
-    assert found["mcnemar_p"] == stats.mcnemar_p(np.array([1, 0, 0, 0], bool),
-                                                 np.array([1, 1, 1, 0], bool))
-    assert found["seeds"] == 1 and found["seeds_agreeing"] == 1
-    _, low, high = stats.paired_bootstrap(np.array([1, 0, 0, 0], bool),
-                                          np.array([1, 1, 1, 0], bool))
+    assert found["difference"] == pytest.approx(100 * (hits_b.mean() - hits_a.mean()))
+    assert found["mcnemar_p"] == stats.mcnemar_p(hits_a, hits_b)
+    assert (found["images"], found["seeds"], found["seeds_agreeing"]) == (200, 1, 1)
+    _, low, high = stats.paired_bootstrap(hits_a, hits_b, 2000, 0)
     assert found["ci95"] == [pytest.approx(100 * low), pytest.approx(100 * high)]
+    assert found["per_seed"] == [{"difference": pytest.approx(found["difference"]),
+                                  "mcnemar_p": found["mcnemar_p"]}]
     for r in (a, b):
         r["predictions"]["test_top5"] = "test_predictions.npz"
     assert results.paired_difference(b, a, "test_top5")["difference"] == 0.0
     assert results.paired_difference(b, {**a, "predictions": {}}, "test_top1") is None
-    group = results.seed_group([_record(tmp_path, f"seed{s}/g", [1, 0, 1, 0])
-                                for s in range(2)])
-    with pytest.raises(errors.TestSetMismatch, match="g has 2 seeds and a 1"):
+
+    seeds = {side: [_record(tmp_path, f"seed{s}/{side}", rng.random(200) < p)
+                    for s in range(3)] for side, p in (("a", 0.5), ("b", 0.6))}
+    pooled = results.paired_difference(results.seed_group(seeds["b"]),
+                                       results.seed_group(seeds["a"]), "test_top1")
+    diffs = np.stack([np.array(b_["_hits"], float) - a_["_hits"]
+                      for a_, b_ in zip(seeds["a"], seeds["b"], strict=True)])
+    mean, low, high = stats.two_level_bootstrap(diffs, 2000, 0)
+    assert pooled["difference"] == pytest.approx(100 * mean)
+    assert pooled["ci95"] == [pytest.approx(100 * low), pytest.approx(100 * high)]
+    assert pooled["mcnemar_p"] is None and pooled["seeds"] == 3
+    assert [d["difference"] for d in pooled["per_seed"]] == pytest.approx(
+        list(100 * diffs.mean(axis=1)))
+    group = results.seed_group(seeds["a"][:2])
+    with pytest.raises(errors.TestSetMismatch, match="a has 2 seeds and a 1"):
         results.paired_difference(group, a, "test_top1")
+    other = _record(tmp_path, "fewer", hits_b[:100])
+    with pytest.raises(errors.TestSetMismatch, match="test_top1 cannot be compared"):
+        results.paired_difference(other, a, "test_top1")
 
 
 def test_trained_alike_reads_recipe_size_and_epochs():
     r = {"dataset": "bird", "model": "m", "args": {"image_size": 32, "epochs": 3}}
-    assert results.trained_alike(r, {**r, "args": {**r["args"], "recipe": "seed"}})
+    seed = {**r, "args": {**r["args"], "recipe": "seed"}}
+    assert results.trained_alike(r, seed) and results.trained_alike(seed, r)  # seed: default
     for key, value in (("recipe", "strong"), ("image_size", 64), ("epochs", 4)):
         assert not results.trained_alike(r, {**r, "args": {**r["args"], key: value}})
     assert not results.trained_alike(r, {**r, "model": "other"})
@@ -265,6 +288,7 @@ def test_a_whole_table_by_hand(tmp_path):
     a = _record(tmp_path, "runs/a", [1, 0, 0, 0])
     b = _record(tmp_path, "runs/b", [1, 1, 1, 0], gates=[results.gate("g", 2.5, 1, True)])
     (tmp_path / "runs" / "b" / "confusions.png").write_bytes(b"png")
+    (tmp_path / "runs" / "b" / "confusion_matrix.png").write_bytes(b"png")
     (tmp_path / "runs" / "b" / "per_class.csv").write_text("class\n")
     panels = []
     monkey = pytest.MonkeyPatch()
@@ -286,10 +310,19 @@ def test_a_whole_table_by_hand(tmp_path):
         "| a | 1 seed | – | – | – |",
         f"| b | 1 seed | g: 2.5 (threshold 1) pass | +50.0 ({low:+.1f}–{high:+.1f}), "
         f"p {found['mcnemar_p']:.2g} | [pairs](runs/b/confusions.png), "
-        "[per class](runs/b/per_class.csv) |", "",
+        "[matrix](runs/b/confusion_matrix.png), [per class](runs/b/per_class.csv) |", "",
         "## Table 10: empty", "", "No runs yet.", ""])
     text = path.read_text()
-    assert path == tmp_path / "TABLES.md" and text.startswith("# Results\n\nBuilt from")
+    assert path == tmp_path / "TABLES.md" and text.startswith(
+        f"# Results\n\nBuilt from the `metrics.json` files under `{tmp_path}` by `python -m "
+        "shared.results`. Test accuracy is measured once, with the best-on-validation weights "
+        "and deterministic transforms. Intervals are 95% Wilson score intervals; a difference "
+        "from a reference row is paired over the same test images (bootstrap over images, "
+        "2,000 resamples, seeded) with the exact McNemar p-value. A row over several seeds "
+        "shows the mean over them, an interval over seeds and test photos (a two-level "
+        "bootstrap) and the spread over seeds; its differences pair seed with seed and say how "
+        "many agree in sign. Every comparison is plotted in [differences.png](differences.png)."
+        "\n\n## Table 9")
     assert text.endswith(expected)
     (table_panels, plot_path), = panels
     assert plot_path == tmp_path / "differences.png"
@@ -374,6 +407,13 @@ def test_run_records_keep_flags_as_json_and_the_fit_beside_them(tmp_path):
     record = results.make_record("task1_2_finetune", "pretrained", flags, rt,
                                  {"test": 4}, fit, extra=1.5)
     assert record["metrics"] == {"test_top1": 0.5, "extra": 1.5}
+    assert list(record) == ["task", "variant", "dataset", "model", "weights", "metrics", "data",
+                            "env", "ci95", "predictions", "history", "timing", "args"]
+    assert (record["task"], record["variant"], record["dataset"], record["model"]) == (
+        "task1_2_finetune", "pretrained", "bird", "resnet18")
+    assert (record["data"], record["ci95"], record["predictions"]) == (
+        {"test": 4}, fit["ci95"], fit["predictions"])
+    assert record["args"]["epochs"] == 2 and record["args"]["dataset"] == "bird"
     assert record["args"]["out"] == str(tmp_path / "run") and record["weights"] == "imagenet"
     assert record["env"]["amp"] == "bfloat16" and record["env"]["channels_last"] is True
     assert record["env"]["device"] == f"cpu: {results.cpu_name()}"
@@ -383,7 +423,111 @@ def test_run_records_keep_flags_as_json_and_the_fit_beside_them(tmp_path):
     gated = results.make_record("t", "v", flags, rt, {}, fit | {"gates": [{"name": "g"}]})
     assert gated["gates"] == [{"name": "g"}]
     json.dumps(record)  # every value JSON can hold
-    assert results.task_record("t", "v", flags, rt, {}, {}, model="vit", weights=None)[
-        "model"] == "vit"
-    results.write_json({"a": 1}, tmp_path / "m.json")
-    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+    other = results.task_record("t", "v", flags, rt, {}, {}, model="vit", weights="a.pt")
+    assert (other["model"], other["weights"]) == ("vit", "a.pt")
+    results.write_json({"a": [1]}, tmp_path / "m.json")
+    assert (tmp_path / "m.json").read_text() == '{\n  "a": [\n    1\n  ]\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary file left
+
+
+def test_the_tables_command_and_its_help(tmp_path, capsys, monkeypatch):
+    """`python -m shared.results [ROOT]` (default results/) prints the TABLES.md it wrote;
+    each command's --help names it and its arguments; the module docstring keeps its lines."""
+    _record(tmp_path / "results", "runs/a", [1, 0], task="no table's")
+    monkeypatch.chdir(tmp_path)
+    results.main([])
+    assert capsys.readouterr().out == f"{Path('results') / 'TABLES.md'}\n"
+    assert (tmp_path / "results" / "TABLES.md").is_file()
+    monkeypatch.setattr("sys.argv", ["results.py", str(tmp_path / "results")])
+    results.main()
+    assert capsys.readouterr().out == f"{tmp_path / 'results' / 'TABLES.md'}\n"
+    with pytest.raises(SystemExit):
+        results.main(["--help"])
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: python -m shared.results [-h] [root]\n")
+    assert "\n    python -m shared.results compare RUN_A RUN_B      # B - A" in shown
+    with pytest.raises(SystemExit):
+        results.main(["compare", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert shown.startswith("usage: python -m shared.results compare [-h] [--a RUN [RUN ...]] "
+                            "[--b RUN [RUN ...]] [run_a] [run_b] B minus A on every accuracy "
+                            "both sides report, paired over their test images: the "
+                            "difference in points, its paired bootstrap 95% interval and "
+                            "McNemar's exact p. Several runs a side (seeds: --a A0 A1 A2 --b "
+                            "B0 B1 B2) give the mean difference with an interval over seeds "
+                            "and test photos, how many seeds agree in sign, and each seed's "
+                            "own difference (seed k of A against seed k of B, in the order "
+                            "given).")
+    assert "--a RUN [RUN ...] side A's runs --b RUN [RUN ...] side B's runs" in shown
+
+
+def test_compare_from_the_command_line_and_runs_without_predictions(tmp_path, capsys,
+                                                                    monkeypatch):
+    a, b = (_record(tmp_path, name, [1, 0, 1, 0])["_path"] for name in ("a", "b"))
+    monkeypatch.setattr("sys.argv", ["results.py", "compare", "--a", a, "--b", b])
+    results.main()
+    assert capsys.readouterr().out.startswith(f"B = {b} minus A = {a}\n\n| accuracy | images |")
+    c, d = (_record(tmp_path, f"{name}-many", [1, 0, 1, 0])["_path"] for name in ("c", "d"))
+    results.main(["compare", "--a", a, c, "--b", b, d])
+    assert capsys.readouterr().out.startswith(f"B = {b} {d} minus A = {a} {c}\n")
+    for side in ("a", "b"):  # an older run without predictions files: nothing to pair
+        record = json.loads((tmp_path / side / "metrics.json").read_text())
+        del record["predictions"]
+        (tmp_path / side / "metrics.json").write_text(json.dumps(record))
+        with pytest.raises(errors.TestSetMismatch, match="share no accuracy"):
+            results.compare([tmp_path / "a"], [tmp_path / "b"])
+
+
+def test_git_commit_names_the_checkout_and_none_outside_git(tmp_path, monkeypatch):
+    import re
+    import subprocess
+
+    here = Path(results.__file__).parent
+    inside = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=here,
+                            capture_output=True, text=True)
+    commit = results.git_commit()
+    if inside.returncode == 0:  # a clone: the commit, -dirty when tracked files differ
+        assert re.fullmatch(r"[0-9a-f]{7,}(-dirty)?", commit), commit
+        assert commit.startswith(inside.stdout.strip())
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 cwd=here, capture_output=True, text=True).stdout
+        assert commit.endswith("-dirty") == bool(changed.strip())
+    else:
+        assert commit is None
+    monkeypatch.setattr(results, "__file__", str(tmp_path / "shared" / "results.py"))
+    (tmp_path / "shared").mkdir()
+    assert results.git_commit() is None  # a copy outside any git checkout
+
+
+def test_cpu_name_reads_the_model_line_and_falls_back_to_the_platform(monkeypatch):
+    import io
+    import platform
+
+    def cpuinfo(path, *args, **kwargs):
+        assert path == "/proc/cpuinfo"
+        return io.StringIO("processor\t: 0\nvendor_id\t: AuthenticAMD\n"
+                           "model name\t: AMD EPYC 9B14: 96-Core\nflags\t: fpu\n")
+
+    monkeypatch.setattr(results, "open", cpuinfo, raising=False)
+    assert results.cpu_name() == "AMD EPYC 9B14: 96-Core"  # a colon in the name kept
+
+    def unreadable(path, *args, **kwargs):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(results, "open", unreadable, raising=False)
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    assert results.cpu_name() == "arm64"
+    monkeypatch.setattr(platform, "processor", lambda: "arm")
+    assert results.cpu_name() == "arm"
+
+
+def test_environment_names_the_gpu_and_the_precision(monkeypatch):
+    import torch
+
+    rt = type("Runtime", (), {"device": torch.device("cuda", 1), "world_size": 4,
+                              "amp_dtype": None})()
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"H100 #{device.index}")
+    env = results.environment(rt)
+    assert env == {"torch": torch.__version__, "device": "cuda: H100 #1", "world_size": 4,
+                   "threads": torch.get_num_threads(), "amp": "off", "git": results.STARTED_AT}
