@@ -224,7 +224,6 @@ def seed_group(members: list[dict], cache: dict | None = None) -> dict:
     first = members[0]
     group = {**first, "_dir": row_key(first), "_seeds": members,
              "metrics": _mean_of([r["metrics"] for r in members]), "ci95": {}, "spread": {}}
-    group.pop("gates", None)
     names = list(dict.fromkeys(g["name"] for r in members for g in r.get("gates", [])))
     if names:  # matched by name; a seed without the gate leaves it unmeasured (not passed)
         by_seed = [{g["name"]: g for g in r.get("gates", [])} for r in members]
@@ -479,11 +478,16 @@ GATES = ("Gate: did the method work? (validation)", _gates_cell)
 
 
 def _figures_cell(r) -> str:
-    folder = Path(r["_path"])
-    links = [f"[{label}]({posixpath.join(r['_dir'], file)})"
+    """Links to the row's confusion figures; a row over seeds links its first seed's."""
+    seeds = r.get("_seeds", [r])
+    run = seeds[0]
+    links = [f"[{label}]({posixpath.join(run['_dir'], file)})"
              for label, file in (("pairs", "confusions.png"), ("matrix", "confusion_matrix.png"),
-                                 ("per class", "per_class.csv")) if (folder / file).exists()]
-    return ", ".join(links) or "–"
+                                 ("per class", "per_class.csv"))
+             if (Path(run["_path"]) / file).exists()]
+    if not links:
+        return "–"
+    return ", ".join(links) if len(seeds) == 1 else f"{seed_of(run)}: " + ", ".join(links)
 
 
 def markdown_table(records: list[dict], columns) -> str:

@@ -72,7 +72,7 @@ def test_forest_plot_puts_each_difference_on_its_interval_in_row_order(tmp_path,
     for axis in figure.axes:
         zero = [line for line in axis.lines if list(line.get_xdata()) == [0, 0]]
         assert len(zero) == 1 and zero[0].get_linestyle() == "--"
-        assert "difference from the reference row (points, 95% CI)" in axis.get_xlabel()
+        assert axis.get_xlabel() == "difference from the reference row (points, 95% CI)"
     assert list(top.get_yticks()) == [1, 0]
     assert [t.get_text() for t in top.get_yticklabels()] == [
         "pretrained: top-1", "strong: top-1 (2/3 seeds)"]
@@ -161,3 +161,28 @@ def test_the_scale_runs_from_one_to_the_largest_count_and_no_confusion_is_said(
                              np.eye(2)[predicted])
     assert kept_figures[1].axes[0].get_title() == (  # 28 and 20 characters
         "Black-footed Albatross of th\ncalled Laysan Albatross of : 1")
+
+
+def test_confusion_matrix_and_per_class_csv_on_a_hand_worked_example(tmp_path):
+    """Rows are the true class: true a a a b b c called a b b b c c."""
+    labels, predicted = np.array([0, 0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 2, 2])
+    counts = figures.confusion_matrix(labels, predicted, 3)
+    assert counts.tolist() == [[1, 2, 0], [0, 1, 1], [0, 0, 1]] and counts.dtype == np.int64
+    records = []
+    for i in range(6):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+        records.append(Record(f"{i}.png", tmp_path / f"{i}.png", int(labels[i])))
+    figures.write_confusions(tmp_path, ["a", "b", "c"], records, labels, np.eye(3)[predicted])
+    rows = (tmp_path / "per_class.csv").read_text().splitlines()
+    assert rows == ["class,test_images,correct,accuracy,most_called,times",
+                    "a,3,1,0.3333,b,2", "b,2,1,0.5000,c,1", "c,1,1,1.0000,,0"]
+
+
+def test_confused_pairs_on_a_hand_worked_matrix():
+    """Pairs (a, b), a < b, by images of either called the other: (0, 1) 2 + 1, (2, 3) 1 + 1,
+    (0, 3) 1 + 0; pairs never confused and the diagonal left out. 20 classes each confused
+    once with every other: 190 tied pairs, the first 10 by default, in reading order."""
+    counts = np.array([[5, 2, 0, 1], [1, 6, 0, 0], [0, 0, 7, 1], [0, 0, 1, 8]])
+    assert figures.confused_pairs(counts) == [(0, 1, 2, 1), (2, 3, 1, 1), (0, 3, 1, 0)]
+    tied = figures.confused_pairs(np.ones((20, 20), np.int64) - np.eye(20, dtype=np.int64))
+    assert tied == [(0, b, 1, 1) for b in range(1, 11)]

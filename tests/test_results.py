@@ -193,12 +193,12 @@ def test_merge_keeps_later_values_and_every_gate_in_order():
 
 def test_predictions_files_hold_float16_logits_and_score_top_k(tmp_path):
     logits = np.array([[0.1, 0.3, 0.2], [0.5, 0.4, 0.3], [0.2, 0.3, 0.1]], np.float64)
-    labels = [2, 0, 2]  # wrong, right, third of three
+    labels = np.array([2, 0, 2], np.int32)  # wrong, right, third of three
     scores = results.score_predictions(tmp_path, "p.npz", ["a", "b", "c"], labels, logits,
                                        {"top1": 1, "top2": 2})
     saved = results.load_predictions(tmp_path / "p.npz")
     assert saved["logits"].dtype == np.float16 and saved["label"].dtype == np.int64
-    assert saved["index"].tolist() == ["a", "b", "c"] and saved["label"].tolist() == labels
+    assert saved["index"].tolist() == ["a", "b", "c"] and saved["label"].tolist() == [2, 0, 2]
     assert np.array_equal(saved["logits"], scores["logits"])
     assert scores["metrics"] == {"top1": pytest.approx(1 / 3), "top2": pytest.approx(2 / 3)}
     assert scores["ci95"]["top2"] == list(stats.wilson_interval(2, 3))
@@ -391,7 +391,8 @@ def test_compare_refuses_what_it_cannot_pair_and_says_why(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             results.main(wrong)
         assert exit_.value.code == 2
-        assert "give RUN_A RUN_B, or --a RUN... --b RUN..." in capsys.readouterr().err
+        assert capsys.readouterr().err.endswith(
+            "compare: error: give RUN_A RUN_B, or --a RUN... --b RUN...\n")
 
 
 def test_run_records_keep_flags_as_json_and_the_fit_beside_them(tmp_path):
@@ -471,11 +472,13 @@ def test_compare_from_the_command_line_and_runs_without_predictions(tmp_path, ca
     results.main(["compare", "--a", a, c, "--b", b, d])
     assert capsys.readouterr().out.startswith(f"B = {b} {d} minus A = {a} {c}\n")
     for side in ("a", "b"):  # an older run without predictions files: nothing to pair
-        record = json.loads((tmp_path / side / "metrics.json").read_text())
+        kept = (tmp_path / side / "metrics.json").read_text()
+        record = json.loads(kept)
         del record["predictions"]
         (tmp_path / side / "metrics.json").write_text(json.dumps(record))
         with pytest.raises(errors.TestSetMismatch, match="share no accuracy"):
             results.compare([tmp_path / "a"], [tmp_path / "b"])
+        (tmp_path / side / "metrics.json").write_text(kept)
 
 
 def test_git_commit_names_the_checkout_and_none_outside_git(tmp_path, monkeypatch):
@@ -531,3 +534,93 @@ def test_environment_names_the_gpu_and_the_precision(monkeypatch):
     env = results.environment(rt)
     assert env == {"torch": torch.__version__, "device": "cuda: H100 #1", "world_size": 4,
                    "threads": torch.get_num_threads(), "amp": "off", "git": results.STARTED_AT}
+
+
+def test_seed_groups_pool_only_what_every_seed_backs_with_a_file(tmp_path):
+    """An interval and a spread for each accuracy every seed has a predictions file for, in
+    order (a first one a seed lacks does not stop the next); a metric without a file keeps
+    no interval (seed 0's Wilson interval would not be the mean's); runs without any
+    predictions pool their metrics."""
+    members = []
+    for s, hits in enumerate(([1, 0, 1, 0], [1, 1, 1, 0])):
+        record = _record(tmp_path, f"seed{s}/run", hits, metrics={"ece": 0.1 * (s + 1)})
+        record["predictions"] = {"test_top5": "test_predictions.npz"} | (
+            {} if s else {"test_top1_tta": "test_predictions.npz"}) | record["predictions"]
+        record["ci95"]["ece"] = [0.0, 0.5]
+        members.append(record)
+    group = results.seed_group(members)
+    assert sorted(group["ci95"]) == ["test_top1", "test_top5"]
+    assert sorted(group["spread"]) == ["test_top1", "test_top5"]
+    assert group["metrics"]["ece"] == pytest.approx(0.15)
+    bare = [{k: v for k, v in r.items() if k not in ("predictions", "ci95")} for r in members]
+    group = results.seed_group(bare)
+    assert group["metrics"]["test_top1"] == pytest.approx(0.625) and group["ci95"] == {}
+
+
+def test_seeds_with_as_many_but_different_test_images_are_refused(tmp_path):
+    a = _record(tmp_path, "seed0/run", [1, 0, 1])
+    b = _record(tmp_path, "seed1/run", [1, 0, 1])
+    c = _record(tmp_path, "seed2/run", [1, 0, 1])
+    data = results.load_predictions(tmp_path / "seed2/run/test_predictions.npz")
+    data["index"] = np.array(["img0", "img1", "other"])
+    np.savez(tmp_path / "seed2/run/test_predictions.npz", **data)
+    with pytest.raises(errors.TestSetMismatch, match="seed2/run and seed0/run"):
+        results.seed_group([a, b, c])
+    with pytest.raises(errors.TestSetMismatch, match="seed2/run and seed0/run"):
+        results.paired_difference(c, a, "test_top1")
+
+
+def test_first_is_the_first_row_that_passes_or_none():
+    rows = [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert results.first(rows, lambda r: r["n"] > 1) is rows[1]
+    assert results.first(rows, lambda r: r["n"] > 3) is None
+
+
+def test_top5_counts_five_classes_above_as_a_miss_and_reads_nested_names(tmp_path):
+    """Image 0: its class has 5 classes above it (a top-5 miss, a top-6 hit); image 1: 4
+    above (a top-5 hit). B is right on both: +50 points of top-5, also for a nested name."""
+    logits = np.zeros((2, 10))
+    logits[0, 1:6], logits[1, 1:5] = 1, 1
+    for side, rows in (("a", logits), ("b", np.eye(10)[[0, 0]])):
+        _record(tmp_path, side, [1, 1])
+        results.save_predictions(tmp_path / side / "test_predictions.npz", ["img0", "img1"],
+                                 [0, 0], rows)
+    a, b = (r | {"predictions": {"test_top5": "test_predictions.npz",
+                                 "robust_top5:pgd": "test_predictions.npz"}}
+            for r in results.load_records(tmp_path))
+    assert results.paired_difference(b, a, "test_top5")["difference"] == 50.0
+    assert results.paired_difference(b, a, "robust_top5:pgd")["difference"] == 50.0
+    no_files = {k: v for k, v in a.items() if k != "predictions"}
+    assert results.paired_difference(b, no_files, "test_top5") is None
+
+
+def test_a_table_without_gates_or_reference_files_shows_neither(tmp_path):
+    """No run has gates: no gate column. A reference without predictions: "–", and nothing
+    for the forest plot."""
+    _record(tmp_path, "runs/a", [1, 0])
+    b = _record(tmp_path, "runs/b", [1, 1])
+    record = json.loads((tmp_path / "runs/a/metrics.json").read_text())
+    del record["predictions"]
+    (tmp_path / "runs/a/metrics.json").write_text(json.dumps(record))
+    panels = []
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(results.figures, "forest_plot", lambda p, path: panels.append(p))
+    try:
+        results.write_tables(tmp_path, [_table(
+            reference=lambda r, rows: None if r["variant"] == "a" else rows[0],
+            compared=[("top-1", "test_top1")], reference_name="a")])
+    finally:
+        monkey.undo()
+    lines = (tmp_path / "TABLES.md").read_text().splitlines()
+    assert "| Variant | Seeds | Δ top-1 vs a (points, 95% CI; McNemar p) |" in lines
+    assert "| b | 1 seed | – |" in lines and panels == [[]]
+    assert b["_dir"] == "runs/b"
+
+
+def test_a_row_over_seeds_links_its_first_seeds_figures(tmp_path):
+    for s in range(2):
+        _record(tmp_path, f"seed{s}/runs/a", [1, 0])
+        (tmp_path / f"seed{s}/runs/a/confusions.png").write_bytes(b"png")
+    results.write_tables(tmp_path, [_table(confusions=True)])
+    assert "| a | 2 seeds | seed0: [pairs](seed0/runs/a/confusions.png) |" in (
+        tmp_path / "TABLES.md").read_text()

@@ -136,38 +136,6 @@ def test_expected_calibration_error_on_a_hand_worked_example():
                                             ) == pytest.approx(0.3)
 
 
-def test_confusion_matrix_and_per_class_csv_on_a_hand_worked_example(tmp_path):
-    """Rows are the true class: true a a a b b c called a b b b c c."""
-    from PIL import Image
-
-    from shared import figures
-    from shared.data import Record
-
-    labels, predicted = np.array([0, 0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 2, 2])
-    counts = figures.confusion_matrix(labels, predicted, 3)
-    assert counts.tolist() == [[1, 2, 0], [0, 1, 1], [0, 0, 1]] and counts.dtype == np.int64
-    records = []
-    for i in range(6):
-        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
-        records.append(Record(f"{i}.png", tmp_path / f"{i}.png", int(labels[i])))
-    figures.write_confusions(tmp_path, ["a", "b", "c"], records, labels, np.eye(3)[predicted])
-    rows = (tmp_path / "per_class.csv").read_text().splitlines()
-    assert rows == ["class,test_images,correct,accuracy,most_called,times",
-                    "a,3,1,0.3333,b,2", "b,2,1,0.5000,c,1", "c,1,1,1.0000,,0"]
-
-
-def test_confused_pairs_on_a_hand_worked_matrix():
-    """Pairs (a, b), a < b, by images of either called the other: (0, 1) 2 + 1, (2, 3) 1 + 1,
-    (0, 3) 1 + 0; pairs never confused and the diagonal left out. 20 classes each confused
-    once with every other: 190 tied pairs, the first 10 by default, in reading order."""
-    from shared import figures
-
-    counts = np.array([[5, 2, 0, 1], [1, 6, 0, 0], [0, 0, 7, 1], [0, 0, 1, 8]])
-    assert figures.confused_pairs(counts) == [(0, 1, 2, 1), (2, 3, 1, 1), (0, 3, 1, 0)]
-    tied = figures.confused_pairs(np.ones((20, 20), np.int64) - np.eye(20, dtype=np.int64))
-    assert tied == [(0, b, 1, 1) for b in range(1, 11)]
-
-
 def test_hits_count_ties_for_the_true_class_and_respect_k():
     logits = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0], [3.0, 2.0, 1.0]], np.float16)
     labels = np.array([1, 2, 2])
