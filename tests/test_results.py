@@ -200,6 +200,7 @@ def test_predictions_files_hold_float16_logits_and_score_top_k(tmp_path):
     assert saved["logits"].dtype == np.float16 and saved["label"].dtype == np.int64
     assert saved["index"].tolist() == ["a", "b", "c"] and saved["label"].tolist() == [2, 0, 2]
     assert np.array_equal(saved["logits"], scores["logits"])
+    assert results.hits(saved["logits"], saved["label"]).tolist() == [False, True, False]
     assert scores["metrics"] == {"top1": pytest.approx(1 / 3), "top2": pytest.approx(2 / 3)}
     assert scores["ci95"]["top2"] == list(stats.wilson_interval(2, 3))
     assert scores["predictions"] == {"top1": "p.npz", "top2": "p.npz"}
@@ -619,8 +620,12 @@ def test_a_table_without_gates_or_reference_files_shows_neither(tmp_path):
 
 def test_a_row_over_seeds_links_its_first_seeds_figures(tmp_path):
     for s in range(2):
-        _record(tmp_path, f"seed{s}/runs/a", [1, 0])
-        (tmp_path / f"seed{s}/runs/a/confusions.png").write_bytes(b"png")
+        run = _record(tmp_path, f"seed{s}/runs/a", [1, 0])
+        for name in ("confusions.png", "per_class.csv"):
+            (tmp_path / f"seed{s}/runs/a" / name).write_text("x")
     results.write_tables(tmp_path, [_table(confusions=True)])
-    assert "| a | 2 seeds | seed0: [pairs](seed0/runs/a/confusions.png) |" in (
-        tmp_path / "TABLES.md").read_text()
+    assert ("| a | 2 seeds | seed0: [pairs](seed0/runs/a/confusions.png), "
+            "[per class](seed0/runs/a/per_class.csv) |") in (tmp_path / "TABLES.md").read_text()
+    assert results._figures_cell(run) == ("[pairs](seed1/runs/a/confusions.png), "
+                                          "[per class](seed1/runs/a/per_class.csv)")
+    assert results._figures_cell({**run, "_path": str(tmp_path)}) == "–"
