@@ -368,10 +368,11 @@ REPOSITORY = Path(__file__).resolve().parents[1]  # the folder holding shared/ a
 
 def declared_tables(repository: Path = REPOSITORY) -> list[Table]:
     """Every `TABLES` of a `table.py` in a folder beside shared/, by table number. Loaded by
-    path, so a task folder works under any name."""
+    path, so a task folder works under any name (the module is named `<folder>.table`, as
+    mutation testing names it)."""
     tables = []
     for path in sorted(repository.glob("*/table.py")):
-        spec = importlib.util.spec_from_file_location(f"_table_{path.parent.name}", path)
+        spec = importlib.util.spec_from_file_location(f"{path.parent.name}.table", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         tables += module.TABLES

@@ -30,16 +30,12 @@ def reference(r, rows):
 
 
 def compared(rows) -> list[tuple[str, str]]:
-    """Clean and every worst-case budget that a row has predictions for."""
-    attacks = {name for r in rows for name in r.get("predictions", {})
-               if name.startswith("robust_top1:worst@")}
-
-    def order(name):
-        attack, eps = name.removeprefix("robust_top1:").split("@")
-        return attack, float(eps.removesuffix("/255"))
+    """Clean and every worst-case budget that a row has predictions for, smallest first."""
+    worst = {name for r in rows for name in r.get("predictions", {})
+             if name.startswith("robust_top1:worst@")}
+    by_budget = sorted(worst, key=lambda name: float(name.split("@")[1].removesuffix("/255")))
     return [("clean", "clean_top1"),
-            *((name.removeprefix("robust_top1:").upper(), name) for name in sorted(attacks,
-                                                                                   key=order))]
+            *((name.removeprefix("robust_top1:").upper(), name) for name in by_budget)]
 
 
 TABLES = [Table(

@@ -28,7 +28,8 @@ if _worker and _workers and int(_workers) <= len(os.sched_getaffinity(0)):
 if REPO.name == "mutants":  # mutmut's copy of the repository (pyproject.toml): it knows a
     # task's mutated module by its path, so `import fgsm` must give task7_fgsm.fgsm
     settings = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mutmut"]
-    for path in map(Path, settings["only_mutate"]):
+    for path in sorted({p.relative_to(REPO) for pattern in settings["only_mutate"]
+                        for p in REPO.glob(pattern)}):
         if path.parts[0].startswith("task"):
             sys.modules[path.stem] = importlib.import_module(".".join(path.with_suffix("").parts))
 # the photo-check and decoded caches: the tests' own, not the user's, and removed after
