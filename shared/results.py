@@ -214,8 +214,9 @@ def seed_group(members: list[dict], cache: dict | None = None) -> dict:
     are means over the seeds, a gate passes only if it passed for every seed (one a seed
     lacks is not measured), each accuracy backed by predictions files gets
     `stats.two_level_bootstrap`'s interval (over seeds and test photos) and its spread over
-    the seeds (`spread`: sd, or the two values for 2 seeds); `_seeds` holds the members. One run is returned as it is (its Wilson
-    interval kept). Members tested on different images are an error naming them."""
+    the seeds (`spread`: sd, or the two values for 2 seeds); `_seeds` holds the members.
+    One run is returned as it is (its Wilson interval kept). Members tested on different
+    images are an error naming them."""
     members = sorted(members, key=lambda r: int(SEED_PART.fullmatch(seed_of(r) or "seed0")[1]))
     if len(members) == 1:
         return {**members[0], "_seeds": members}
