@@ -20,13 +20,11 @@ from matplotlib import pyplot as plt  # noqa: E402  (after the backend)
 @pytest.fixture
 def kept_figures(monkeypatch):
     """Every figure the code closes, kept open and listed in order."""
-    kept = []
+    kept, close = [], plt.close
     monkeypatch.setattr(plt, "close", kept.append)
     yield kept
     for figure in kept:
-        matplotlib.pyplot.figure(figure.number)
-        figure.clf()
-    plt.close("all")
+        close(figure)
 
 
 def _difference(value, low, high, seeds=1, agreeing=1):
