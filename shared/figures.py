@@ -112,6 +112,9 @@ def forest_plot(panels: list[tuple[str, list]], path: Path) -> None:
     size = {"figsize": (9, height), "dpi": 100}  # pragma: no mutate (appearance)
     figure, axes = plt.subplots(len(heights), 1, squeeze=False,
                                 gridspec_kw={"height_ratios": heights}, **size)
+    # how the marks look, once for every panel
+    line, dot = {"color": "0.3", "linewidth": 1.5}, {"markersize": 5}  # pragma: no mutate
+    zero, small = {"color": "0.6", "linewidth": 1}, {"fontsize": 7}  # pragma: no mutate
     if not panels:
         centred = {"x": 0.5, "y": 0.5, "ha": "center", "va": "center"}  # pragma: no mutate
         axes[0, 0].text(s="no comparisons yet", **centred)
@@ -120,16 +123,13 @@ def forest_plot(panels: list[tuple[str, list]], path: Path) -> None:
         y = np.arange(len(rows))[::-1]
         for position, (_, _, found) in zip(y, rows, strict=True):
             low, high = found["ci95"]
-            line, dot = {"color": "0.3", "linewidth": 1.5}, {"markersize": 5}  # pragma: no mutate
             axis.plot([low, high], [position, position], **line)
             colour = "C0" if low > 0 else "C3" if high < 0 else "0.3"  # above, below, across 0
             axis.plot(found["difference"], position, "o", color=colour, **dot)
-        zero = {"color": "0.6", "linewidth": 1}  # pragma: no mutate (appearance)
         axis.axvline(0, linestyle="--", **zero)
         labels = [f"{row}: {label}" + (f" ({found['seeds_agreeing']}/{found['seeds']} seeds)"
                                        if found["seeds"] > 1 else "")
                   for row, label, found in rows]
-        small = {"fontsize": 7}  # pragma: no mutate (appearance)
         axis.set_yticks(y, labels, **small)
         axis.set_title(title, loc="left", fontsize=9)  # pragma: no mutate (appearance)
         axis.set_xlabel("difference from the reference row (points, 95% CI)", **small)
