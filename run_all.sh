@@ -104,9 +104,12 @@ run() {  # run OUT SCRIPT ARGS...: skip a finished run, resume a killed one
     "${EXTRA[@]}" "${task_args[@]}"
 }
 
+declare -A COMMANDS  # each run's folder -> its command (quoted), for train_again
+
 launch() {  # launch OUT SCRIPT ARGS...: python SCRIPT ARGS, or print it with --dry-run
   local out=$1
   shift
+  COMMANDS[$out]=$(printf ' %q' "$@")
   if $DRY_RUN; then
     printf '%s' python
     printf ' %q' "$@"
@@ -114,11 +117,14 @@ launch() {  # launch OUT SCRIPT ARGS...: python SCRIPT ARGS, or print it with --
   elif [[ -f $out/metrics.json ]]; then
     echo "finished already: $out"
   elif ((JOBS == 1)); then
+    train_again_if_gone "$@"
     echo "== $* -> $out"
     local start=$SECONDS
     python "$@"
+    same_as_kept "$out"
     echo "== took $((SECONDS - start)) s: $out"
   else
+    train_again_if_gone "$@"
     while (($(jobs -rp | wc -l) >= JOBS)); do
       wait -n || true  # a failure is in $FAILED
     done
@@ -127,13 +133,55 @@ launch() {  # launch OUT SCRIPT ARGS...: python SCRIPT ARGS, or print it with --
     echo "== $* -> $out (output in $out/run_all.log)"
     (
       start=$SECONDS
-      if OMP_NUM_THREADS=${OMP_NUM_THREADS:-$THREADS} python "$@" >"$out/run_all.log" 2>&1; then
+      if OMP_NUM_THREADS=${OMP_NUM_THREADS:-$THREADS} python "$@" >"$out/run_all.log" 2>&1 &&
+        same_as_kept "$out" >>"$out/run_all.log" 2>&1; then
         echo "== took $((SECONDS - start)) s: $out"
       else
         echo "$out" >>"$FAILED"
       fi
     ) &
   fi
+}
+
+# A study carried to another machine with its records but without checkpoints
+# (docs/results.md): a run that reads an earlier run's checkpoint first trains that run
+# again, with its record set aside (metrics.kept.json, *.kept.npz), and goes on only if the
+# predictions come out exactly the same, so that no row stands on a model its table does not
+# report.
+train_again_if_gone() {  # train_again_if_gone ARGS...: for each checkpoint among ARGS
+  local arg folder npz command
+  for arg in "$@"; do
+    folder=${arg%/*}
+    [[ $arg == */*.pt && ! -e $arg && -f $folder/metrics.json && -n ${COMMANDS[$folder]:-} ]] ||
+      continue
+    finish_runs
+    echo "== $arg is gone and its run's record is kept: training $folder again"
+    for npz in "$folder"/*.npz; do
+      [[ ! -e $npz || $npz == *.kept.npz ]] || mv "$npz" "${npz%.npz}.kept.npz"
+    done
+    mv "$folder/metrics.json" "$folder/metrics.kept.json"
+    eval "command=(${COMMANDS[$folder]})"
+    JOBS=1 launch "$folder" "${command[@]}"
+  done
+}
+
+same_as_kept() {  # same_as_kept OUT: a run trained again must reproduce its kept record
+  local out=$1 npz
+  [[ -f $out/metrics.kept.json ]] || return 0
+  if python -m shared.results check-kept "$out"; then
+    rm -f "$out/metrics.kept.json" "$out"/*.kept.npz
+    return 0
+  fi
+  for npz in "$out"/*.kept.npz; do  # the record back as it was, the model that differs gone
+    [[ ! -e $npz ]] || mv "$npz" "${npz%.kept.npz}.npz"
+  done
+  mv "$out/metrics.kept.json" "$out/metrics.json"
+  rm -f "$out/best.pt" "$out/last.pt"
+  echo "run_all.sh: $out trained again does not reproduce its kept record (restored), so the" \
+    "runs that read its checkpoint cannot go on: train on the kind of machine, and with the" \
+    "threads, its metrics.json names (env), or move its record and the records of the runs" \
+    "that read it away to run them all again" >&2
+  return 1
 }
 
 stop_if_failed() {  # after a parallel run failed: let the others finish, name it, stop

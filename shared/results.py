@@ -3,6 +3,7 @@
     python -m shared.results results/                 # writes results/TABLES.md
     python -m shared.results compare RUN_A RUN_B      # B - A, paired over the test images
     python -m shared.results compare --a A0 A1 A2 --b B0 B1 B2   # over seeds
+    python -m shared.results check-kept RUN           # a run trained again = its kept record
 """
 
 from __future__ import annotations
@@ -550,6 +551,24 @@ def compare(runs_a: list[Path], runs_b: list[Path]) -> list[dict]:
     return [paired_difference(b, a, name, cache) for name in names]
 
 
+def differs_from_kept(folder: Path) -> list[str]:
+    """The predictions files of a run trained again whose image keys, labels or logits
+    differ from the kept `<name>.kept.npz` beside them (`run_all.sh` keeps a run's record so
+    while it trains the run again for a checkpoint that was not carried over)."""
+    kept = sorted(Path(folder).glob("*.kept.npz"))
+    if not kept:
+        raise FileNotFoundError(f"{folder}: no *.kept.npz (a run trained again keeps its "
+                                "old predictions files under that name)")
+    differ = []
+    for old in kept:
+        new = old.with_name(old.name.removesuffix(".kept.npz") + ".npz")
+        a = load_predictions(old)
+        b = load_predictions(new) if new.is_file() else None
+        if b is None or any(not np.array_equal(a[key], b[key]) for key in a):
+            differ.append(new.name)
+    return differ
+
+
 def _record_of(folder: Path) -> dict:
     path = folder / "metrics.json"
     if not path.is_file():
@@ -599,6 +618,23 @@ def main(argv=None) -> None:
             print(f"| {row['name']} | {row['seeds']} | {row['images']} | "
                   f"{row['difference']:+.2f} | {low:+.2f} – {high:+.2f} | "
                   f"{row['seeds_agreeing']}/{row['seeds']} | {each} |")
+        return
+    if argv[:1] == ["check-kept"]:
+        parser = argparse.ArgumentParser(
+            prog="python -m shared.results check-kept",
+            description="Exit 0 if a run trained again gave exactly the predictions of its "
+                        "kept record (each <name>.kept.npz against <name>.npz), else name the "
+                        "files that differ and exit 1.")
+        parser.add_argument("run", type=Path)
+        run = parser.parse_args(argv[1:]).run
+        try:
+            differ = differs_from_kept(run)
+        except (OSError, KeyError, ValueError) as e:
+            sys.exit(f"error: {e}")
+        if differ:
+            sys.exit(f"{run}: trained again, its predictions differ from the kept record's: "
+                     f"{', '.join(differ)}")
+        print(f"{run}: trained again, the same predictions as its kept record")
         return
     parser = argparse.ArgumentParser(prog="python -m shared.results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -629,3 +629,26 @@ def test_a_row_over_seeds_links_its_first_seeds_figures(tmp_path):
     assert results._figures_cell(run) == ("[pairs](seed1/runs/a/confusions.png), "
                                           "[per class](seed1/runs/a/per_class.csv)")
     assert results._figures_cell({**run, "_path": str(tmp_path)}) == "–"
+
+
+def test_check_kept_passes_only_predictions_equal_in_every_array(tmp_path, capsys):
+    """A run trained again (`run_all.sh` sets its old predictions aside as *.kept.npz) is the
+    same run only if keys, labels and logits all match; one changed logit, label or key, or
+    a file it no longer writes, is named."""
+    run = tmp_path / "run"
+    run.mkdir()
+    keys, labels, logits = ["a", "b"], [0, 1], np.array([[2.0, 1.0], [0.5, 3.0]])
+    for name in ("test_predictions", "val_predictions"):
+        results.save_predictions(run / f"{name}.kept.npz", keys, labels, logits)
+        results.save_predictions(run / f"{name}.npz", keys, labels, logits)
+    results.main(["check-kept", str(run)])
+    assert "the same predictions as its kept record" in capsys.readouterr().out
+    for changed in ((keys, labels, logits + np.eye(2)[0] * 1e-2), (keys, [0, 0], logits),
+                    (["a", "c"], labels, logits)):
+        results.save_predictions(run / "val_predictions.npz", *changed)
+        assert results.differs_from_kept(run) == ["val_predictions.npz"]
+    (run / "val_predictions.npz").unlink()
+    with pytest.raises(SystemExit, match=r"differ from the kept record's: val_predictions.npz"):
+        results.main(["check-kept", str(run)])
+    with pytest.raises(SystemExit, match=r"empty: no \*.kept.npz"):
+        results.main(["check-kept", str(tmp_path / "empty")])

@@ -109,13 +109,13 @@ def test_dry_run_prints_what_the_demo_runs_and_runs_nothing(tmp_path):
 
 FAKE_PYTHON = """#!/usr/bin/env bash
 # stands in for python: logs its arguments; a training script "finishes" by writing its
-# --out's metrics.json, except the run named by $KILL, which dies as if killed
+# --out's metrics.json and best.pt, except the run named by $KILL, which dies as if killed
 echo "$*" >> "$LOG"
 out=""
 while [[ $# -gt 0 ]]; do [[ $1 == --out ]] && out=$2; shift; done
 [[ -z $out ]] && exit 0
 [[ $out == "${KILL:-none}" ]] && exit 137
-mkdir -p "$out" && echo '{}' > "$out/metrics.json"
+mkdir -p "$out" && echo '{}' > "$out/metrics.json" && touch "$out/best.pt"
 """
 
 
@@ -159,15 +159,15 @@ def test_seeds_run_into_their_own_folders_and_a_killed_seed_resumes(tmp_path):
 
 TIMED_PYTHON = """#!/usr/bin/env bash
 # stands in for python: a training script logs its start (with OMP_NUM_THREADS) and end
-# around a short sleep and "finishes" by writing its --out's metrics.json, except the run
-# named by $KILL, which fails at once
+# around a short sleep and "finishes" by writing its --out's metrics.json and best.pt,
+# except the run named by $KILL, which fails at once
 out=""
 for ((i = 1; i < $#; i++)); do [[ ${!i} == --out ]] && { j=$((i + 1)); out=${!j}; }; done
 [[ $1 == *.py ]] || exit 0
 echo "start $out $(date +%s.%N) ${OMP_NUM_THREADS:-unset}" >> "$LOG"
 [[ $out == "${KILL:-none}" ]] && { echo "the error that stopped it"; exit 1; }
 sleep 0.3
-mkdir -p "$out" && echo '{}' > "$out/metrics.json"
+mkdir -p "$out" && echo '{}' > "$out/metrics.json" && touch "$out/best.pt"
 echo "end $out $(date +%s.%N)" >> "$LOG"
 """
 
@@ -252,3 +252,70 @@ def test_jobs_flag_names_what_it_expects():
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "--jobs expects a whole number of at least 1, got '0'" in done.stderr
+
+
+KEPT_PYTHON = """#!/usr/bin/env bash
+# stands in for python: a training script logs its --out, "finishes" with a metrics.json, a
+# best.pt and a predictions file holding $VERSION; check-kept compares that file with the kept
+# one byte for byte
+if [[ $1 == -m && $3 == check-kept ]]; then
+  exec cmp -s "$4/test_predictions.npz" "$4/test_predictions.kept.npz"
+fi
+[[ $1 == *.py ]] || exit 0
+out=""
+while [[ $# -gt 0 ]]; do [[ $1 == --out ]] && out=$2; shift; done
+echo "$out" >> "$LOG"
+mkdir -p "$out" && echo '{}' > "$out/metrics.json" && touch "$out/best.pt"
+echo "$VERSION" > "$out/test_predictions.npz"
+"""
+
+
+def test_a_checkpoint_left_behind_is_trained_again_and_must_match_its_kept_record(tmp_path):
+    """A study carried over with its records but no checkpoints: the run that reads Table 1's
+    reference model first trains it again, and goes on only if its predictions equal the
+    kept ones; if they differ, the kept record is put back, the new model removed, and it
+    stops."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(KEPT_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    results, log = tmp_path / "results", tmp_path / "log"
+    (results / "data" / "CUB_200_2011").mkdir(parents=True)
+    (results / "data" / "StanfordDogs").mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(log),
+           "RESULTS": str(results), "VERSION": "first"}
+    reference = results / "seed0" / "task1_2_finetune" / "bird" / "pretrained"
+    standard = results / "seed0" / "task7_fgsm" / "bird" / "standard"
+
+    def start(version):
+        log.write_text("")
+        done = subprocess.run(["bash", "run_all.sh", "--demo", "--jobs", "1", "--datasets",
+                               "bird"], cwd=REPO, env={**env, "VERSION": version},
+                              capture_output=True, text=True, timeout=120)
+        return done, log.read_text().split()
+
+    first, trained = start("first")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert str(reference) in trained and str(standard) in trained
+
+    def carry_over():  # records without checkpoints; a run that reads one not done
+        for checkpoint in results.rglob("*.pt"):
+            checkpoint.unlink()
+        (standard / "metrics.json").unlink()
+
+    carry_over()
+    same, trained = start("first")
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert trained == [str(reference), str(standard)]
+    assert "is gone and its run's record is kept: training" in same.stdout
+    assert (reference / "best.pt").is_file() and (reference / "metrics.json").is_file()
+    assert not list(reference.glob("*.kept*"))
+
+    carry_over()
+    other, trained = start("second")
+    assert other.returncode != 0
+    assert trained == [str(reference)]  # the run that reads it did not start
+    assert f"{reference} trained again does not reproduce its kept record" in other.stderr
+    assert (reference / "test_predictions.npz").read_text() == "first\n"  # the record put back
+    assert (reference / "metrics.json").is_file() and not list(reference.glob("*.kept*"))
+    assert not (reference / "best.pt").exists()
