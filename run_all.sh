@@ -8,6 +8,7 @@
 #   --datasets bird          only CUB (or dog; both by default)
 #   --seeds N                every run with seeds 0..N-1, into <results>/seed0/, seed1/, ...;
 #                            each table row is then the mean over the seeds (default 1)
+#   --seed K                 only seed K, into <results>/seedK/ (one seed a machine or core)
 #   --jobs N                 up to N runs at once, the cores shared between them, each run's
 #                            output in <its folder>/run_all.log (default: the demo as many as
 #                            cores, at most 4; otherwise 1). Table 4, which times its models,
@@ -24,6 +25,7 @@ cd "$(dirname "$0")"
 MODE=full
 DRY_RUN=false
 SEEDS=1
+ONLY_SEED=
 JOBS=
 DATASETS=(bird dog)
 count() {  # count FLAG VALUE: VALUE if a whole number of at least 1, else stop naming FLAG
@@ -39,6 +41,14 @@ while [[ $# -gt 0 ]]; do
     --dry-run) DRY_RUN=true ;;
     --seeds)
       SEEDS=$(count "$1" "${2:-}")
+      shift
+      ;;
+    --seed)
+      if [[ ! ${2:-} =~ ^[0-9]+$ ]]; then
+        echo "run_all.sh: --seed expects a whole number of 0 or more, got '${2:-}'" >&2
+        exit 2
+      fi
+      ONLY_SEED=$((10#$2))
       shift
       ;;
     --jobs)
@@ -90,7 +100,8 @@ if [[ $MODE == quick ]]; then
       photos=$((photos + $(find "$folder" -name '*.jpg' | wc -l)))
     fi
   done
-  minutes=$(awk "BEGIN {print int($SEEDS * $photos * $CORE_SECONDS_PER_PHOTO / $(nproc) / 60)}")
+  seeds_run=$([[ -n $ONLY_SEED ]] && echo 1 || echo "$SEEDS")
+  minutes=$(awk "BEGIN {print int($seeds_run * $photos * $CORE_SECONDS_PER_PHOTO / $(nproc) / 60)}")
   echo "== run_all.sh --quick: $photos photos on $(nproc) cores, roughly" \
     "$((minutes / 60)) h $((minutes % 60)) min (a rough estimate from the photo count)"
 fi
@@ -361,9 +372,11 @@ study() {  # every table's runs with one seed, into $RESULTS
 }
 
 ROOT=$RESULTS
-for ((SEED = 0; SEED < SEEDS; SEED++)); do
+first_seed=${ONLY_SEED:-0}
+last_seed=${ONLY_SEED:-$((SEEDS - 1))}
+for ((SEED = first_seed; SEED <= last_seed; SEED++)); do
   RESULTS=$ROOT/seed$SEED
-  $DRY_RUN || echo "== seed $SEED of $SEEDS -> $RESULTS"
+  $DRY_RUN || echo "== seed $SEED -> $RESULTS"
   study
 done
 RESULTS=$ROOT

@@ -319,3 +319,18 @@ def test_a_checkpoint_left_behind_is_trained_again_and_must_match_its_kept_recor
     assert (reference / "test_predictions.npz").read_text() == "first\n"  # the record put back
     assert (reference / "metrics.json").is_file() and not list(reference.glob("*.kept*"))
     assert not (reference / "best.pt").exists()
+
+
+def test_seed_flag_runs_one_seed_of_the_study():
+    """--seed K: exactly the runs --seeds N gives seed K (one seed a machine or core), into
+    seedK/ with --seed K; a value that is not a whole number is named."""
+    three = _dry_run("--demo", "--seeds", "3")
+    one = _dry_run("--demo", "--seed", "2")
+    seed2 = [argv for argv in three if any("/seed2/" in a for a in argv)]
+    assert seed2 and [argv for argv in one if argv[1].endswith(".py")] == seed2
+    assert all(argv[argv.index("--seed") + 1] == "2" for argv in seed2)
+    assert one[-1] == ["python", "-m", "shared.results", "results-dry"]
+    done = subprocess.run(["bash", "run_all.sh", "--demo", "--seed", "-1", "--dry-run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--seed expects a whole number of 0 or more, got '-1'" in done.stderr
