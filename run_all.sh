@@ -115,7 +115,7 @@ run() {  # run OUT SCRIPT ARGS...: skip a finished run, resume a killed one
     "${EXTRA[@]}" "${task_args[@]}"
 }
 
-declare -A COMMANDS  # each run's folder -> its command (quoted), for train_again
+declare -A COMMANDS  # each run's folder -> its command (quoted), for train_again_if_gone
 
 launch() {  # launch OUT SCRIPT ARGS...: python SCRIPT ARGS, or print it with --dry-run
   local out=$1
@@ -160,7 +160,7 @@ launch() {  # launch OUT SCRIPT ARGS...: python SCRIPT ARGS, or print it with --
 # predictions come out exactly the same, so that no row stands on a model its table does not
 # report.
 train_again_if_gone() {  # train_again_if_gone ARGS...: for each checkpoint among ARGS
-  local arg folder npz command
+  local arg folder npz argv
   for arg in "$@"; do
     folder=${arg%/*}
     [[ $arg == */*.pt && ! -e $arg && -f $folder/metrics.json && -n ${COMMANDS[$folder]:-} ]] ||
@@ -171,8 +171,8 @@ train_again_if_gone() {  # train_again_if_gone ARGS...: for each checkpoint amon
       [[ ! -e $npz || $npz == *.kept.npz ]] || mv "$npz" "${npz%.npz}.kept.npz"
     done
     mv "$folder/metrics.json" "$folder/metrics.kept.json"
-    eval "command=(${COMMANDS[$folder]})"
-    JOBS=1 launch "$folder" "${command[@]}"
+    eval "argv=(${COMMANDS[$folder]})"
+    JOBS=1 launch "$folder" "${argv[@]}"
   done
 }
 
