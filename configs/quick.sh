@@ -6,9 +6,11 @@
 # validation (docs/studies/2026-12-05-gate-curves.md).
 RESULTS=${RESULTS:-results/quick}
 DATA=${DATA:-data}
-# measured: the bird study on the kit's 4,403 CUB photos took 10,476 s on 2 cores of a Xeon
-# without AMX (fp32): 4.76 core-seconds a photo, for the printed estimate
-CORE_SECONDS_PER_PHOTO=4.76
+# for the printed estimate: one seed of the bird study on the kit's 4,403 CUB photos, one run
+# a core of an AMD EPYC (fp32), about 34,500 core-seconds: Tables 1, 2, 4, 5 and 6 measured
+# whole (2,215 + 1,737 + 2,635 + 230 + 5,141 s), Table 3's two GANs from their epochs (about
+# 19,600 s), Table 7 from a 2-core run (about 3,000 s) (docs/studies/2026-12-07-*.md)
+CORE_SECONDS_PER_PHOTO=7.8
 DEFAULT_JOBS=1  # one run at a time, every core its own (--jobs N to share them)
 
 CNN=tf_efficientnet_lite0
