@@ -160,7 +160,7 @@ launch() {  # launch OUT SCRIPT ARGS...: python SCRIPT ARGS, or print it with --
 # predictions come out exactly the same, so that no row stands on a model its table does not
 # report.
 train_again_if_gone() {  # train_again_if_gone ARGS...: for each checkpoint among ARGS
-  local arg folder npz argv
+  local arg folder npz argv threads
   for arg in "$@"; do
     folder=${arg%/*}
     [[ $arg == */*.pt && ! -e $arg && -f $folder/metrics.json && -n ${COMMANDS[$folder]:-} ]] ||
@@ -172,7 +172,10 @@ train_again_if_gone() {  # train_again_if_gone ARGS...: for each checkpoint amon
     done
     mv "$folder/metrics.json" "$folder/metrics.kept.json"
     eval "argv=(${COMMANDS[$folder]})"
-    JOBS=1 launch "$folder" "${argv[@]}"
+    # with as many threads as it had (its record's env): another count sums in another order
+    threads=$(grep -o '"threads": *[0-9]*' "$folder/metrics.kept.json" | grep -o '[0-9]*$') ||
+      true
+    OMP_NUM_THREADS=${threads:-${OMP_NUM_THREADS:-$CORES}} JOBS=1 launch "$folder" "${argv[@]}"
   done
 }
 

@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -255,9 +256,9 @@ def test_jobs_flag_names_what_it_expects():
 
 
 KEPT_PYTHON = """#!/usr/bin/env bash
-# stands in for python: a training script logs its --out, "finishes" with a metrics.json, a
-# best.pt and a predictions file holding $VERSION; check-kept compares that file with the kept
-# one byte for byte
+# stands in for python: a training script logs its --out and OMP_NUM_THREADS, "finishes"
+# with a metrics.json (3 threads), a best.pt and a predictions file holding $VERSION;
+# check-kept compares that file with the kept one byte for byte
 if [[ $1 == -m && $3 == check-kept ]]; then
   exec cmp -s "$4/test_predictions.npz" "$4/test_predictions.kept.npz"
 fi
@@ -265,7 +266,9 @@ fi
 out=""
 while [[ $# -gt 0 ]]; do [[ $1 == --out ]] && out=$2; shift; done
 echo "$out" >> "$LOG"
-mkdir -p "$out" && echo '{}' > "$out/metrics.json" && touch "$out/best.pt"
+echo "${OMP_NUM_THREADS:-unset}" >> "$LOG.threads"
+mkdir -p "$out" && touch "$out/best.pt"
+echo '{"env": {"device": "cpu", "threads": 3}}' > "$out/metrics.json"
 echo "$VERSION" > "$out/test_predictions.npz"
 """
 
@@ -289,6 +292,7 @@ def test_a_checkpoint_left_behind_is_trained_again_and_must_match_its_kept_recor
 
     def start(version):
         log.write_text("")
+        Path(f"{log}.threads").write_text("")
         done = subprocess.run(["bash", "run_all.sh", "--demo", "--jobs", "1", "--datasets",
                                "bird"], cwd=REPO, env={**env, "VERSION": version},
                               capture_output=True, text=True, timeout=120)
@@ -307,6 +311,7 @@ def test_a_checkpoint_left_behind_is_trained_again_and_must_match_its_kept_recor
     same, trained = start("first")
     assert same.returncode == 0, same.stderr[-2000:]
     assert trained == [str(reference), str(standard)]
+    assert Path(f"{log}.threads").read_text().split() == ["3", "unset"]  # the record's threads
     assert "is gone and its run's record is kept: training" in same.stdout
     assert (reference / "best.pt").is_file() and (reference / "metrics.json").is_file()
     assert not list(reference.glob("*.kept*"))
