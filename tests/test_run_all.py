@@ -161,12 +161,18 @@ def test_seeds_run_into_their_own_folders_and_a_killed_seed_resumes(tmp_path):
 TIMED_PYTHON = """#!/usr/bin/env bash
 # stands in for python: a training script logs its start (with OMP_NUM_THREADS) and end
 # around a short sleep and "finishes" by writing its --out's metrics.json and best.pt,
-# except the run named by $KILL, which fails at once
+# except the run named by $KILL, which fails once the next run has started beside it (or
+# after 10 s), so that which of the two comes first does not depend on the machine's load
 out=""
 for ((i = 1; i < $#; i++)); do [[ ${!i} == --out ]] && { j=$((i + 1)); out=${!j}; }; done
 [[ $1 == *.py ]] || exit 0
 echo "start $out $(date +%s.%N) ${OMP_NUM_THREADS:-unset}" >> "$LOG"
-[[ $out == "${KILL:-none}" ]] && { echo "the error that stopped it"; exit 1; }
+if [[ $out == "${KILL:-none}" ]]; then
+  started=$(grep -c '^start' "$LOG")
+  for _ in {1..100}; do (($(grep -c '^start' "$LOG") > started)) && break; sleep 0.1; done
+  echo "the error that stopped it"
+  exit 1
+fi
 sleep 0.3
 mkdir -p "$out" && echo '{}' > "$out/metrics.json" && touch "$out/best.pt"
 echo "end $out $(date +%s.%N)" >> "$LOG"
@@ -287,6 +293,7 @@ def test_a_checkpoint_left_behind_is_trained_again_and_must_match_its_kept_recor
     (results / "data" / "StanfordDogs").mkdir()
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(log),
            "RESULTS": str(results), "VERSION": "first"}
+    env.pop("OMP_NUM_THREADS", None)  # pytest-xdist sets it for its worker (conftest.py)
     reference = results / "seed0" / "task1_2_finetune" / "bird" / "pretrained"
     standard = results / "seed0" / "task7_fgsm" / "bird" / "standard"
 
