@@ -228,7 +228,8 @@ def real_classifier_at_gan_size(args, rt, classes, real, real_labels, val, out: 
     (`real`, at --gan-size; written to `<out>/gan_test_images/train/`), resized to
     --gan-test-size, the common flags otherwise, into `<out>/gan_test/`, without validation
     (last epoch): the validation photos at --gan-size (`val`) are what it is scored on (its
-    `test_top1`, Table 3's `gan_test_real_val_top1`). A resumed run reuses a finished one.
+    `test_top1`, Table 3's `gan_test_real_val_top1`). A resumed run reuses a finished one
+    whose checkpoint is there (a record carried without it, docs/results.md, trains again).
     Returns it as a judge (gan.load_judge) and that accuracy; Nones without a validation
     split."""
     import json
@@ -241,7 +242,7 @@ def real_classifier_at_gan_size(args, rt, classes, real, real_labels, val, out: 
         return None, None
     flags = {**vars(args), "image_size": args.gan_test_size, "out": out / "gan_test"}
     finished = out / "gan_test" / "metrics.json"
-    if finished.is_file():
+    if finished.is_file() and (out / "gan_test" / "best.pt").is_file():
         metrics = json.loads(finished.read_text())["metrics"]
     else:
         train = write_synthetic(real, real_labels, args.gan_size,

@@ -418,6 +418,14 @@ def test_whole_pipeline_from_the_command_line(sample, tmp_path):
         {"g_steps": 2 * steps}
     after = torch.load(gan_only / "gan_train" / "best.pt", weights_only=True)["model"]
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    # a record carried over without its checkpoints (docs/results.md): GAN-test's classifier,
+    # which scores the generated images, is trained again rather than read from nowhere
+    for saved in (gan_only / "gan_test").glob("*.pt"):
+        saved.unlink()
+    result = run_cli(*args[:-1], str(gan_only), "--gan-only", "--diffaugment", "none",
+                     "--gan-epochs", "2", "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (gan_only / "gan_test" / "best.pt").is_file()
     # a judge trained on other classes is refused, by name
     torch.save({"model": judge.state_dict(), "model_name": "resnet18", "classes": ["a"] * 4,
                 "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}, tmp_path / "other.pt")
