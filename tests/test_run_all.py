@@ -162,7 +162,8 @@ TIMED_PYTHON = """#!/usr/bin/env bash
 # stands in for python: a training script logs its start (with OMP_NUM_THREADS) and end
 # around a short sleep and "finishes" by writing its --out's metrics.json and best.pt,
 # except the run named by $KILL, which fails once the next run has started beside it (or
-# after 10 s), so that which of the two comes first does not depend on the machine's load
+# after 10 s); that run ends only half a second after the failure, so that which of the two
+# comes first does not depend on the machine's load
 out=""
 for ((i = 1; i < $#; i++)); do [[ ${!i} == --out ]] && { j=$((i + 1)); out=${!j}; }; done
 [[ $1 == *.py ]] || exit 0
@@ -171,9 +172,14 @@ if [[ $out == "${KILL:-none}" ]]; then
   started=$(grep -c '^start' "$LOG")
   for _ in {1..100}; do (($(grep -c '^start' "$LOG") > started)) && break; sleep 0.1; done
   echo "the error that stopped it"
+  echo "failed $out" >> "$LOG"
   exit 1
 fi
 sleep 0.3
+if grep -q "^start $KILL " "$LOG"; then
+  for _ in {1..100}; do grep -q '^failed' "$LOG" && break; sleep 0.1; done
+  sleep 0.5
+fi
 mkdir -p "$out" && echo '{}' > "$out/metrics.json" && touch "$out/best.pt"
 echo "end $out $(date +%s.%N)" >> "$LOG"
 """
@@ -199,7 +205,7 @@ def _run_timed(tmp_path, *flags, kill="none"):
         name = out.split("/seed0/")[1]
         if event == "start":
             runs[name] = [float(rest[0]), None, rest[1]]
-        else:
+        elif event == "end":
             runs[name][1] = float(rest[0])
     return done, runs
 
