@@ -403,13 +403,11 @@ def paired_difference(run: dict, reference: dict, name: str, cache: dict | None 
     points with a paired bootstrap 95% interval, and McNemar's exact p. Rows over several
     seeds (`seed_group`; both sides the same number) pair seed k with seed k: the mean
     difference, `stats.two_level_bootstrap`'s interval over seeds and images, each seed's
-    difference and McNemar p, and how many seeds agree with the mean's sign. Different
-    test images are an error naming both runs."""
+    difference and McNemar p, and how many seeds agree with the mean's sign. Runs in seedK
+    folders pair by seed, over the seeds both rows have (a study part-done), which `seeds`
+    counts and `unpaired` names. Different test images are an error naming both runs."""
     cache = {} if cache is None else cache
-    runs, references = run.get("_seeds", [run]), reference.get("_seeds", [reference])
-    if len(runs) != len(references):
-        raise TestSetMismatch(f"{run['_dir']} has {len(runs)} seeds and {reference['_dir']} "
-                              f"{len(references)}: {name} is compared seed by seed")
+    references, runs, unpaired = _paired_seeds(reference, run, name)
     pairs = [(_correct_of(a, name, cache), _correct_of(b, name, cache))
              for a, b in zip(references, runs, strict=True)]
     if any(a is None or b is None for a, b in pairs):
@@ -429,7 +427,26 @@ def paired_difference(run: dict, reference: dict, name: str, cache: dict | None 
             "mcnemar_p": per_seed[0]["mcnemar_p"] if len(pairs) == 1 else None,
             "images": len(pairs[0][0][1]), "seeds": len(pairs),
             "seeds_agreeing": sum(np.sign(d["difference"]) == sign for d in per_seed),
-            "per_seed": per_seed}
+            "per_seed": per_seed, "unpaired": unpaired}
+
+
+def _paired_seeds(reference: dict, run: dict, name: str) -> tuple[list, list, list[str]]:
+    """The two rows' runs paired seed with seed, and the seeds only one row has (sorted)."""
+    references, runs = reference.get("_seeds", [reference]), run.get("_seeds", [run])
+    by_seed = [{seed_of(r): r for r in side} for side in (references, runs)]
+    if all("" not in seeds and len(seeds) == len(side)
+           for seeds, side in zip(by_seed, (references, runs), strict=True)):
+        common = [seed for seed in by_seed[0] if seed in by_seed[1]]
+        if common:
+            return ([by_seed[0][seed] for seed in common], [by_seed[1][seed] for seed in common],
+                    sorted(by_seed[0].keys() ^ by_seed[1].keys()))
+        raise TestSetMismatch(f"{run['_dir']} and {reference['_dir']} share no seed "
+                              f"({', '.join(by_seed[1])} against {', '.join(by_seed[0])}): "
+                              f"{name} is compared seed by seed")
+    if len(runs) != len(references):
+        raise TestSetMismatch(f"{run['_dir']} has {len(runs)} seeds and {reference['_dir']} "
+                              f"{len(references)}: {name} is compared seed by seed")
+    return references, runs, []
 
 
 def _difference_cell(found: dict | None) -> str:
@@ -438,8 +455,12 @@ def _difference_cell(found: dict | None) -> str:
     low, high = found["ci95"]
     shown = f"{found['difference']:+.1f} ({low:+.1f}–{high:+.1f})"
     if found["seeds"] == 1:
-        return f"{shown}, p {found['mcnemar_p']:.2g}"
-    return f"{shown}, {found['seeds_agreeing']}/{found['seeds']} seeds agree"
+        shown += f", p {found['mcnemar_p']:.2g}"
+    else:
+        shown += f", {found['seeds_agreeing']}/{found['seeds']} seeds agree"
+    if found.get("unpaired"):  # a study part-done: say what the difference leaves out
+        shown += f" (seeds both rows have; not {', '.join(found['unpaired'])})"
+    return shown
 
 
 def comparison_columns(table: Table, rows: list[dict], cache: dict,

@@ -256,6 +256,31 @@ def test_paired_difference_reads_top5_and_pairs_seed_with_seed(tmp_path):
         results.paired_difference(other, a, "test_top1")
 
 
+def test_a_part_done_study_pairs_the_seeds_both_rows_have_and_says_which_it_left_out(
+        tmp_path):
+    """Seed folders pair by seed, not by position: seeds 0 and 2 of B against seeds 0-2 of A
+    are seed 0 and 2's difference, seed 1 named as left out; no shared seed is an error."""
+    rng = np.random.default_rng(3)
+    a = [_record(tmp_path, f"seed{s}/a", rng.random(100) < 0.5) for s in range(3)]
+    b = [_record(tmp_path, f"seed{s}/b", rng.random(100) < 0.7) for s in (2, 0)]
+    found = results.paired_difference(results.seed_group(b), results.seed_group(a),
+                                      "test_top1")
+    both = results.paired_difference(results.seed_group(b), results.seed_group([a[0], a[2]]),
+                                     "test_top1")
+    assert found == {**both, "unpaired": ["seed1"]} and both["unpaired"] == []
+    assert found["seeds"] == 2
+    assert found["per_seed"][1]["difference"] == pytest.approx(
+        100 * (b[0]["_hits"].mean() - a[2]["_hits"].mean()))  # seed 2 with seed 2
+    assert results._difference_cell(found).endswith(
+        " seeds agree (seeds both rows have; not seed1)")
+    one = results.paired_difference(b[1], results.seed_group(a[:2]), "test_top1")
+    assert one["seeds"] == 1 and one["unpaired"] == ["seed1"]
+    assert one["difference"] == results.paired_difference(b[1], a[0], "test_top1")["difference"]
+    with pytest.raises(errors.TestSetMismatch, match="b and seed1/a share no seed "
+                       r"\(seed0, seed2 against seed1\): test_top1 is compared"):
+        results.paired_difference(results.seed_group(b), a[1], "test_top1")
+
+
 def test_trained_alike_reads_recipe_size_and_epochs():
     r = {"dataset": "bird", "model": "m", "args": {"image_size": 32, "epochs": 3}}
     seed = {**r, "args": {**r["args"], "recipe": "seed"}}
