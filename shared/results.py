@@ -398,16 +398,18 @@ def _correct_of(run: dict, name: str, cache: dict) -> tuple[np.ndarray, np.ndarr
 
 
 def paired_difference(run: dict, reference: dict, name: str, cache: dict | None = None,
-                      resamples: int = 2000, seed: int = 0) -> dict | None:
+                      resamples: int = 2000, seed: int = 0, by_seed: bool = True
+                      ) -> dict | None:
     """`run` minus `reference` on `name`, over the same test images: the difference in
     points with a paired bootstrap 95% interval, and McNemar's exact p. Rows over several
     seeds (`seed_group`; both sides the same number) pair seed k with seed k: the mean
     difference, `stats.two_level_bootstrap`'s interval over seeds and images, each seed's
-    difference and McNemar p, and how many seeds agree with the mean's sign. Runs in seedK
-    folders pair by seed, over the seeds both rows have (a study part-done), which `seeds`
-    counts and `unpaired` names. Different test images are an error naming both runs."""
+    difference and McNemar p, and how many seeds agree with the mean's sign. With `by_seed`,
+    runs in seedK folders pair by seed, over the seeds both rows have (a study part-done),
+    which `seeds` counts and `unpaired` names; without, in their order. Different test
+    images are an error naming both runs."""
     cache = {} if cache is None else cache
-    references, runs, unpaired = _paired_seeds(reference, run, name)
+    references, runs, unpaired = _paired_seeds(reference, run, name, by_seed)
     pairs = [(_correct_of(a, name, cache), _correct_of(b, name, cache))
              for a, b in zip(references, runs, strict=True)]
     if any(a is None or b is None for a, b in pairs):
@@ -430,18 +432,19 @@ def paired_difference(run: dict, reference: dict, name: str, cache: dict | None 
             "per_seed": per_seed, "unpaired": unpaired}
 
 
-def _paired_seeds(reference: dict, run: dict, name: str) -> tuple[list, list, list[str]]:
+def _paired_seeds(reference: dict, run: dict, name: str, by_seed: bool
+                  ) -> tuple[list, list, list[str]]:
     """The two rows' runs paired seed with seed, and the seeds only one row has (sorted)."""
     references, runs = reference.get("_seeds", [reference]), run.get("_seeds", [run])
-    by_seed = [{seed_of(r): r for r in side} for side in (references, runs)]
-    if all("" not in seeds and len(seeds) == len(side)
-           for seeds, side in zip(by_seed, (references, runs), strict=True)):
-        common = [seed for seed in by_seed[0] if seed in by_seed[1]]
+    seeds = [{seed_of(r): r for r in side} for side in (references, runs)]
+    if by_seed and all("" not in found and len(found) == len(side)
+           for found, side in zip(seeds, (references, runs), strict=True)):
+        common = [seed for seed in seeds[0] if seed in seeds[1]]
         if common:
-            return ([by_seed[0][seed] for seed in common], [by_seed[1][seed] for seed in common],
-                    sorted(by_seed[0].keys() ^ by_seed[1].keys()))
+            return ([seeds[0][seed] for seed in common], [seeds[1][seed] for seed in common],
+                    sorted(seeds[0].keys() ^ seeds[1].keys()))
         raise TestSetMismatch(f"{run['_dir']} and {reference['_dir']} share no seed "
-                              f"({', '.join(by_seed[1])} against {', '.join(by_seed[0])}): "
+                              f"({', '.join(seeds[1])} against {', '.join(seeds[0])}): "
                               f"{name} is compared seed by seed")
     if len(runs) != len(references):
         raise TestSetMismatch(f"{run['_dir']} has {len(runs)} seeds and {reference['_dir']} "
@@ -558,7 +561,8 @@ def write_tables(root: Path, tables: list[Table] | None = None) -> Path:
 
 def compare(runs_a: list[Path], runs_b: list[Path]) -> list[dict]:
     """Every accuracy the runs share, B minus A, paired over their test images; with several
-    runs a side (seeds), seed k of A paired with seed k of B (`paired_difference`)."""
+    runs a side (seeds), the k-th of A (by seed folder, else as given) paired with the k-th
+    of B (`paired_difference`)."""
     if len(runs_a) != len(runs_b):
         raise TestSetMismatch(f"{len(runs_a)} runs against {len(runs_b)}: compare pairs "
                               "seed with seed, so give as many on each side")
@@ -569,7 +573,7 @@ def compare(runs_a: list[Path], runs_b: list[Path]) -> list[dict]:
     if not names:
         raise TestSetMismatch(f"{runs_a[0]} and {runs_b[0]} share no accuracy with a "
                               "predictions file")
-    return [paired_difference(b, a, name, cache) for name in names]
+    return [paired_difference(b, a, name, cache, by_seed=False) for name in names]
 
 
 def differs_from_kept(folder: Path) -> list[str]:
