@@ -402,9 +402,9 @@ def paired_difference(run: dict, reference: dict, name: str, cache: dict | None 
                       ) -> dict | None:
     """`run` minus `reference` on `name`, over the same test images: the difference in
     points with a paired bootstrap 95% interval, and McNemar's exact p. Rows over several
-    seeds (`seed_group`) pair seed k with seed k: the mean
-    difference, `stats.two_level_bootstrap`'s interval over seeds and images, each seed's
-    difference and McNemar p, and how many seeds agree with the mean's sign. With `by_seed`,
+    seeds (`seed_group`) pair seed k with seed k: the mean difference,
+    `stats.two_level_bootstrap`'s interval over seeds and images, each seed's difference and
+    McNemar p, and how many seeds agree with the mean's sign. With `by_seed`,
     runs in seedK folders pair by seed, over the seeds both rows have (a study part-done),
     which `seeds` counts and `unpaired` names; without, in their order. Different test
     images are an error naming both runs."""
