@@ -13,7 +13,8 @@
 #                            output in <its folder>/run_all.log (default: the demo as many as
 #                            cores, at most 4; otherwise 1). Table 4, which times its models,
 #                            runs one at a time.
-#   --dry-run                print every command, run none
+#   --dry-run                print every command, run none (a finished one as a comment,
+#                            '# finished: python ...')
 # RESULTS=<folder> writes elsewhere. A run whose metrics.json exists is not run again; a
 # killed run resumes from its last.pt.
 # Rows that need true boxes (the detector's, the oracle crop) run only where the data has
@@ -122,6 +123,7 @@ launch() {  # launch OUT SCRIPT ARGS...: python SCRIPT ARGS, or print it with --
   shift
   COMMANDS[$out]=$(printf ' %q' "$@")
   if $DRY_RUN; then
+    [[ -f $out/metrics.json ]] && printf '# finished: '  # what is left of a study, at a glance
     printf '%s' python
     printf ' %q' "$@"
     printf '\n'

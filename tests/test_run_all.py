@@ -72,12 +72,18 @@ def test_datasets_flag_names_what_it_expects():
         done.stderr)
 
 
-def _dry_run(*flags: str, data: str = "nowhere") -> list[list[str]]:
+def _dry_run(*flags: str, data: str = "nowhere", results: str = "results-dry",
+             finished: bool = False) -> list[list[str]]:
+    """The commands `run_all.sh --dry-run FLAGS` prints (with `finished`, also those it
+    prints as finished, as commands)."""
     done = subprocess.run(["bash", "run_all.sh", "--dry-run", *flags], cwd=REPO,
-                          env={**os.environ, "DATA": data, "RESULTS": "results-dry"},
+                          env={**os.environ, "DATA": data, "RESULTS": results},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    return [shlex.split(line) for line in done.stdout.splitlines() if line.startswith("python ")]
+    lines = done.stdout.splitlines()
+    if finished:
+        lines = [line.removeprefix("# finished: ") for line in lines]
+    return [shlex.split(line) for line in lines if line.startswith("python ")]
 
 
 def test_every_full_study_command_parses(tmp_path):
@@ -343,6 +349,21 @@ def test_a_checkpoint_left_behind_is_trained_again_and_must_match_its_kept_recor
     assert (reference / "test_predictions.npz").read_text() == "first\n"  # the record put back
     assert (reference / "metrics.json").is_file() and not list(reference.glob("*.kept*"))
     assert not (reference / "best.pt").exists()
+
+
+def test_dry_run_marks_the_finished_runs_of_a_study(tmp_path):
+    """What is left of a study at a glance: a run with its metrics.json is printed as a
+    comment ('# finished: python ...'), every other one as its command, in the same order."""
+    flags = ("--demo", "--seeds", "2")
+    every = _dry_run(*flags, results=str(tmp_path))
+    finished = tmp_path / "seed1" / "task1_2_finetune" / "bird" / "baseline"
+    finished.mkdir(parents=True)
+    (finished / "metrics.json").write_text("{}")
+    (tmp_path / "seed0" / "task1_2_finetune" / "bird" / "pretrained").mkdir(parents=True)
+    left = _dry_run(*flags, results=str(tmp_path))
+    assert _dry_run(*flags, results=str(tmp_path), finished=True) == every
+    (marked,) = [argv for argv in every if argv not in left]
+    assert marked[marked.index("--out") + 1] == str(finished) and len(left) == len(every) - 1
 
 
 def test_seed_flag_runs_one_seed_of_the_study():
