@@ -188,6 +188,7 @@ def load_records(root: Path) -> list[dict]:
 # row: its accuracies are means over the seeds, with an interval over seeds and test photos.
 
 SEED_PART = re.compile(r"seed(\d+)")
+SEED_FOLDER = re.compile(r"(?<![^/])seed(\d+)(?![^/])")  # a path's seedK folder
 
 
 def row_key(r: dict) -> str:
@@ -224,6 +225,7 @@ def seed_group(members: list[dict], cache: dict | None = None) -> dict:
     cache = {} if cache is None else cache
     first = members[0]
     group = {**first, "_dir": row_key(first), "_seeds": members,
+             "weights": _across_seeds([r["weights"] for r in members]),
              "metrics": _mean_of([r["metrics"] for r in members]), "ci95": {}, "spread": {}}
     names = list(dict.fromkeys(g["name"] for r in members for g in r.get("gates", [])))
     if names:  # matched by name; a seed without the gate leaves it unmeasured (not passed)
@@ -248,6 +250,17 @@ def seed_group(members: list[dict], cache: dict | None = None) -> dict:
         group["spread"][name] = (per_seed.tolist() if len(per_seed) == 2
                                  else float(per_seed.std(ddof=1)))
     return group
+
+
+def _across_seeds(values: list[str]) -> str:
+    """One text for a row over seeds: the seeds' common value; or, where each seed's run read
+    its own seed's file, the path with its seed folder as `seed{0,1,2}`; else each value."""
+    if len(set(values)) == 1:
+        return values[0]
+    if len({SEED_FOLDER.sub("seed", v) for v in values}) == 1:
+        numbers = ",".join(dict.fromkeys(n for v in values for n in SEED_FOLDER.findall(v)))
+        return SEED_FOLDER.sub(f"seed{{{numbers}}}", values[0])
+    return "; ".join(values)
 
 
 def _same_images(names: list[str], indexes: list[np.ndarray], what: str) -> None:

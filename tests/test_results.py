@@ -109,6 +109,23 @@ def test_two_seeds_show_both_values_and_an_unmeasured_gate_stays_unmeasured(tmp_
     assert "gates" not in results.seed_group([c, _record(tmp_path, "seed5/t/run", [1, 0, 0, 1])])
 
 
+def test_a_row_over_seeds_names_the_file_each_seed_read(tmp_path):
+    """A row over seeds whose runs each read their own seed's model shows the path once,
+    its seed folder as seed{0,2}; a value the seeds share stays; others are each listed."""
+    runs = [_record(tmp_path, f"seed{s}/task3_crop/bird/cam", [1, 0]) for s in (2, 0)]
+
+    def weights(*values):
+        for run, value in zip(runs, values, strict=True):
+            run["weights"] = value
+        return results.seed_group(runs)["weights"]
+
+    assert weights("results/seed2/t/bird/strong/best.pt", "results/seed0/t/bird/strong/best.pt"
+                   ) == "results/seed{0,2}/t/bird/strong/best.pt"
+    assert weights("imagenet", "imagenet") == "imagenet"
+    assert weights("seed2/a.pt", "seed0/b.pt") == "seed0/b.pt; seed2/a.pt"
+    assert weights("x/myseed2/a.pt", "x/myseed0/a.pt") == "x/myseed0/a.pt; x/myseed2/a.pt"
+
+
 def test_one_run_is_its_own_group_with_its_wilson_interval(tmp_path):
     run = _record(tmp_path, "t/run", [1, 1, 1, 0])
     group = results.seed_group([run])
