@@ -22,7 +22,7 @@ TABLES = ["Table 1:", "Table 2:", "Table 2b:", "Table 3:", "Table 4:", "Table 5:
 @pytest.mark.parametrize("dataset", ["bird", "dog"])
 def test_quick_builds_every_table_with_and_without_boxes(tmp_path, dataset):
     """Birds without true boxes (as the team kit's real CUB subset), dogs with them; one
-    dataset a test, so the two run side by side."""
+    dataset a test, so that the suite's workers can share them out."""
     data = tmp_path / "data"
     write_sample_data(data, classes=3, per_class=8, size=48, seed=0)
     (data / "CUB_200_2011" / "bounding_boxes.txt").unlink()
