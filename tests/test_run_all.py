@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from shared.results import DATASET_NAMES
 from shared.sample_data import write_sample_data
 
 TABLES = ["Table 1:", "Table 2:", "Table 2b:", "Table 3:", "Table 4:", "Table 5:", "Table 6:",
@@ -43,7 +44,7 @@ def test_quick_builds_every_table_with_and_without_boxes(tmp_path, dataset):
     for table in TABLES:
         assert f"## {table}" in tables
     table2 = tables.split("## Table 2:")[1].split("## Table 2b")[0]
-    name = {"bird": "CUB-200-2011", "dog": "Stanford Dogs"}[dataset]
+    name = DATASET_NAMES[dataset]
     assert (f"| {name} | strong, 32 px | box | true boxes |" in table2) == (dataset == "dog")
     assert f"| {name} | strong, 32 px | box | CAM" in table2
     table4 = tables.split("## Table 4:")[1].split("## Table 5")[0]
