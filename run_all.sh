@@ -15,6 +15,7 @@
 #                            runs one at a time.
 #   --dry-run                print every command, run none (a finished one as a comment,
 #                            '# finished: python ...')
+#   -h, --help               print this and stop
 # RESULTS=<folder> writes elsewhere. A run whose metrics.json exists is not run again; a
 # killed run resumes from its last.pt.
 # Rows that need true boxes (the detector's, the oracle crop) run only where the data has
@@ -40,6 +41,10 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --demo | --quick) MODE=${1#--} ;;
     --dry-run) DRY_RUN=true ;;
+    -h | --help)  # this file's opening comment, up to its first command
+      awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+      exit 0
+      ;;
     --seeds)
       SEEDS=$(count "$1" "${2:-}")
       shift

@@ -77,6 +77,16 @@ def test_datasets_flag_names_what_it_expects():
         done.stderr)
 
 
+def test_help_prints_the_usage_and_runs_nothing(tmp_path):
+    done = subprocess.run(["bash", "run_all.sh", "--quick", "--help"], cwd=REPO,
+                          env={**os.environ, "RESULTS": str(tmp_path / "results")},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--seeds N" in done.stdout and "-h, --help" in done.stdout
+    assert not any(line.startswith(("#", "set ", "cd ")) for line in done.stdout.splitlines())
+    assert not (tmp_path / "results").exists()
+
+
 def _dry_run(*flags: str, data: str = "nowhere", results: str = "results-dry",
              finished: bool = False) -> list[list[str]]:
     """The commands `run_all.sh --dry-run FLAGS` prints (with `finished`, also those it
