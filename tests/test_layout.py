@@ -1,5 +1,6 @@
 """The shape of the code: shared/ imports in one direction, its command-line helpers stay
-light, and no module reaches into another's private names."""
+light, and no module reaches into another's private names; every link between the project's
+Markdown pages resolves."""
 
 import ast
 import re
@@ -165,3 +166,53 @@ def test_task_scripts_share_one_import_pattern():
             (n.module or "").split(".")[0] for n in top if isinstance(n, ast.ImportFrom)}
         assert not modules & HEAVY, f"{script.relative_to(REPO)} imports {modules & HEAVY}"
         assert "noqa: E402" not in script.read_text()
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as
+    hyphens, a repeated heading numbered (-1, -2, ...)."""
+    anchors, fenced = set(), False
+    for line in page.read_text().splitlines():
+        fenced ^= line.startswith("```")
+        if fenced or not re.match(r"#{1,6} ", line):
+            continue
+        slug = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def markdown_links(page: Path) -> list[str]:
+    """The relative links of a page, `[text](target)`, outside code blocks."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    return [target for target in re.findall(r"\]\(([^)\s]+)\)", text)
+            if not re.match(r"[a-z]+:", target)]
+
+
+def test_every_link_between_the_pages_resolves():
+    pages = [p for p in REPO.rglob("*.md") if not ({".git", "results", ".venv"} & set(
+        p.relative_to(REPO).parts))]
+    assert REPO / "README.md" in pages and REPO / "docs" / "engine.md" in pages
+    broken = []
+    for page in pages:
+        for target in markdown_links(page):
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
+def test_heading_anchors_follow_github(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Speed and memory\n## A study over several sessions, or machines\n"
+                    "```\n# not a heading\n```\n## Notes\n## Notes\n")
+    assert heading_anchors(page) == {"speed-and-memory", "notes", "notes-1",
+                                     "a-study-over-several-sessions-or-machines"}
+    page.write_text("[a](other.md#notes) `x` [b](#top) [c](https://example.org)\n```\n[d](e)\n```")
+    assert markdown_links(page) == ["other.md#notes", "#top"]
