@@ -111,6 +111,17 @@ def save_predictions(path: Path, keys: list[str], labels, logits) -> np.ndarray:
     return logits
 
 
+def save_per_image(path: Path, keys: list[str], values: dict[str, list[float]]) -> None:
+    """`<path>.npz`: `index` (the dataset's image keys) and, for each metric that is a mean
+    over images (a heatmap's deletion AUC), its per-image values (float64): what an interval
+    over seeds and images is drawn from. A record names it in `per_image`, as
+    `{metric: file}`."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, index=np.asarray(keys, dtype=str),
+             **{name: np.asarray(v, np.float64) for name, v in values.items()})
+    os.replace(tmp, path)
+
+
 def load_predictions(path: Path) -> dict[str, np.ndarray]:
     """A predictions file as arrays (no pickled objects: it cannot run code)."""
     with np.load(path, allow_pickle=False) as saved:
@@ -214,9 +225,10 @@ def _mean_of(values: list):
 def seed_group(members: list[dict], cache: dict | None = None) -> dict:
     """Runs of one row with different seeds as one record: numbers (metrics, gate values)
     are means over the seeds, a gate passes only if it passed for every seed (one a seed
-    lacks is not measured), each accuracy backed by predictions files gets
-    `stats.two_level_bootstrap`'s interval (over seeds and test photos) and its spread over
-    the seeds (`spread`: sd, or the two values for 2 seeds); `_seeds` holds the members.
+    lacks is not measured), each metric backed by per-image files (an accuracy's
+    predictions, a mean's `per_image` values) gets `stats.two_level_bootstrap`'s interval
+    (over seeds and test photos) and its spread over the seeds (`spread`: sd, or the two
+    values for 2 seeds); `_seeds` holds the members.
     One run is returned as it is (its Wilson interval kept). Members tested on different
     images are an error naming them."""
     members = sorted(members, key=lambda r: int(SEED_PART.fullmatch(seed_of(r) or "seed0")[1]))
@@ -224,9 +236,10 @@ def seed_group(members: list[dict], cache: dict | None = None) -> dict:
         return {**members[0], "_seeds": members}
     cache = {} if cache is None else cache
     first = members[0]
-    group = {**first, "_dir": row_key(first), "_seeds": members,
-             "weights": _across_seeds([r["weights"] for r in members]),
-             "metrics": _mean_of([r["metrics"] for r in members]), "ci95": {}, "spread": {}}
+    group = {**first, "_dir": row_key(first), "_seeds": members, "ci95": {}, "spread": {}}
+    for key, merge in (("metrics", _mean_of), ("weights", _across_seeds)):
+        if key in first:  # a run's summary record (task 8's) holds neither
+            group[key] = merge([r[key] for r in members])
     names = list(dict.fromkeys(g["name"] for r in members for g in r.get("gates", [])))
     if names:  # matched by name; a seed without the gate leaves it unmeasured (not passed)
         by_seed = [{g["name"]: g for g in r.get("gates", [])} for r in members]
@@ -238,15 +251,17 @@ def seed_group(members: list[dict], cache: dict | None = None) -> dict:
                 {**next(g for g in gates if g is not None),
                  "value": float(np.mean([g["value"] for g in gates])) if measured else None,
                  "passed": measured and all(g["passed"] for g in gates)})
-    for name in first.get("predictions", {}):
-        found = [_correct_of(r, name, cache) for r in members]
+    backed = [(name, _correct_of) for name in first.get("predictions", {})] + [
+        (name, _per_image_of) for name in first.get("per_image", {})]
+    for name, read in backed:
+        found = [read(r, name, cache) for r in members]
         if any(f is None for f in found):
             continue
         _same_images([r["_dir"] for r in members], [f[0] for f in found], name)
-        hits = np.stack([f[1] for f in found])
-        _, low, high = stats.two_level_bootstrap(hits)
+        values = np.stack([f[1] for f in found])  # (seeds, images)
+        _, low, high = stats.two_level_bootstrap(values)
         group["ci95"][name] = [low, high]
-        per_seed = hits.mean(axis=1)
+        per_seed = values.mean(axis=1)
         group["spread"][name] = (per_seed.tolist() if len(per_seed) == 2
                                  else float(per_seed.std(ddof=1)))
     return group
@@ -408,6 +423,19 @@ def _correct_of(run: dict, name: str, cache: dict) -> tuple[np.ndarray, np.ndarr
     saved = cache[path]
     k = 5 if name.partition(":")[0].endswith("top5") else 1
     return saved["index"], hits(saved["logits"], saved["label"], k)
+
+
+def _per_image_of(run: dict, name: str, cache: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """(image keys, per-image values) of a metric that is a mean over images, from the
+    run's `per_image` file; None for a run without one (an older one)."""
+    file = run.get("per_image", {}).get(name)
+    if file is None:
+        return None
+    path = Path(run["_path"]) / file
+    if path not in cache:
+        with np.load(path, allow_pickle=False) as saved:  # arrays only: it cannot run code
+            cache[path] = {key: saved[key] for key in saved.files}
+    return cache[path]["index"], cache[path][name]
 
 
 def paired_difference(run: dict, reference: dict, name: str, cache: dict | None = None,

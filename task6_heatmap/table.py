@@ -2,9 +2,18 @@
 
 import posixpath
 
-from shared.results import DATASET, MODEL, Table, fixed, pct, with_interval
+from shared.results import DATASET, MODEL, Table, fixed, pct, seed_of, with_interval
 
 BASELINES = ("random", "centre")  # maps that ignore the model
+
+
+def figure_cell(r: dict) -> str:
+    """The run's figure; a row over seeds links its first seed's, named."""
+    run = r.get("_seeds", [r])[0]
+    link = "[figure.png]({})".format(posixpath.normpath(posixpath.join(run["_dir"],
+                                                                         run["figure"])))
+    return link if len(r.get("_seeds", [r])) == 1 else f"{seed_of(run)}: {link}"
+
 
 TABLES = [Table(
     "Table 5: are the heatmaps right? (task 6) Deletion AUC (lower is better) and insertion "
@@ -28,7 +37,6 @@ TABLES = [Table(
         ("Boxes' share of the frame (chance, %)", lambda r: pct(r["metrics"]["box_area_share"])),
         ("Test images (with boxes)", lambda r: f"{r['data']['test_scored']} "
                                               f"({r['data'].get('test_with_boxes', '–')})"),
-        ("Figure", lambda r: "[figure.png]({})".format(
-            posixpath.normpath(posixpath.join(r["_dir"], r["figure"])))),
+        ("Figure", figure_cell),
     ],
 )]

@@ -162,8 +162,12 @@ def main(args: argparse.Namespace) -> None:
             weights=args.checkpoint, layer=layer if method in ("gradcam", "gradcam++") else None,
             ci95={f"{curve}_auc": list(stats.bootstrap_mean(n[curve], seed=args.seed))
                   for curve in ("deletion", "insertion")},  # over images
+            # each image's AUCs: a row over seeds draws its interval from them
+            per_image={f"{curve}_auc": "per_image.npz" for curve in ("deletion", "insertion")},
             figure="../figure.png")  # from this file's folder
         (out / method).mkdir(parents=True, exist_ok=True)
+        results.save_per_image(out / method / "per_image.npz", [r.key for r in scored],
+                               {f"{curve}_auc": n[curve] for curve in ("deletion", "insertion")})
         results.write_json(record, out / method / "metrics.json")
         m = summary[method] = record["metrics"]
         intervals.update({f"{method}:{key}": ci for key, ci in record["ci95"].items()})
@@ -172,6 +176,7 @@ def main(args: argparse.Namespace) -> None:
                                               f"energy in box {m['energy_in_box']:.3f}"
                                               if boxed else ""), flush=True)
     # the run's own record, written last: run_all.sh takes it to mean "finished"
+    del record["per_image"]  # each method's file is named in its own record
     results.write_json({**record, "variant": "summary", "metrics": summary,
                         "ci95": intervals}, out / "metrics.json")
     engine.shutdown(rt)

@@ -8,12 +8,13 @@ import weakref
 import boxes as boxes_io
 import heatmaps
 import maps
+import numpy as np
 import pytest
 import torch
 from conftest import run_cli
 from torch import nn
 
-from shared import cam
+from shared import cam, stats
 from shared.models import build_model
 from shared.results import write_tables
 
@@ -485,6 +486,11 @@ def test_heatmaps_from_the_command_line(sample, tmp_path):
         low, high = record["ci95"]["deletion_auc"]  # bootstrap over the images
         assert low <= record["metrics"]["deletion_auc"] <= high
         assert run_record["ci95"][f"{method}:deletion_auc"] == [low, high]  # each map's own
+        per_image = np.load(out / method / record["per_image"]["deletion_auc"])
+        assert len(set(per_image["index"])) == 20  # the scored photos, by key
+        for key in ("deletion_auc", "insertion_auc"):  # the file backs each mean exactly
+            assert float(np.mean(per_image[key])) == record["metrics"][key]
+            assert list(stats.bootstrap_mean(per_image[key], seed=0)) == record["ci95"][key]
         corr = record["metrics"]["randomization_rank_corr"]
         assert (-1 <= corr <= 1) if method.startswith("gradcam") else corr is None
         if method == "gradcam":  # against the randomised copy: the model itself would read 1
@@ -493,6 +499,18 @@ def test_heatmaps_from_the_command_line(sample, tmp_path):
     table = write_tables(tmp_path / "results").read_text().split("## Table 5")[1]
     assert "| gradcam++ |" in table and "| centre |" in table and \
         "(task6_heatmap/bird/resnet18/figure.png)" in table
+    # the same run as two seeds: a row over both, its interval drawn from the per-image
+    # files, its figure the first seed's
+    seeds = tmp_path / "seeds"
+    for seed in ("seed0", "seed1"):
+        shutil.copytree(tmp_path / "results", seeds / seed)
+    table = write_tables(seeds).read_text().split("## Table 5")[1]
+    row = next(line for line in table.splitlines() if "| gradcam++ |" in line)
+    record = json.loads((out / "gradcam++" / "metrics.json").read_text())
+    auc = record["metrics"]["deletion_auc"]
+    assert f"| {auc:.3f} (" in row and f"; seeds {auc:.3f}, {auc:.3f}) |" in row
+    assert "| 2 seeds |" in row
+    assert "seed0: [figure.png](seed0/task6_heatmap/bird/resnet18/figure.png)" in row
 
     # photos without boxes: faithfulness still scored, box metrics left out, table built
     bare = tmp_path / "bare"

@@ -601,6 +601,30 @@ def test_seed_groups_pool_only_what_every_seed_backs_with_a_file(tmp_path):
     assert group["metrics"]["test_top1"] == pytest.approx(0.625) and group["ci95"] == {}
 
 
+def test_a_mean_over_images_pools_its_per_image_values_over_seeds(tmp_path):
+    """A metric that is a mean over images (a heatmap's deletion AUC) and names its
+    per-image file gets the two-level interval and the spread from those values; seeds
+    scored on different images are refused."""
+    values = {0: [0.1, 0.3, 0.2, 0.4], 1: [0.2, 0.5, 0.3, 0.6], 2: [0.1, 0.2, 0.2, 0.3]}
+    members = []
+    for s, auc in values.items():
+        record = _record(tmp_path, f"seed{s}/t/bird/gradcam", [1, 0, 1, 0],
+                         metrics={"deletion_auc": float(np.mean(auc))})
+        results.save_per_image(tmp_path / f"seed{s}/t/bird/gradcam/per_image.npz",
+                               [f"img{i}" for i in range(4)], {"deletion_auc": auc})
+        members.append(record | {"per_image": {"deletion_auc": "per_image.npz"}})
+    group = results.seed_group(members)
+    matrix = np.array(list(values.values()))
+    _, low, high = stats.two_level_bootstrap(matrix)
+    assert group["ci95"]["deletion_auc"] == [low, high]
+    assert group["spread"]["deletion_auc"] == pytest.approx(matrix.mean(axis=1).std(ddof=1))
+    assert group["metrics"]["deletion_auc"] == pytest.approx(matrix.mean())
+    results.save_per_image(tmp_path / "seed2/t/bird/gradcam/per_image.npz",
+                           [f"other{i}" for i in range(4)], {"deletion_auc": values[2]})
+    with pytest.raises(errors.TestSetMismatch, match="deletion_auc cannot be compared"):
+        results.seed_group(members, cache={})
+
+
 def test_seeds_with_as_many_but_different_test_images_are_refused(tmp_path):
     a = _record(tmp_path, "seed0/run", [1, 0, 1])
     b = _record(tmp_path, "seed1/run", [1, 0, 1])

@@ -6,13 +6,14 @@ import itertools
 import json
 import os
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 
-from shared.results import DATASET_NAMES
+from shared.results import DATASET_NAMES, write_tables
 from shared.sample_data import write_sample_data
 
 TABLES = ["Table 1:", "Table 2:", "Table 2b:", "Table 3:", "Table 4:", "Table 5:", "Table 6:",
@@ -68,6 +69,15 @@ def test_quick_builds_every_table_with_and_without_boxes(tmp_path, dataset):
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "== task" not in again.stdout and "finished already" in again.stdout
+    # the same runs as a second seed: every table is built over seed groups of every task's
+    # real records (summary records included), each row standing on both seeds
+    shutil.copytree(run, results / "seed1")
+    tables = write_tables(results).read_text()
+    for table in TABLES:
+        section = tables.split(f"## {table}")[1].split("\n## ")[0]
+        rows = [line for line in section.splitlines() if line.startswith("| ") and
+                "---" not in line][1:]
+        assert rows and all("| 2 seeds |" in row for row in rows), table
 
 
 def test_datasets_flag_names_what_it_expects():
