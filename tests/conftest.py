@@ -39,7 +39,20 @@ if "FGVC_CACHE" not in os.environ:
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.get_closest_marker("longest") is None)  # stable
+    """Each worker's share starts with its own `longest` test. Worksteal first hands worker
+    k the k-th contiguous slice of this order and steals only from the end of a queue, so
+    two longest tests in one slice would run one after the other on one worker."""
+    longest = [item for item in items if item.get_closest_marker("longest")]
+    rest = [item for item in items if not item.get_closest_marker("longest")]
+    workers = int(_workers or 1)
+    ordered = []
+    for k in range(workers):
+        share = (len(items) - len(ordered)) // (workers - k)  # what worksteal sends worker k
+        mine = longest[k::workers]
+        taken = max(0, share - len(mine))
+        ordered += mine + rest[:taken]
+        rest = rest[taken:]
+    items[:] = ordered + rest
 
 
 @pytest.fixture(scope="session")
