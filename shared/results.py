@@ -247,10 +247,12 @@ def seed_group(members: list[dict], cache: dict | None = None) -> dict:
         for name in names:
             gates = [found.get(name) for found in by_seed]
             measured = all(g is not None and g["value"] is not None for g in gates)
+            passed = sum(g is not None and g["passed"] for g in gates)
             group["gates"].append(
                 {**next(g for g in gates if g is not None),
                  "value": float(np.mean([g["value"] for g in gates])) if measured else None,
-                 "passed": measured and all(g["passed"] for g in gates)})
+                 "passed": measured and passed == len(gates),
+                 "seeds_passed": [passed, len(gates)]})
     backed = [(name, _correct_of) for name in first.get("predictions", {})] + [
         (name, _per_image_of) for name in first.get("per_image", {})]
     for name, read in backed:
@@ -533,11 +535,21 @@ def comparison_columns(table: Table, rows: list[dict], cache: dict,
 
 
 def _gates_cell(r) -> str:
-    """Each gate: its name, value and threshold, pass or FAIL."""
+    """Each gate: its name, value and threshold, pass or FAIL; over seeds the value is
+    their mean and the cell says how many seeds passed (a mean above the threshold can
+    FAIL: one seed below it)."""
     def shown(value):
         return "not measured" if value is None else f"{value:.3g}"
-    return "; ".join(f"{g['name']}: {shown(g['value'])} (threshold {g['threshold']:g}) "
-                     + ("pass" if g["passed"] else "FAIL")
+
+    def verdict(g):
+        word = "pass" if g["passed"] else "FAIL"
+        if "seeds_passed" not in g:
+            return word
+        passed, seeds = g["seeds_passed"]
+        return f"{word}, {passed}/{seeds} seeds pass"
+
+    return "; ".join(f"{g['name']}: {'mean ' if 'seeds_passed' in g else ''}"
+                     f"{shown(g['value'])} (threshold {g['threshold']:g}) {verdict(g)}"
                      for g in r.get("gates", [])) or "–"
 
 

@@ -83,6 +83,11 @@ def test_seed_group_means_metrics_and_gates_and_keeps_the_spread(tmp_path):
     assert worked["value"] == pytest.approx(7 / 3) and worked["passed"] is False
     assert other["value"] == 1.0 and other["passed"] is True
     assert worked["name"] == "worked" and worked["threshold"] == 0.5
+    assert worked["seeds_passed"] == [2, 3] and other["seeds_passed"] == [3, 3]
+    # the mean (2.33) is above the threshold, yet one seed failed: the cell says so
+    assert results._gates_cell(group) == ("worked: mean 2.33 (threshold 0.5) FAIL, "
+                                          "2/3 seeds pass; other: mean 1 (threshold 0.5) "
+                                          "pass, 3/3 seeds pass")
 
 
 def test_two_seeds_show_both_values_and_an_unmeasured_gate_stays_unmeasured(tmp_path):
@@ -97,8 +102,8 @@ def test_two_seeds_show_both_values_and_an_unmeasured_gate_stays_unmeasured(tmp_
     low, high = group["ci95"]["test_top1"]
     assert cell == f"62.5 ({100 * low:.1f}–{100 * high:.1f}; seeds 50.0, 75.0)"
     c = _record(tmp_path, "seed2/t/run", [1, 0, 0, 0])  # a seed without the gate
-    assert [(g["value"], g["passed"]) for g in results.seed_group([b, c])["gates"]] == [
-        (None, False)]
+    assert [(g["value"], g["passed"], g["seeds_passed"])
+            for g in results.seed_group([b, c])["gates"]] == [(None, False, [1, 2])]
     d = _record(tmp_path, "seed3/t/run", [1, 0, 0, 0], gates=[results.gate("g", 4.0, 0, True)])
     assert [(g["value"], g["passed"]) for g in results.seed_group([b, d])["gates"]] == [
         (3.0, True)]
@@ -385,7 +390,8 @@ def test_a_failed_gate_or_several_seeds_change_the_difference_column(tmp_path):
     assert "| Variant | Seeds | Gate: did the method work? (validation) | Δ top-1 vs a " \
            "(points, 95% CI; McNemar p, or seeds agreeing) |" in lines
     row = next(line for line in lines if line.startswith("| b |"))
-    assert "| 2 seeds | g: 0 (threshold 1) FAIL | +37.5 (" in row  # judges another metric
+    # the gate judges another metric: the difference stands
+    assert "| 2 seeds | g: mean 0 (threshold 1) FAIL, 0/2 seeds pass | +37.5 (" in row
     assert row.endswith(", 2/2 seeds agree |")
     for s in range(2):
         record = json.loads((tmp_path / f"seed{s}/b/metrics.json").read_text())
