@@ -127,8 +127,8 @@ def forest_plot(panels: list[tuple[str, list]], path: Path) -> None:
             colour = "C0" if low > 0 else "C3" if high < 0 else "0.3"  # above, below, across 0
             axis.plot(found["difference"], position, "o", color=colour, **dot)
         axis.axvline(0, linestyle="--", **zero)
-        labels = [f"{row}: {label}" + (f" ({found['seeds_agreeing']}/{found['seeds']} seeds)"
-                                       if found["seeds"] > 1 else "")
+        agree = " ({seeds_agreeing}/{seeds} seeds agree)"  # on the difference's sign
+        labels = [f"{row}: {label}" + (agree.format(**found) if found["seeds"] > 1 else "")
                   for row, label, found in rows]
         axis.set_yticks(y, labels, **small)
         axis.set_title(title, loc="left", fontsize=9)  # pragma: no mutate (appearance)

@@ -66,14 +66,14 @@ def test_forest_plot_puts_each_difference_on_its_interval_in_row_order(tmp_path,
     assert _intervals(top) == [(2.0, 8.0, 1), (-3.0, 1.0, 0)]
     assert _dots(bottom) == [(-4.0, 0, "C3")] and _intervals(bottom) == [(-6.0, -2.0, 0)]
     assert [colour for *_, colour in _dots(touching)] == ["0.3", "0.3", "C0"]
-    assert [t.get_text() for t in touching.get_yticklabels()][-1] == "just above: x (2/2 seeds)"
+    assert touching.get_yticklabels()[-1].get_text() == "just above: x (2/2 seeds agree)"
     for axis in figure.axes:
         zero = [line for line in axis.lines if list(line.get_xdata()) == [0, 0]]
         assert len(zero) == 1 and zero[0].get_linestyle() == "--"
         assert axis.get_xlabel() == "difference from the reference row (points, 95% CI)"
     assert list(top.get_yticks()) == [1, 0]
     assert [t.get_text() for t in top.get_yticklabels()] == [
-        "pretrained: top-1", "strong: top-1 (2/3 seeds)"]
+        "pretrained: top-1", "strong: top-1 (2/3 seeds agree)"]
     assert [t.get_text() for t in bottom.get_yticklabels()] == ["pgd2: PGD"]
     heights = [axis.get_position().height for axis in figure.axes]
     assert [h / heights[1] for h in heights] == pytest.approx([2, 1, 3], rel=0.05)
