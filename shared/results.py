@@ -217,7 +217,7 @@ def _mean_of(values: list):
     first = values[0]
     if isinstance(first, dict):
         return {k: _mean_of([v.get(k) for v in values]) for k in first}
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+    if _numbers(values):
         return first if all(v == first for v in values) else float(np.mean(values))
     return first
 
@@ -263,10 +263,17 @@ def seed_group(members: list[dict], cache: dict | None = None) -> dict:
         values = np.stack([f[1] for f in found])  # (seeds, images)
         _, low, high = stats.two_level_bootstrap(values)
         group["ci95"][name] = [low, high]
-        per_seed = values.mean(axis=1)
-        group["spread"][name] = (per_seed.tolist() if len(per_seed) == 2
-                                 else float(per_seed.std(ddof=1)))
+        group["spread"][name] = _spread(values.mean(axis=1))
     return group
+
+
+def _numbers(values: list) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _spread(per_seed: np.ndarray):
+    """Seeds' values: both for 2 seeds, else their sd."""
+    return per_seed.tolist() if len(per_seed) == 2 else float(per_seed.std(ddof=1))
 
 
 def _across_seeds(values: list[str]) -> str:
@@ -340,12 +347,36 @@ def with_interval(name: str, scale: float = 100, digits: int = 1, bare=pct):
         if value is None or interval is None:
             return bare(value)
         low, high = (scale * v for v in interval)
-        spread = r.get("spread", {}).get(name)
-        over_seeds = ("" if spread is None else
-                      f"; seeds {', '.join(f'{scale * v:.{digits}f}' for v in spread)}"
-                      if isinstance(spread, list) else f"; sd {scale * spread:.{digits}f}")
-        return f"{scale * value:.{digits}f} ({low:.{digits}f}–{high:.{digits}f}{over_seeds})"
+        spread = _spread_text(r.get("spread", {}).get(name), scale, digits)
+        return (f"{scale * value:.{digits}f} ({low:.{digits}f}–{high:.{digits}f}"
+                f"{'; ' + spread if spread else ''})")
     return cell
+
+
+def _spread_text(spread, scale: float, digits: int) -> str:
+    """`sd 0.7` (3 seeds or more), `seeds 88.0, 89.9` (2), '' (None: one run)."""
+    if spread is None:
+        return ""
+    if isinstance(spread, list):
+        return f"seeds {', '.join(f'{scale * v:.{digits}f}' for v in spread)}"
+    return f"sd {scale * spread:.{digits}f}"
+
+
+def mean_and_spread(values: list, scale: float = 1, digits: int = 1) -> str:
+    """A number each seed's run has (one run: one value) as a cell: their mean, and their
+    spread where they differ, `153.8 (sd 4.1)`; '–' where a run lacks it."""
+    if not values or not _numbers(values):
+        return "–"
+    spread = _spread(np.array(values, float)) if len(set(values)) > 1 else None
+    text = _spread_text(spread, scale, digits)
+    return f"{scale * float(np.mean(values)):.{digits}f}" + (f" ({text})" if text else "")
+
+
+def with_spread(name: str, scale: float = 1, digits: int = 1):
+    """A column's cell for a metric without per-image values (a FID): `mean_and_spread` of
+    its value in each seed's run."""
+    return lambda r: mean_and_spread([metric(m, name) for m in r.get("_seeds", [r])],
+                                     scale, digits)
 
 
 ACCURACY = [  # a classifier's columns

@@ -8,8 +8,8 @@ from shared.results import (
     MODEL,
     Table,
     first,
-    pct,
     trained_alike,
+    with_spread,
 )
 
 
@@ -41,18 +41,17 @@ TABLES = [Table(
         *ACCURACY,
         ("GAN size", lambda r: r["args"].get("gan_size", "–")),
         ("DiffAugment", lambda r: r["args"].get("diffaugment", "none") if gan(r) else "–"),
-        ("FID (lite0)", lambda r: f"{r['metrics']['fid']:.1f}" if "fid" in r["metrics"]
-            else "–"),
-        ("KID x 1000 (± sd over subsets)", lambda r: f"{1000 * r['metrics']['kid']:.1f} ± "
+        # over seeds: means, each with its spread (no per-image values behind them)
+        ("FID (lite0)", with_spread("fid")),
+        ("KID x 1000 (± sd over subsets)", lambda r: f"{with_spread('kid', 1000)(r)} ± "
             f"{1000 * r['metrics']['kid_std']:.1f}" if "kid" in r["metrics"] else "–"),
-        ("Generated class acc. (%)", lambda r: pct(r["metrics"].get("gen_class_acc"))),
+        ("Generated class acc. (%)", with_spread("gen_class_acc", 100, 2)),
         ("GAN-test: generated / real val at GAN size (%)", lambda r: (
-            f"{pct(r['metrics']['gan_test_top1'])} / "
-            f"{pct(r['metrics']['gan_test_real_val_top1'])}")
+            f"{with_spread('gan_test_top1', 100, 2)(r)} / "
+            f"{with_spread('gan_test_real_val_top1', 100, 2)(r)}")
             if "gan_test_top1" in r["metrics"] else "–"),
-        ("GAN-train (%)", lambda r: pct(r["metrics"].get("gan_train_top1"))),
-        ("Val FID", lambda r: f"{r['metrics']['val_fid']:.1f}" if "val_fid" in r["metrics"]
-            else "–"),
+        ("GAN-train (%)", with_spread("gan_train_top1", 100, 2)),
+        ("Val FID", with_spread("val_fid")),
         DEVICE,
     ],
     reference=reference, compared=[("top-1", "test_top1")],

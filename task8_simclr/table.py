@@ -1,7 +1,15 @@
 """Table 7 (`python -m shared.results` reads this): SimCLR against random and ImageNet
 initialisation, each row compared with ImageNet's at the same label budget."""
 
-from shared.results import DATASET, DEVICE, MODEL, Table, first, pct, with_interval
+from shared.results import (
+    DATASET,
+    DEVICE,
+    MODEL,
+    Table,
+    first,
+    mean_and_spread,
+    with_interval,
+)
 
 BACKBONES = {"random": "random", "simclr": "SimCLR (from random)",
              "imagenet": "ImageNet", "imagenet-simclr": "ImageNet → SimCLR"}
@@ -32,8 +40,9 @@ TABLES = [Table(
         ("SimCLR epochs / batch / optimiser", lambda r: f"{r['args']['simclr_epochs']} / "
             f"{r['args']['simclr_batch_size']} / {r['args']['simclr_optimizer']}"
             if "simclr" in r["variant"] else "–"),
-        ("Final val kNN (monitor)", lambda r: pct(
-            (r.get("pretrain_history") or [{}])[-1].get("val_knn_top1"))),
+        ("Final val kNN (monitor)", lambda r: mean_and_spread(
+            [(m.get("pretrain_history") or [{}])[-1].get("val_knn_top1")
+             for m in r.get("_seeds", [r])], 100, 2)),
         DEVICE,
     ],
     reference=reference,

@@ -607,6 +607,23 @@ def test_seed_groups_pool_only_what_every_seed_backs_with_a_file(tmp_path):
     assert group["metrics"]["test_top1"] == pytest.approx(0.625) and group["ci95"] == {}
 
 
+def test_a_number_without_per_image_values_shows_its_spread_over_seeds(tmp_path):
+    """A FID has no per-image values: over seeds its cell is the mean and the seeds' sd (both
+    values for 2 seeds); a number equal on every seed, a flag or one run shows no spread."""
+    fids = {0: 150.0, 1: 160.0, 2: 158.0}
+    members = [_record(tmp_path, f"seed{s}/t/bird/gan", [1, 0], metrics={
+        "fid": fid, "gan_size": 32, "finished": True}) for s, fid in fids.items()]
+    group = results.seed_group(members)
+    cell = results.with_spread("fid")
+    assert cell(group) == f"156.0 (sd {np.std(list(fids.values()), ddof=1):.1f})"
+    assert results.with_spread("gan_size")(group) == "32.0"  # no spread: equal on every seed
+    assert results.with_spread("finished")(group) == "–"  # not a number
+    assert cell(results.seed_group(members[:2])) == "155.0 (seeds 150.0, 160.0)"
+    assert cell(members[0]) == "150.0" and results.with_spread("kid")(group) == "–"
+    assert results.with_spread("gen", 100, 2)({"metrics": {"gen": 0.10125}}) == "10.12"
+    assert results.mean_and_spread([0.1, None]) == "–"  # a seed without it
+
+
 def test_a_mean_over_images_pools_its_per_image_values_over_seeds(tmp_path):
     """A metric that is a mean over images (a heatmap's deletion AUC) and names its
     per-image file gets the two-level interval and the spread from those values; seeds

@@ -162,3 +162,24 @@ def test_table7_compares_each_backbone_with_imagenet_at_the_same_label_budget(fr
     assert t.reference(simclr, rows) is imagenet[fraction]
     assert t.reference(imagenet[fraction], rows) is None
     assert t.reference(backbone("random", fraction, "dog"), rows) is dog
+
+
+def test_table3_and_table7_cells_over_seeds_show_the_mean_and_spread_of_each_seed():
+    """The GAN's FID and GAN-test and SimCLR's final kNN monitor have no per-image values:
+    over seeds each cell is their mean with the seeds' values (2 seeds), not seed 0's."""
+    gan = table("task4_dcgan").TABLES[0]
+    cells = dict(gan.columns)
+    seeds = [run("task4_dcgan", "dcgan", metrics={
+        "fid": fid, "gan_test_top1": top1, "gan_test_real_val_top1": 0.5})
+        for fid, top1 in ((120.0, 0.10), (130.0, 0.12))]
+    group = seeds[0] | {"_seeds": seeds, "metrics": {  # seed_group's means
+        "fid": 125.0, "gan_test_top1": 0.11, "gan_test_real_val_top1": 0.5}}
+    assert cells["FID (lite0)"](group) == "125.0 (seeds 120.0, 130.0)"
+    assert cells["GAN-test: generated / real val at GAN size (%)"](group) == (
+        "11.00 (seeds 10.00, 12.00) / 50.00")
+    assert cells["FID (lite0)"](seeds[1]) == "130.0" and cells["Val FID"](seeds[1]) == "–"
+    simclr = dict(table("task8_simclr").TABLES[0].columns)["Final val kNN (monitor)"]
+    runs = [run("task8_simclr", "simclr") | {"pretrain_history": [
+        {"val_knn_top1": 0.5}, {"val_knn_top1": knn}]} for knn in (0.0171, 0.0229)]
+    assert simclr(runs[0] | {"_seeds": runs}) == "2.00 (seeds 1.71, 2.29)"
+    assert simclr(runs[1]) == "2.29" and simclr(run("task8_simclr", "random")) == "–"
