@@ -170,11 +170,14 @@ def test_table3_and_table7_cells_over_seeds_show_the_mean_and_spread_of_each_see
     gan = table("task4_dcgan").TABLES[0]
     cells = dict(gan.columns)
     seeds = [run("task4_dcgan", "dcgan", metrics={
-        "fid": fid, "gan_test_top1": top1, "gan_test_real_val_top1": 0.5})
-        for fid, top1 in ((120.0, 0.10), (130.0, 0.12))]
+        "fid": fid, "gan_test_top1": top1, "gan_test_real_val_top1": 0.5, "kid": kid,
+        "kid_std": 0.0005}) for fid, top1, kid in ((120.0, 0.10, 0.01), (130.0, 0.12, 0.014))]
     group = seeds[0] | {"_seeds": seeds, "metrics": {  # seed_group's means
-        "fid": 125.0, "gan_test_top1": 0.11, "gan_test_real_val_top1": 0.5}}
+        "fid": 125.0, "gan_test_top1": 0.11, "gan_test_real_val_top1": 0.5, "kid": 0.012,
+        "kid_std": 0.0005}}
     assert cells["FID (lite0)"](group) == "125.0 (seeds 120.0, 130.0)"
+    assert cells["KID x 1000 (± sd over subsets)"](group) == "12.0 ± 0.5 (seeds 10.0, 14.0)"
+    assert cells["KID x 1000 (± sd over subsets)"](seeds[0]) == "10.0 ± 0.5"
     assert cells["GAN-test: generated / real val at GAN size (%)"](group) == (
         "11.00 (seeds 10.00, 12.00) / 50.00")
     assert cells["FID (lite0)"](seeds[1]) == "130.0" and cells["Val FID"](seeds[1]) == "–"
