@@ -224,8 +224,9 @@ def _mean_of(values: list):
 
 def seed_group(members: list[dict], cache: dict | None = None) -> dict:
     """Runs of one row with different seeds as one record: numbers (metrics, gate values)
-    are means over the seeds, a gate passes only if it passed for every seed (one a seed
-    lacks is not measured), each metric backed by per-image files (an accuracy's
+    are means over the seeds (a gate's threshold too, where each seed has its own), a gate
+    passes only if it passed for every seed (one a seed lacks is not measured), each
+    metric backed by per-image files (an accuracy's
     predictions, a mean's `per_image` values) gets `stats.two_level_bootstrap`'s interval
     (over seeds and test photos) and its spread over the seeds (`spread`: sd, or the two
     values for 2 seeds); `_seeds` holds the members.
@@ -251,6 +252,8 @@ def seed_group(members: list[dict], cache: dict | None = None) -> dict:
             group["gates"].append(
                 {**next(g for g in gates if g is not None),
                  "value": float(np.mean([g["value"] for g in gates])) if measured else None,
+                 # each seed's own (a FID baseline's): their mean beside the values' mean
+                 "threshold": _mean_of([g["threshold"] for g in gates if g is not None]),
                  "passed": measured and passed == len(gates),
                  "seeds_passed": [passed, len(gates)]})
     backed = [(name, _correct_of) for name in first.get("predictions", {})] + [

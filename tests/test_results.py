@@ -107,6 +107,9 @@ def test_two_seeds_show_both_values_and_an_unmeasured_gate_stays_unmeasured(tmp_
     d = _record(tmp_path, "seed3/t/run", [1, 0, 0, 0], gates=[results.gate("g", 4.0, 0, True)])
     assert [(g["value"], g["passed"]) for g in results.seed_group([b, d])["gates"]] == [
         (3.0, True)]
+    f = _record(tmp_path, "seed6/t/run", [1, 0, 0, 0], gates=[results.gate("g", 1.0, 4, False)])
+    assert [(g["value"], g["threshold"]) for g in results.seed_group([b, f])["gates"]] == [
+        (1.5, 2.0)]  # each seed's own threshold (a baseline's FID): their mean
     e = _record(tmp_path, "seed4/t/run", [1, 0, 0, 0], gates=[results.gate("h", 1.0, 0, True),
                                                                results.gate("g", 1.0, 0, True)])
     assert [(g["name"], g["value"]) for g in results.seed_group([b, e])["gates"]] == [
